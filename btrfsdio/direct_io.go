@@ -1,0 +1,614 @@
+package btrfsdio
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/btrfsdio/btrfsdio/blk"
+	"github.com/btrfsdio/btrfsdio/iomap"
+)
+
+// DioData is struct btrfs_dio_data: per-mapping state shared by
+// iomap_begin, submit_io and iomap_end.
+type DioData struct {
+	Submitted int64
+	Ordered   *OrderedExtent
+	NocowDone bool
+}
+
+// DioPrivate is struct btrfs_dio_private: what btrfs_dio_bioset puts in
+// front of every direct IO bio.
+type DioPrivate struct {
+	// SavedSrcIter is where a bounce read copies its data back to.
+	SavedSrcIter blk.BvecIter
+	Bytes        uint32
+	FileOffset   uint64
+	// Bbio must be last in C; in Go it is simply embedded.
+	Bbio BtrfsBio
+}
+
+// dioPrivate is container_of(bbio, struct btrfs_dio_private, bbio).
+func dioPrivate(bbio *BtrfsBio) *DioPrivate { return bbio.outer.(*DioPrivate) }
+
+// BounceCtl is struct bounce_ctl: the bounce bbios that carry one iomap bio.
+type BounceCtl struct {
+	// Src is the original bio from iomap dio.
+	Src *blk.Bio
+	// lock protects ret (spinlock_t in the seed).
+	lock sync.Mutex
+	// pending counts bounce bbios in flight, plus one held by the submitter
+	// until every bbio is submitted.
+	pending atomic.Int32
+	// ret is the first error hit, a negative errno.
+	ret int
+}
+
+// newDioPrivateBio allocates a bio from btrfs_dio_bioset with its
+// btrfs_dio_private around it.
+func (fs *FsInfo) newDioPrivateBio(nrVecs int, opf blk.Opf) *blk.Bio {
+	bio := blk.BioAllocBioset(&fs.DioBioset, nrVecs, opf)
+	dip := &DioPrivate{}
+	dip.Bbio.Bio = bio
+	dip.Bbio.outer = dip
+	bio.Container = dip
+	return bio
+}
+
+// lockExtentDirect is lock_extent_direct: take the dio lock and the extent
+// lock over [lockstart, lockend] with no ordered extent left in the range.
+func (inode *Inode) lockExtentDirect(lockstart, lockend uint64, flags uint) error {
+	writing := flags&iomap.FlagWrite != 0
+	nowait := flags&iomap.FlagNowait != 0
+	tree := inode.IOTree
+	if nowait {
+		if !tree.TryLockDioExtent(lockstart, lockend) {
+			return syscall.EAGAIN
+		}
+	} else {
+		tree.LockDioExtent(lockstart, lockend)
+	}
+	var err error
+	for {
+		if nowait {
+			if !tree.TryLockExtent(lockstart, lockend) {
+				err = syscall.EAGAIN
+				break
+			}
+		} else {
+			tree.LockExtent(lockstart, lockend)
+		}
+		// No page cache here, so only ordered extents can be in the way.
+		ordered := inode.LookupOrderedRange(lockstart, lockend-lockstart+1)
+		if ordered == nil {
+			break
+		}
+		tree.UnlockExtent(lockstart, lockend)
+		switch {
+		case nowait:
+			err = syscall.EAGAIN
+		case writing || ordered.Flags()&OrderedDirect != 0:
+			ordered.StartOrderedExtent()
+		default:
+			// A direct read must not wait for a buffered write's ordered
+			// extent: fall back to a buffered read.
+			err = syscall.ENOTBLK
+		}
+		ordered.PutOrderedExtent()
+		if err != nil {
+			break
+		}
+	}
+	if err != nil {
+		tree.UnlockDioExtent(lockstart, lockend)
+	}
+	return err
+}
+
+// createDioExtent is btrfs_create_dio_extent: the ordered extent for a
+// direct write into [start, start+numBytes) at diskBytenr.
+func (inode *Inode) createDioExtent(dioData *DioData, start, numBytes, diskBytenr uint64, typ uint32) error {
+	oe, err := inode.AllocOrderedExtent(start, numBytes, diskBytenr, typ|OrderedDirect)
+	if err != nil {
+		return err
+	}
+	dioData.Ordered = oe
+	return nil
+}
+
+// newExtentDirect is btrfs_new_extent_direct: reserve a new data extent for
+// a COW write and create its ordered extent. The extent may be shorter than
+// length when free space is fragmented.
+func (inode *Inode) newExtentDirect(dioData *DioData, start, length uint64) (fileExtent, error) {
+	fs := inode.fs
+	disk, got, err := fs.reserveData(length, fs.allocHint.Load())
+	if err != nil {
+		return fileExtent{}, fmt.Errorf("btrfs_reserve_extent %d bytes: %w", length, err)
+	}
+	fs.allocHint.Store(disk + got)
+	if err := inode.createDioExtent(dioData, start, got, disk, OrderedRegular); err != nil {
+		fs.space.release(disk, got)
+		return fileExtent{}, err
+	}
+	return fileExtent{start: start, len: got, diskBytenr: disk}, nil
+}
+
+// getBlocksDirectWrite is btrfs_get_blocks_direct_write: NOCOW into the
+// existing extent when the inode allows it, else allocate a new extent.
+func (inode *Inode) getBlocksDirectWrite(em *fileExtent, hole bool, dioData *DioData, start uint64, lenp *uint64, flags uint) error {
+	length := *lenp
+	if inode.NoDataCow && !hole {
+		// We have no snapshots or reflinks, so can_nocow_extent always
+		// holds for an existing extent.
+		length = min(length, em.len-(start-em.start))
+		blockStart := em.diskBytenr + (start - em.start)
+		if err := inode.createDioExtent(dioData, start, length, blockStart, OrderedNocow); err != nil {
+			return err
+		}
+		dioData.NocowDone = true
+		*lenp = length
+		return nil
+	}
+	if flags&iomap.FlagNowait != 0 {
+		return syscall.EAGAIN
+	}
+	ne, err := inode.newExtentDirect(dioData, start, length)
+	if err != nil {
+		return err
+	}
+	*em = ne
+	*lenp = min(length, ne.len)
+	return nil
+}
+
+// dioIomapOps is btrfs_dio_iomap_ops.
+type dioIomapOps struct{ inode *Inode }
+
+// IomapBegin is btrfs_dio_iomap_begin.
+func (ops dioIomapOps) IomapBegin(it *iomap.Iter, start int64, length uint64, flags uint, m *iomap.Iomap) error {
+	inode := ops.inode
+	dioData := it.Private.(*DioData)
+	write := flags&iomap.FlagWrite != 0
+	pos := uint64(start)
+	l := length
+	if !write {
+		// Cap reads as buffered IO does: the csum array is per mapping.
+		l = min(l, SectorSize*BtrfsMaxBioSectors)
+	}
+	lockstart, lockend := pos, pos+l-1
+	*dioData = DioData{}
+
+	if err := inode.lockExtentDirect(lockstart, lockend, flags); err != nil {
+		return err
+	}
+	em, hole := inode.extents.lookup(pos, l)
+	l = min(l, em.len-(pos-em.start))
+	if write {
+		if err := inode.getBlocksDirectWrite(&em, hole, dioData, pos, &l, flags); err != nil {
+			inode.IOTree.ClearExtentBit(lockstart, lockend, ExtentLocked|ExtentDioLocked)
+			return err
+		}
+		hole = false
+		l = min(l, em.len-(pos-em.start))
+	}
+	if hole {
+		m.Addr = iomap.NullAddr
+		m.Type = iomap.TypeHole
+	} else {
+		m.Addr = em.diskBytenr + (pos - em.start)
+		m.Type = iomap.TypeMapped
+	}
+	m.Offset = start
+	m.Length = l
+	m.LogicalBlockSize = blk.SectorSize
+
+	// Reads keep the dio lock until their bios complete; writes only hold
+	// it while mapping (their ordered extent protects the range).
+	unlockBits := ExtentLocked
+	if write {
+		unlockBits |= ExtentDioLocked
+	}
+	inode.IOTree.ClearExtentBit(lockstart, lockend, unlockBits)
+	if !write && pos+l < lockend {
+		inode.IOTree.UnlockDioExtent(pos+l, lockend)
+	}
+	return nil
+}
+
+// IomapEnd is btrfs_dio_iomap_end: whatever of the mapping was not submitted
+// is finished (writes) or unlocked (reads) here, and -ENOTBLK tells iomap to
+// stop so the caller can fall back to buffered IO.
+func (ops dioIomapOps) IomapEnd(it *iomap.Iter, pos int64, length uint64, written int64, flags uint, m *iomap.Iomap) error {
+	inode := ops.inode
+	dioData := it.Private.(*DioData)
+	write := flags&iomap.FlagWrite != 0
+	p := uint64(pos)
+	if !write && m.Type == iomap.TypeHole {
+		inode.IOTree.UnlockDioExtent(p, p+length-1)
+		return nil
+	}
+	var err error
+	if submitted := uint64(dioData.Submitted); submitted < length {
+		p += submitted
+		length -= submitted
+		if write {
+			dioData.Ordered.FinishOrderedExtent(p, length, false)
+		} else {
+			inode.IOTree.UnlockDioExtent(p, p+length-1)
+		}
+		err = syscall.ENOTBLK
+	}
+	if write {
+		dioData.Ordered.PutOrderedExtent()
+		dioData.Ordered = nil
+	}
+	return err
+}
+
+// dioEndIO is btrfs_dio_end_io, the pre-patch completion of a zero-copy bio.
+func (fs *FsInfo) dioEndIO(bbio *BtrfsBio) {
+	dip := dioPrivate(bbio)
+	bio := bbio.Bio
+	if bio.Status != blk.StsOK {
+		fs.warnDio(bbio, dip)
+	}
+	if bio.Opf.Op() == blk.OpWrite {
+		bbio.Ordered.FinishOrderedExtent(dip.FileOffset, uint64(dip.Bytes), bio.Status == blk.StsOK)
+	} else {
+		bbio.Inode.IOTree.UnlockDioExtent(dip.FileOffset, dip.FileOffset+uint64(dip.Bytes)-1)
+	}
+	bio.Private = bbio.Private
+	iomap.BioEndIO(bio)
+}
+
+func (fs *FsInfo) warnDio(bbio *BtrfsBio, dip *DioPrivate) {
+	bio := bbio.Bio
+	fs.warnf("direct IO failed ino 257 op %#x offset %#x len %d err no %d",
+		uint32(bio.Opf), dip.FileOffset, dip.Bytes, bio.Status)
+}
+
+// ExtractOrderedExtent is btrfs_extract_ordered_extent: give bbio the
+// ordered extent for exactly its range, splitting it off the front of
+// ordered when the bio covers less.
+func (fs *FsInfo) ExtractOrderedExtent(bbio *BtrfsBio, ordered *OrderedExtent) error {
+	start := bbio.Bio.Iter.Sector << blk.SectorShift
+	length := uint64(bbio.Bio.Size())
+	if start != ordered.DiskBytenr {
+		fs.warnf("btrfs_extract_ordered_extent: bio at %d, ordered extent at %d", start, ordered.DiskBytenr)
+		return syscall.EINVAL
+	}
+	if ordered.DiskNumBytes == length {
+		ordered.refs.Add(1)
+		bbio.Ordered = ordered
+		return nil
+	}
+	// We keep no extent map cache (reads wait for ordered extents and the
+	// file extent items change only at completion), so unlike the kernel
+	// there is no btrfs_split_extent_map to do for COW extents.
+	nw, err := ordered.SplitOrderedExtent(length)
+	if err != nil {
+		return err
+	}
+	bbio.Ordered = nw
+	return nil
+}
+
+// submitIOZeroCopy is btrfs_dio_submit_io before the patch: the iomap bio,
+// which points at the caller's pages, goes to the devices as it is.
+func (fs *FsInfo) submitIOZeroCopy(it *iomap.Iter, bio *blk.Bio, fileOffset int64) {
+	bbio := btrfsBio(bio)
+	dip := dioPrivate(bbio)
+	dioData := it.Private.(*DioData)
+	bbio.BioInit(fs, fs.dioEndIO, bio.Private)
+	bbio.Inode = fs.inode
+	bbio.FileOffset = uint64(fileOffset)
+	dip.FileOffset = uint64(fileOffset)
+	dip.Bytes = bio.Size()
+	dioData.Submitted += int64(bio.Size())
+
+	// A partial write must split the ordered extent to match the bio; the
+	// rest stays in dioData for iomap_end to cancel.
+	if it.Flags&iomap.FlagWrite != 0 {
+		if err := fs.ExtractOrderedExtent(bbio, dioData.Ordered); err != nil {
+			dioData.Ordered.FinishOrderedExtent(uint64(fileOffset), uint64(dip.Bytes), false)
+			bio.Status = blk.ErrnoToStatus(blk.ErrnoOf(err))
+			iomap.BioEndIO(bio)
+			return
+		}
+	}
+	fs.SubmitBbio(bbio, 0)
+}
+
+// putBounceBioCtl is put_bounce_bio_ctl: record the first error and, with
+// the last reference, complete the iomap bio.
+func (fs *FsInfo) putBounceBioCtl(ctl *BounceCtl, ret int) {
+	ctl.lock.Lock()
+	if ctl.ret == 0 {
+		ctl.ret = ret
+	}
+	ctl.lock.Unlock()
+	if ctl.pending.Add(-1) == 0 {
+		ctl.Src.Status = blk.ErrnoToStatus(ctl.ret)
+		iomap.BioEndIO(ctl.Src)
+	}
+}
+
+// dioEndWriteCopiedBio is dio_end_write_copied_bio.
+func (fs *FsInfo) dioEndWriteCopiedBio(bbio *BtrfsBio) {
+	ctl := bbio.Private.(*BounceCtl)
+	dip := dioPrivate(bbio)
+	bio := bbio.Bio
+	ret := blk.StatusToErrno(bio.Status)
+	if ret != 0 {
+		fs.warnDio(bbio, dip)
+	}
+	bbio.Ordered.FinishOrderedExtent(dip.FileOffset, uint64(dip.Bytes), bio.Status == blk.StsOK)
+	fs.freeBouncePages(bio)
+	bio.Put()
+	fs.putBounceBioCtl(ctl, ret)
+}
+
+// dioEndReadCopiedBio is dio_end_read_copied_bio: copy the bounce pages back
+// to where this part of the iomap bio was when it was submitted.
+func (fs *FsInfo) dioEndReadCopiedBio(bbio *BtrfsBio) {
+	ctl := bbio.Private.(*BounceCtl)
+	dip := dioPrivate(bbio)
+	bio := bbio.Bio
+	iter := blk.BvecIter{Size: dip.Bytes}
+	ret := blk.StatusToErrno(bio.Status)
+	if ret != 0 {
+		fs.warnDio(bbio, dip)
+	}
+	if err := blk.CopyDataIter(ctl.Src, &dip.SavedSrcIter, bio, &iter); err != nil && ret == 0 {
+		// Only remote pages can fail here (the ublk request went away).
+		ret = -int(syscall.EIO)
+	}
+	bbio.Inode.IOTree.UnlockDioExtent(dip.FileOffset, dip.FileOffset+uint64(dip.Bytes)-1)
+	fs.freeBouncePages(bio)
+	bio.Put()
+	fs.putBounceBioCtl(ctl, ret)
+}
+
+func (fs *FsInfo) freeBouncePages(bio *blk.Bio) {
+	if err := blk.BioFreePages(bio); err != nil {
+		fs.warnf("bio_free_pages: %v", err)
+	}
+}
+
+// allocBounceBbio is alloc_bounce_bbio: a bbio from btrfs_dio_bioset for the
+// part of src starting at logical/fileOffset, counted in ctl.pending.
+func (fs *FsInfo) allocBounceBbio(src *blk.Bio, ctl *BounceCtl, endIO func(*BtrfsBio), logical, fileOffset uint64) *BtrfsBio {
+	vcnt := min((int(src.Size())+blk.PageSize-1)>>blk.PageShift, blk.BioMaxVecs)
+	bio := fs.newDioPrivateBio(vcnt, src.Opf)
+	bio.Iter.Sector = logical >> blk.SectorShift
+	dip := bio.Container.(*DioPrivate)
+	bbio := &dip.Bbio
+	bbio.BioInit(fs, endIO, ctl)
+	bbio.Inode = fs.inode
+	bbio.FileOffset = fileOffset
+	dip.FileOffset = fileOffset
+	ctl.pending.Add(1)
+	fs.stats.bounceBbios.Add(1)
+	return bbio
+}
+
+// submitBounceBbio is submit_bounce_bbio: writes copy the next part of src
+// into the bounce pages and take their share of the ordered extent; reads
+// remember where in src their data goes back to.
+func (fs *FsInfo) submitBounceBbio(dioData *DioData, bbio *BtrfsBio, src *blk.Bio) {
+	bio := bbio.Bio
+	isWrite := bio.Opf.Op() == blk.OpWrite
+	size := bio.Size()
+	ctl := bbio.Private.(*BounceCtl)
+	dip := dioPrivate(bbio)
+	if size == 0 {
+		fs.stats.emptyBbios.Add(1)
+	}
+	dioData.Submitted += int64(size)
+	dip.Bytes = size
+	if isWrite {
+		iter := blk.BvecIter{Size: size}
+		left := src.Size()
+		err := blk.CopyDataIter(bio, &iter, src, &src.Iter)
+		if err != nil {
+			// Keep src's iterator where the kernel's would be.
+			src.Advance(size - (left - src.Size()))
+		} else {
+			err = fs.ExtractOrderedExtent(bbio, dioData.Ordered)
+		}
+		if err != nil {
+			dioData.Ordered.FinishOrderedExtent(bbio.FileOffset, uint64(size), false)
+			fs.freeBouncePages(bio)
+			bio.Put()
+			fs.putBounceBioCtl(ctl, blk.ErrnoOf(err))
+			return
+		}
+	} else {
+		dip.SavedSrcIter = src.Iter
+		src.Advance(size)
+	}
+	fs.SubmitBbio(bbio, 0)
+}
+
+// submitIOBounce is btrfs_dio_submit_io after the patch: carry src in bounce
+// bbios of private pages, as many as bio_add_page's limit requires.
+func (fs *FsInfo) submitIOBounce(it *iomap.Iter, src *blk.Bio, fileOffset int64) {
+	dioData := it.Private.(*DioData)
+	isWrite := src.Opf.Op() == blk.OpWrite
+	srcSize := src.Size()
+	logical := src.Iter.Sector << blk.SectorShift
+	endIO := fs.dioEndReadCopiedBio
+	if isWrite {
+		endIO = fs.dioEndWriteCopiedBio
+	}
+	if err := fs.Faults.take(&fs.Faults.BounceCtlAlloc); err != nil {
+		src.Status = blk.ErrnoToStatus(blk.ErrnoOf(err))
+		iomap.BioEndIO(src)
+		return
+	}
+	ctl := &BounceCtl{Src: src}
+	// Start at one so the iomap bio cannot finish before every bounce bbio
+	// has been submitted.
+	ctl.pending.Store(1)
+
+	var bbio *BtrfsBio
+	cur := uint32(0)
+	ret := 0
+	for cur < srcSize {
+		size := min(srcSize-cur, blk.PageSize)
+		if bbio == nil {
+			bbio = fs.allocBounceBbio(src, ctl, endIO, logical+uint64(cur), uint64(fileOffset)+uint64(cur))
+		}
+		page := fs.Pages.AllocPage()
+		if page == nil {
+			ret = -int(syscall.ENOMEM)
+			fs.submitOrDropBounceBbio(dioData, bbio, src, ctl)
+			fs.bounceError(dioData, ctl, isWrite, uint64(fileOffset), cur, srcSize, ret)
+			return
+		}
+		if bbio.Bio.AddPage(page, size, 0) != size {
+			fs.dropUnaddedPage(page)
+			fs.submitBounceBbio(dioData, bbio, src)
+			bbio = nil
+			continue
+		}
+		cur += size
+	}
+	if bbio != nil {
+		fs.submitBounceBbio(dioData, bbio, src)
+	}
+	fs.putBounceBioCtl(ctl, 0)
+}
+
+// submitOrDropBounceBbio handles the bbio in hand when alloc_page fails. The
+// seed submits it even when it is still empty (alloc_page failed right after
+// alloc_bounce_bbio); we drop an empty one instead.
+func (fs *FsInfo) submitOrDropBounceBbio(dioData *DioData, bbio *BtrfsBio, src *blk.Bio, ctl *BounceCtl) {
+	if fs.Opts.Faithful || bbio.Bio.Size() > 0 {
+		fs.submitBounceBbio(dioData, bbio, src)
+		return
+	}
+	ctl.pending.Add(-1)
+	bbio.Bio.Put()
+}
+
+// dropUnaddedPage handles the page bio_add_page refused. The seed neither
+// adds nor frees it (a leak); we give it back.
+func (fs *FsInfo) dropUnaddedPage(page *blk.Page) {
+	if fs.Opts.Faithful {
+		fs.stats.leakedPages.Add(1)
+		return
+	}
+	if err := fs.Pages.FreePage(page); err != nil {
+		fs.warnf("%v", err)
+	}
+}
+
+// bounceError is the seed's error label: account the part of src no bbio
+// covers, then drop the submitter's reference. The seed finishes (or
+// unlocks) that tail here and btrfs_dio_iomap_end does it again, because
+// dio_data->submitted never counted it; we count it so it happens once.
+func (fs *FsInfo) bounceError(dioData *DioData, ctl *BounceCtl, isWrite bool, fileOffset uint64, cur, srcSize uint32, ret int) {
+	tail := uint64(srcSize - cur)
+	if isWrite {
+		fs.inode.MarkOrderedIOFinished(fileOffset+uint64(cur), tail, false)
+	} else {
+		fs.inode.IOTree.UnlockDioExtent(fileOffset+uint64(cur), fileOffset+uint64(srcSize)-1)
+	}
+	if !fs.Opts.Faithful {
+		dioData.Submitted += int64(tail)
+	}
+	fs.putBounceBioCtl(ctl, ret)
+}
+
+// dioOps is btrfs_dio_ops for the selected mode. Before the patch bios come
+// from btrfs_dio_bioset; the patch drops .bio_set, since the iomap bio is
+// never submitted itself.
+func (fs *FsInfo) dioOps() *iomap.DioOps {
+	if fs.Opts.Mode == Bounce {
+		return &iomap.DioOps{SubmitIO: fs.submitIOBounce}
+	}
+	return &iomap.DioOps{SubmitIO: fs.submitIOZeroCopy, AllocBio: fs.newDioPrivateBio}
+}
+
+// ErrUnaligned is returned for direct IO that is not sector aligned.
+var ErrUnaligned = fmt.Errorf("btrfsdio: IO not aligned to the %d-byte sector size: %w", SectorSize, syscall.EINVAL)
+
+// checkDirectIO is check_direct_IO. Btrfs falls back to buffered IO for
+// unaligned direct IO; a block device never sends any, so we refuse it.
+func checkDirectIO(pos int64, it *iomap.IovIter) error {
+	if uint64(pos)&(SectorSize-1) != 0 || it.Alignment()&(SectorSize-1) != 0 {
+		return ErrUnaligned
+	}
+	return nil
+}
+
+// ErrOutOfRange is returned for IO beyond the end of the file.
+var ErrOutOfRange = errors.New("btrfsdio: IO beyond the end of the device")
+
+func (inode *Inode) checkRange(pos int64, n int) error {
+	if pos < 0 || uint64(pos)+uint64(n) > inode.size {
+		return fmt.Errorf("%w: [%d, %d) of %d bytes: %w", ErrOutOfRange, pos, pos+int64(n), inode.size, syscall.ENOSPC)
+	}
+	return nil
+}
+
+// DirectWrite is btrfs_direct_write: direct IO for nodatasum inodes, the
+// buffered fallback (commit 968f19c5b1b7) for inodes with data checksums and
+// for whatever direct IO left undone.
+func (inode *Inode) DirectWrite(iocb *iomap.Kiocb, from *iomap.IovIter) (int, error) {
+	if err := inode.checkRange(iocb.Pos, from.Count()); err != nil {
+		return 0, err
+	}
+	if err := checkDirectIO(iocb.Pos, from); err != nil {
+		return 0, err
+	}
+	inode.ilock.RLock()
+	defer inode.ilock.RUnlock()
+	written := 0
+	if inode.NoDataSum {
+		n, err := iomap.DioRW(iocb, from, true, inode, dioIomapOps{inode}, inode.fs.dioOps(), iomap.DioPartial, &DioData{}, 0)
+		if err != nil {
+			return 0, err
+		}
+		written = n
+		if from.Count() == 0 {
+			return written, nil
+		}
+	}
+	n, err := inode.bufferedWrite(uint64(iocb.Pos), from)
+	written += n
+	iocb.Pos += int64(n)
+	if err != nil {
+		return 0, err
+	}
+	return written, nil
+}
+
+// DirectRead is btrfs_direct_read, with the buffered fallback for what direct
+// IO could not do (-ENOTBLK on a range under buffered writeback).
+func (inode *Inode) DirectRead(iocb *iomap.Kiocb, to *iomap.IovIter) (int, error) {
+	if err := inode.checkRange(iocb.Pos, to.Count()); err != nil {
+		return 0, err
+	}
+	if err := checkDirectIO(iocb.Pos, to); err != nil {
+		return 0, err
+	}
+	inode.ilock.RLock()
+	defer inode.ilock.RUnlock()
+	read, err := iomap.DioRW(iocb, to, false, inode, dioIomapOps{inode}, inode.fs.dioOps(), iomap.DioPartial, &DioData{}, 0)
+	if err != nil {
+		return 0, err
+	}
+	if to.Count() == 0 {
+		return read, nil
+	}
+	n, err := inode.bufferedRead(uint64(iocb.Pos), to)
+	iocb.Pos += int64(n)
+	if err != nil {
+		return 0, err
+	}
+	return read + n, nil
+}

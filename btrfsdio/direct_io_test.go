@@ -1,0 +1,471 @@
+package btrfsdio
+
+import (
+	"bytes"
+	"errors"
+	"math/rand"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/btrfsdio/btrfsdio/blk"
+	"github.com/btrfsdio/btrfsdio/raid"
+)
+
+const mib = 1 << 20
+
+// scribble keeps changing buf from n goroutines until stop is closed: the
+// "volatile direct IO buffer" of bugzilla 99171.
+func scribble(buf []byte, n int, stop <-chan struct{}) *sync.WaitGroup {
+	var wg sync.WaitGroup
+	for g := 0; g < n; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			v := byte(g * 37)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				for i := g * 64; i < len(buf); i += 509 {
+					buf[i] = v
+					v++
+				}
+			}
+		}(g)
+	}
+	return &wg
+}
+
+// raceMirrors writes 1 MiB blocks while the buffer is being modified and
+// returns how many sectors scrub finds differing between copies, and how
+// many writes it took.
+func raceMirrors(t *testing.T, p raid.Profile, mode DioMode, maxWrites int, stopAtFirst bool) (int, int) {
+	fs := newTestFS(t, p, 48*mib, Options{Mode: mode})
+	buf := mmapBuf(t, mib)
+	fillPattern(buf, 1)
+	stop := make(chan struct{})
+	wg := scribble(buf, 2, stop)
+	defer func() { close(stop); wg.Wait() }()
+	const span = 16
+	diffs, writes := 0, 0
+	for writes < maxWrites {
+		pos := int64(writes%span) * mib
+		if _, err := fs.write(pos, buf, 0); err != nil {
+			t.Fatalf("%v %v write %d: %v", p, mode, writes, err)
+		}
+		writes++
+		if writes%(2*span) == 0 || writes == maxWrites {
+			if !stopAtFirst && writes != maxWrites {
+				continue
+			}
+			rep, err := fs.Vol.Scrub(0, fs.Vol.Capacity(), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diffs = scrubDiffs(rep); diffs > 0 && stopAtFirst {
+				break
+			}
+		}
+	}
+	fs.checkQuiescent(t)
+	return diffs, writes
+}
+
+var raceProfiles = []raid.Profile{raid.Raid1, raid.Raid1C3, raid.Raid10, raid.Raid5, raid.Raid6}
+
+// TestZeroCopyMirrorsDiverge reproduces bugzilla 99171 in-process: with the
+// pre-patch zero-copy path, copies of a nodatasum write end up different.
+func TestZeroCopyMirrorsDiverge(t *testing.T) {
+	for _, p := range raceProfiles {
+		t.Run(p.String(), func(t *testing.T) {
+			diffs, writes := raceMirrors(t, p, ZeroCopy, 4000, true)
+			t.Logf("%v zerocopy: %d differing sectors after %d racing writes", p, diffs, writes)
+			if diffs == 0 {
+				t.Fatalf("no differing sector after %d racing zero-copy writes", writes)
+			}
+		})
+	}
+}
+
+// TestBounceMirrorsAgree is the patch's claim: with bounce pages every copy
+// receives the same bytes, however the caller scribbles.
+func TestBounceMirrorsAgree(t *testing.T) {
+	for _, p := range raceProfiles {
+		t.Run(p.String(), func(t *testing.T) {
+			diffs, writes := raceMirrors(t, p, Bounce, 2000, false)
+			t.Logf("%v bounce: %d differing sectors after %d racing writes", p, diffs, writes)
+			if diffs != 0 {
+				t.Fatalf("%d differing sectors after %d bounce writes", diffs, writes)
+			}
+		})
+	}
+}
+
+// TestBounceSplitsLargeSourceBio: a 4 MiB iomap bio (two 2 MiB folios) is
+// carried by four bounce bbios, each with its own split of the ordered
+// extent, and a read copies every bbio back to the right place.
+func TestBounceSplitsLargeSourceBio(t *testing.T) {
+	for _, size := range []int{4 * mib, 3*mib + 8192} {
+		fs := newTestFS(t, raid.Raid1, 64*mib, Options{Mode: Bounce})
+		data := blk.AlignedBuffer(size)
+		fillPattern(data, uint64(size))
+		before := fs.Stats()
+		if n, err := fs.write(0, data, 2*mib); err != nil || n != size {
+			t.Fatalf("write: %d %v", n, err)
+		}
+		after := fs.Stats()
+		wantBbios := int64((size + mib - 1) / mib)
+		if got := after.BounceBbios - before.BounceBbios; got != wantBbios {
+			t.Fatalf("%d bounce bbios for a %d-byte bio, want %d", got, size, wantBbios)
+		}
+		if got := after.OrderedCompleted - before.OrderedCompleted; got != wantBbios {
+			t.Fatalf("%d ordered extents completed, want %d (one per split)", got, wantBbios)
+		}
+		out := blk.AlignedBuffer(size)
+		before = fs.Stats()
+		if n, err := fs.read(0, out, 2*mib); err != nil || n != size {
+			t.Fatalf("read: %d %v", n, err)
+		}
+		if got := fs.Stats().BounceBbios - before.BounceBbios; got != wantBbios {
+			t.Fatalf("read used %d bounce bbios, want %d", got, wantBbios)
+		}
+		if !bytes.Equal(out, data) {
+			t.Fatalf("read back differs for %d bytes", size)
+		}
+		fs.checkQuiescent(t)
+	}
+}
+
+// TestBounceENOMEMAtEveryPage fails the page allocation at every index of a
+// 2 MiB request (two bounce bbios), for writes and reads: the request fails,
+// every byte of the ordered extent is accounted exactly once, every lock is
+// released, every page freed.
+func TestBounceENOMEMAtEveryPage(t *testing.T) {
+	const size = 2 * mib
+	fs := newTestFS(t, raid.Raid1, 64*mib, Options{Mode: Bounce})
+	data := blk.AlignedBuffer(size)
+	fillPattern(data, 7)
+	if _, err := fs.write(0, data, 2*mib); err != nil {
+		t.Fatal(err)
+	}
+	pages := size / blk.PageSize
+	for _, write := range []bool{true, false} {
+		for i := 1; i <= pages+1; i++ {
+			before := fs.Stats()
+			fs.Pages.FailAt(int64(i))
+			buf := blk.AlignedBuffer(size)
+			copy(buf, data)
+			var err error
+			if write {
+				_, err = fs.write(0, buf, 2*mib)
+			} else {
+				_, err = fs.read(0, buf, 2*mib)
+			}
+			fs.Pages.FailAt(0)
+			if i <= pages && !errors.Is(err, syscall.ENOMEM) {
+				t.Fatalf("write=%v fail at page %d: err %v, want ENOMEM", write, i, err)
+			}
+			if i > pages && err != nil {
+				t.Fatalf("write=%v no failure: %v", write, err)
+			}
+			if write {
+				after := fs.Stats()
+				if got := after.OrderedBytesFinished - before.OrderedBytesFinished; got != size {
+					t.Fatalf("fail at page %d: %d ordered bytes finished, want %d", i, got, size)
+				}
+			}
+			fs.checkQuiescent(t)
+		}
+	}
+	out := blk.AlignedBuffer(size)
+	if _, err := fs.read(0, out, 0); err != nil || !bytes.Equal(out, data) {
+		t.Fatalf("data changed by failed writes: %v", err)
+	}
+}
+
+// TestFaithfulFlaws runs the seed exactly as posted and shows the review's
+// findings happen there and not in our fixed port.
+func TestFaithfulFlaws(t *testing.T) {
+	const size = 2 * mib
+	run := func(faithful bool, failAt int64) Stats {
+		fs := newTestFS(t, raid.Raid1, 64*mib, Options{Mode: Bounce, Faithful: faithful})
+		buf := blk.AlignedBuffer(size)
+		fs.Pages.FailAt(failAt)
+		fs.write(0, buf, 2*mib)
+		fs.Pages.FailAt(0)
+		st := fs.Stats()
+		st.LeakedPages = fs.Pages.InUse()
+		return st
+	}
+	// Page 257 does not fit the first bbio: the seed leaks it.
+	if st := run(true, 0); st.LeakedPages != 1 {
+		t.Fatalf("faithful: %d pages leaked, want 1 (page allocated when bio_add_page fails)", st.LeakedPages)
+	}
+	if st := run(false, 0); st.LeakedPages != 0 {
+		t.Fatalf("fixed: %d pages leaked", st.LeakedPages)
+	}
+	// Allocation 258 is the first for the second bbio: the seed submits
+	// the still empty bbio.
+	if st := run(true, 258); st.EmptyBbios != 1 {
+		t.Fatalf("faithful: %d empty bbios submitted, want 1", st.EmptyBbios)
+	}
+	if st := run(false, 258); st.EmptyBbios != 0 {
+		t.Fatalf("fixed: %d empty bbios submitted", st.EmptyBbios)
+	}
+	// Failing in the middle of the first bbio: the tail is finished in the
+	// error path and again in btrfs_dio_iomap_end.
+	if st := run(true, 100); st.AccountingBugs == 0 {
+		t.Fatal("faithful: no double finish of the ENOMEM tail")
+	}
+	if st := run(false, 100); st.AccountingBugs != 0 {
+		t.Fatalf("fixed: %d accounting errors", st.AccountingBugs)
+	}
+}
+
+// TestBounceCtlAllocFailure injects the kzalloc(bounce_ctl) failure.
+func TestBounceCtlAllocFailure(t *testing.T) {
+	fs := newTestFS(t, raid.Raid1, 64*mib, Options{Mode: Bounce})
+	// Reads of a hole submit no bio: give the read something to read.
+	if _, err := fs.write(0, blk.AlignedBuffer(3*mib), 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, write := range []bool{true, false} {
+		fs.Faults.BounceCtlAlloc.Store(1)
+		buf := blk.AlignedBuffer(3 * mib)
+		var err error
+		if write {
+			_, err = fs.write(0, buf, 0)
+		} else {
+			_, err = fs.read(0, buf, 0)
+		}
+		if !errors.Is(err, syscall.ENOMEM) {
+			t.Fatalf("write=%v: %v, want ENOMEM", write, err)
+		}
+		fs.checkQuiescent(t)
+	}
+}
+
+// TestOrderedExtentAllocFailures injects failures of
+// btrfs_alloc_ordered_extent (in iomap_begin) and btrfs_split_ordered_extent
+// (in btrfs_extract_ordered_extent, called per bio) in both modes.
+func TestOrderedExtentAllocFailures(t *testing.T) {
+	for _, mode := range []DioMode{ZeroCopy, Bounce} {
+		for _, split := range []bool{false, true} {
+			fs := newTestFS(t, raid.Raid1, 64*mib, Options{Mode: mode})
+			buf := blk.AlignedBuffer(3 * mib)
+			if split {
+				fs.Faults.OrderedSplit.Store(1)
+			} else {
+				fs.Faults.OrderedAlloc.Store(1)
+			}
+			if _, err := fs.write(0, buf, 0); !errors.Is(err, syscall.ENOMEM) {
+				t.Fatalf("%v split=%v: %v, want ENOMEM", mode, split, err)
+			}
+			fs.checkQuiescent(t)
+			if _, err := fs.write(0, buf, 0); err != nil {
+				t.Fatalf("%v: write after the fault: %v", mode, err)
+			}
+			fs.checkQuiescent(t)
+		}
+	}
+}
+
+// TestMirrorDeviceErrors: a write with one failed RAID1 copy still succeeds
+// (max_errors 1); a read from a failing copy is served by the other.
+func TestMirrorDeviceErrors(t *testing.T) {
+	for _, mode := range []DioMode{ZeroCopy, Bounce} {
+		fs := newTestFS(t, raid.Raid1, 64*mib, Options{Mode: mode})
+		devs := fs.Vol.Devices()
+		data := blk.AlignedBuffer(2 * mib)
+		fillPattern(data, 11)
+		devs[0].InjectFault(blk.OpWrite, -1)
+		if _, err := fs.write(0, data, 0); err != nil {
+			t.Fatalf("%v: write with one failed mirror: %v", mode, err)
+		}
+		devs[0].InjectFault(blk.OpWrite, 0)
+		devs[1].InjectFault(blk.OpWrite, -1)
+		devs[0].InjectFault(blk.OpWrite, -1)
+		if _, err := fs.write(4*mib, data, 0); err == nil {
+			t.Fatalf("%v: write with both mirrors failing succeeded", mode)
+		}
+		devs[0].InjectFault(blk.OpWrite, 0)
+		devs[1].InjectFault(blk.OpWrite, 0)
+		// Device 0 missed the first write; now make it unreadable too.
+		devs[0].InjectFault(blk.OpRead, -1)
+		for i := 0; i < 4; i++ {
+			out := blk.AlignedBuffer(2 * mib)
+			if _, err := fs.read(0, out, 0); err != nil || !bytes.Equal(out, data) {
+				t.Fatalf("%v: read %d with a failing mirror: err %v equal %v", mode, i, err, bytes.Equal(out, data))
+			}
+		}
+		devs[0].InjectFault(blk.OpRead, 0)
+		fs.checkQuiescent(t)
+	}
+}
+
+// TestDatasumRepairsCorruptCopy: a datasum write goes through the stable
+// buffered path; a corrupted copy is detected by its csum on read, the good
+// copy returned and the bad one rewritten.
+func TestDatasumRepairsCorruptCopy(t *testing.T) {
+	fs := newTestFS(t, raid.Raid1, 64*mib, Options{Mode: Bounce, DataSum: true})
+	data := blk.AlignedBuffer(mib)
+	fillPattern(data, 5)
+	if _, err := fs.write(0, data, 0); err != nil {
+		t.Fatal(err)
+	}
+	if fs.Stats().BufferedWrites != 1 {
+		t.Fatal("datasum direct write did not fall back to buffered IO")
+	}
+	ext := fs.AllocatedExtents()
+	if len(ext) == 0 {
+		t.Fatal("no extent allocated")
+	}
+	logical := ext[0][0] + 8192
+	if _, ok := fs.Csum(logical); !ok {
+		t.Fatal("no csum stored for written sector")
+	}
+	corruptCopy(t, fs, logical, 1)
+	for i := 0; i < 4; i++ {
+		out := blk.AlignedBuffer(mib)
+		if _, err := fs.read(0, out, 0); err != nil || !bytes.Equal(out, data) {
+			t.Fatalf("read %d: %v", i, err)
+		}
+	}
+	if fs.Stats().ReadRepairs == 0 {
+		t.Fatal("no repair recorded")
+	}
+	rep, err := fs.Vol.Scrub(0, fs.Vol.Capacity(), fs.Csum)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if scrubDiffs(rep) != 0 || scrubCsumErrors(rep) != 0 {
+		t.Fatalf("bad copy not repaired: %+v", rep)
+	}
+	fs.checkQuiescent(t)
+}
+
+// TestRoundTripEveryProfile: random direct reads and writes of random
+// sector-aligned sizes against an in-memory model.
+func TestRoundTripEveryProfile(t *testing.T) {
+	variants := []Options{
+		{Mode: ZeroCopy}, {Mode: Bounce}, {Mode: Bounce, NoCow: true}, {Mode: Bounce, DataSum: true},
+	}
+	for _, p := range raid.Profiles() {
+		for _, o := range variants {
+			name := p.String() + "/" + o.Mode.String()
+			if o.NoCow {
+				name += "/nocow"
+			}
+			if o.DataSum {
+				name += "/datasum"
+			}
+			t.Run(name, func(t *testing.T) { roundTrip(t, p, o) })
+		}
+	}
+}
+
+func roundTrip(t *testing.T, p raid.Profile, o Options) {
+	fs := newTestFS(t, p, 64*mib, o)
+	const span = 24 * mib
+	model := make([]byte, span)
+	rng := rand.New(rand.NewSource(int64(p)*10 + int64(o.Mode)))
+	for i := 0; i < 60; i++ {
+		pos := int64(rng.Intn(span/SectorSize)) * SectorSize
+		n := (1 + rng.Intn(768)) * SectorSize
+		if pos+int64(n) > span {
+			n = int(span - pos)
+		}
+		folio := []int{0, 2 * mib}[rng.Intn(2)]
+		if rng.Intn(3) > 0 {
+			buf := blk.AlignedBuffer(n)
+			fillPattern(buf, uint64(i))
+			if got, err := fs.write(pos, buf, folio); err != nil || got != n {
+				t.Fatalf("write %d at %d: %d %v", n, pos, got, err)
+			}
+			copy(model[pos:], buf)
+		} else {
+			buf := blk.AlignedBuffer(n)
+			if got, err := fs.read(pos, buf, folio); err != nil || got != n {
+				t.Fatalf("read %d at %d: %d %v", n, pos, got, err)
+			}
+			if !bytes.Equal(buf, model[pos:pos+int64(n)]) {
+				t.Fatalf("read %d at %d differs from the model", n, pos)
+			}
+		}
+	}
+	all := blk.AlignedBuffer(span)
+	if _, err := fs.read(0, all, 0); err != nil || !bytes.Equal(all, model) {
+		t.Fatalf("final read: %v", err)
+	}
+	if err := fs.Inode().PunchHole(mib, 2*mib); err != nil {
+		t.Fatal(err)
+	}
+	clear(model[mib : 3*mib])
+	if _, err := fs.read(0, all, 0); err != nil || !bytes.Equal(all, model) {
+		t.Fatalf("read after punch: %v", err)
+	}
+	rep, err := fs.Vol.Scrub(0, fs.Vol.Capacity(), fs.Csum)
+	if err != nil || scrubDiffs(rep) != 0 || scrubCsumErrors(rep) != 0 {
+		t.Fatalf("scrub after round trip: %v %+v", err, rep)
+	}
+	fs.checkQuiescent(t)
+}
+
+// TestConcurrentCompletions issues overlapping and disjoint IO from many
+// goroutines at once (completions arrive on device goroutines) under -race.
+func TestConcurrentCompletions(t *testing.T) {
+	for _, mode := range []DioMode{ZeroCopy, Bounce} {
+		fs := newTestFS(t, raid.Raid10, 64*mib, Options{Mode: mode})
+		var wg sync.WaitGroup
+		errs := make(chan error, 64)
+		for g := 0; g < 8; g++ {
+			wg.Add(1)
+			go func(g int) {
+				defer wg.Done()
+				buf := blk.AlignedBuffer(mib + 8192)
+				for i := 0; i < 20; i++ {
+					pos := int64((g*7+i)%24) * mib
+					var err error
+					if i%3 == 2 {
+						_, err = fs.read(pos, buf, 0)
+					} else {
+						fillPattern(buf, uint64(g*100+i))
+						_, err = fs.write(pos, buf, 2*mib)
+					}
+					if err != nil {
+						errs <- err
+						return
+					}
+				}
+			}(g)
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatalf("%v: %v", mode, err)
+		}
+		fs.checkQuiescent(t)
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	fs := newTestFS(t, raid.Raid1, 16*mib, Options{Mode: Bounce})
+	buf := blk.AlignedBuffer(8192)
+	if _, err := fs.write(512, buf, 0); !errors.Is(err, ErrUnaligned) {
+		t.Fatalf("unaligned write: %v", err)
+	}
+	if _, err := fs.read(0, buf[:1000], 0); !errors.Is(err, ErrUnaligned) {
+		t.Fatalf("unaligned read: %v", err)
+	}
+	size := fs.Inode().ISize()
+	if _, err := fs.write(size-4096, buf, 0); !errors.Is(err, ErrOutOfRange) {
+		t.Fatalf("write past the end: %v", err)
+	}
+	if _, err := fs.read(size, buf, 0); !errors.Is(err, ErrOutOfRange) {
+		t.Fatalf("read past the end: %v", err)
+	}
+	fs.checkQuiescent(t)
+}

@@ -1,0 +1,49 @@
+package btrfsdio
+
+import (
+	"hash/crc32"
+	"sync"
+)
+
+// castagnoli is btrfs's default data checksum, crc32c.
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// csumData is the crc32c of one sector as btrfs stores it (seed ~0, final
+// inversion, i.e. the standard CRC-32C).
+func csumData(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
+
+// csumTree is the checksum tree (file-item.c): crc32c per data sector, keyed
+// by logical address.
+type csumTree struct {
+	mu   sync.RWMutex
+	sums map[uint64]uint32
+}
+
+func newCsumTree() *csumTree { return &csumTree{sums: make(map[uint64]uint32)} }
+
+// lookup is btrfs_lookup_csums_list for one sector.
+func (c *csumTree) lookup(logical uint64) (uint32, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	s, ok := c.sums[logical]
+	return s, ok
+}
+
+// insert is btrfs_csum_file_blocks: sums[i] belongs to the sector at
+// logical + i*SectorSize.
+func (c *csumTree) insert(logical uint64, sums []uint32) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, s := range sums {
+		c.sums[logical+uint64(i)*SectorSize] = s
+	}
+}
+
+// delete is btrfs_del_csums over [logical, logical+length).
+func (c *csumTree) delete(logical, length uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for off := uint64(0); off < length; off += SectorSize {
+		delete(c.sums, logical+off)
+	}
+}

@@ -1,0 +1,243 @@
+// Package btrfsdio ports btrfs's direct IO path (fs/btrfs/direct-io.c) before
+// and after the patch "btrfs: allocate bounce pages for direct IO", together
+// with the pieces of btrfs it stands on: ordered extents (ordered-data.c),
+// extent range locks (extent-io-tree.c), data checksums (file-item.c) and
+// btrfs_bio submission with read repair (bio.c). Devices are reached only
+// through package raid.
+package btrfsdio
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/btrfsdio/btrfsdio/blk"
+	"github.com/btrfsdio/btrfsdio/raid"
+)
+
+// SectorSize is fs_info->sectorsize: the data block, checksum and direct IO
+// alignment unit.
+const SectorSize = 4096
+
+// BtrfsMaxBioSectors is BTRFS_MAX_BIO_SECTORS: direct reads are capped at
+// this many sectors per mapping.
+const BtrfsMaxBioSectors = 256
+
+// DioMode selects btrfs_dio_submit_io's body.
+type DioMode int
+
+const (
+	// ZeroCopy is the kernel before the patch: bios point at the caller's
+	// pages and every mirror reads them at its own time.
+	ZeroCopy DioMode = iota
+	// Bounce is the patch: data is copied into private pages first.
+	Bounce
+)
+
+func (m DioMode) String() string {
+	if m == Bounce {
+		return "bounce"
+	}
+	return "zerocopy"
+}
+
+// ParseDioMode parses "bounce" or "zerocopy".
+func ParseDioMode(s string) (DioMode, error) {
+	switch s {
+	case "bounce":
+		return Bounce, nil
+	case "zerocopy", "zero-copy":
+		return ZeroCopy, nil
+	}
+	return 0, fmt.Errorf("unknown dio mode %q (want bounce or zerocopy)", s)
+}
+
+// Options configures a filesystem instance.
+type Options struct {
+	Mode DioMode
+	// Faithful reproduces the seed patch's flaws exactly (leaked page when
+	// bio_add_page fails, empty bbio after a failed alloc_page, the ENOMEM
+	// tail finished twice); off, the port fixes them.
+	Faithful bool
+	// DataSum gives the inode data checksums (no NODATASUM flag).
+	DataSum bool
+	// NoCow sets NODATACOW (which implies NODATASUM, as in btrfs).
+	NoCow bool
+	// Size is the inode's i_size; 0 picks the largest size that leaves
+	// room for copy-on-write (see DefaultSize).
+	Size uint64
+	Log  logrus.FieldLogger
+}
+
+// DefaultSize is the file size offered on a volume: 7/8 of the data chunk,
+// so that copy-on-write always finds room for new extents before the old
+// ones are freed.
+func DefaultSize(capacity uint64) uint64 {
+	return (capacity / 8 * 7) &^ (1<<20 - 1)
+}
+
+// Faults holds fault-injection counters: each positive counter makes that
+// many of the next operations of its kind fail with ENOMEM.
+type Faults struct {
+	// BounceCtlAlloc fails kzalloc(bounce_ctl).
+	BounceCtlAlloc atomic.Int64
+	// OrderedAlloc fails btrfs_alloc_ordered_extent.
+	OrderedAlloc atomic.Int64
+	// OrderedSplit fails btrfs_split_ordered_extent.
+	OrderedSplit atomic.Int64
+}
+
+func (f *Faults) take(c *atomic.Int64) error {
+	for {
+		n := c.Load()
+		if n <= 0 {
+			return nil
+		}
+		if c.CompareAndSwap(n, n-1) {
+			return syscall.ENOMEM
+		}
+	}
+}
+
+// Stats are counters a user or test can read.
+type Stats struct {
+	OrderedCreated, OrderedCompleted, OrderedFailed int64
+	OrderedBytesFinished                            int64
+	// AccountingBugs counts "bad ordered extent accounting" warnings and
+	// over-puts: always 0 unless the faithful flaws are on.
+	AccountingBugs int64
+	BounceBbios    int64
+	EmptyBbios     int64
+	LeakedPages    int64
+	ReadRepairs    int64
+	CsumErrors     int64
+	BufferedWrites int64
+}
+
+type stats struct {
+	orderedCreated, orderedCompleted, orderedFailed atomic.Int64
+	orderedBytesFinished                            atomic.Int64
+	accountingBugs                                  atomic.Int64
+	bounceBbios, emptyBbios, leakedPages            atomic.Int64
+	readRepairs, csumErrors, bufferedWrites         atomic.Int64
+}
+
+// FsInfo is struct btrfs_fs_info, reduced to one data chunk and one inode.
+type FsInfo struct {
+	Vol    *raid.Volume
+	Opts   Options
+	Pages  *blk.PageAllocator
+	Faults Faults
+	// DioBioset is btrfs_dio_bioset.
+	DioBioset blk.BioSet
+	// BioBioset is btrfs_bioset (buffered writeback, repair).
+	BioBioset blk.BioSet
+
+	space *freeSpace
+	// allocHint is where the next data extent is looked for (the end of
+	// the last one), so sequential writes get contiguous extents.
+	allocHint atomic.Uint64
+	csums     *csumTree
+	stats     stats
+	log       logrus.FieldLogger
+	inode     *Inode
+}
+
+// Inode is struct btrfs_inode for the one file the device exposes.
+type Inode struct {
+	fs        *FsInfo
+	NoDataSum bool // BTRFS_INODE_NODATASUM
+	NoDataCow bool // BTRFS_INODE_NODATACOW
+	size      uint64
+	IOTree    *ExtentIOTree
+	extents   fileExtentTree
+
+	orderedMu sync.Mutex // ordered_tree_lock
+	ordered   []*OrderedExtent
+	// ilock is the inode lock (BTRFS_ILOCK_SHARED for direct IO).
+	ilock sync.RWMutex
+}
+
+// NewFsInfo mounts vol: an empty filesystem holding one inode.
+func NewFsInfo(vol *raid.Volume, opts Options) (*FsInfo, error) {
+	if vol == nil {
+		return nil, errors.New("btrfsdio: no volume")
+	}
+	capacity := vol.Capacity()
+	size := opts.Size
+	if size == 0 {
+		size = DefaultSize(capacity)
+	}
+	if size == 0 || size%SectorSize != 0 || size > capacity {
+		return nil, fmt.Errorf("btrfsdio: file size %d does not fit a %d-byte data chunk in whole sectors", size, capacity)
+	}
+	log := opts.Log
+	if log == nil {
+		log = logrus.StandardLogger()
+	}
+	fs := &FsInfo{
+		Vol: vol, Opts: opts, Pages: &blk.PageAllocator{},
+		space: newFreeSpace(0, capacity&^(SectorSize-1)),
+		csums: newCsumTree(), log: log,
+	}
+	fs.inode = &Inode{
+		fs: fs, size: size, IOTree: NewExtentIOTree(),
+		NoDataSum: !opts.DataSum || opts.NoCow, NoDataCow: opts.NoCow,
+	}
+	return fs, nil
+}
+
+// Inode returns the filesystem's one inode.
+func (fs *FsInfo) Inode() *Inode { return fs.inode }
+
+// Stats returns a snapshot of the counters.
+func (fs *FsInfo) Stats() Stats {
+	s := &fs.stats
+	return Stats{
+		OrderedCreated: s.orderedCreated.Load(), OrderedCompleted: s.orderedCompleted.Load(),
+		OrderedFailed: s.orderedFailed.Load(), OrderedBytesFinished: s.orderedBytesFinished.Load(),
+		AccountingBugs: s.accountingBugs.Load(), BounceBbios: s.bounceBbios.Load(),
+		EmptyBbios: s.emptyBbios.Load(), LeakedPages: s.leakedPages.Load(),
+		ReadRepairs: s.readRepairs.Load(), CsumErrors: s.csumErrors.Load(),
+		BufferedWrites: s.bufferedWrites.Load(),
+	}
+}
+
+// UsedBytes is the allocated data space.
+func (fs *FsInfo) UsedBytes() uint64 { return fs.space.usedBytes() }
+
+// Csum returns the stored checksum of the data sector at logical, for scrub.
+func (fs *FsInfo) Csum(logical uint64) (uint32, bool) { return fs.csums.lookup(logical) }
+
+// AllocatedExtents lists the disk ranges that hold file data, for scrub.
+func (fs *FsInfo) AllocatedExtents() [][2]uint64 {
+	var out [][2]uint64
+	for _, e := range fs.inode.extents.snapshot() {
+		out = append(out, [2]uint64{e.diskBytenr, e.len})
+	}
+	return out
+}
+
+func (fs *FsInfo) warnf(format string, args ...any) { fs.log.Warnf("BTRFS warning: "+format, args...) }
+
+// reserveData is btrfs_reserve_extent for data.
+func (fs *FsInfo) reserveData(length, hint uint64) (uint64, uint64, error) {
+	return fs.space.reserve(length, SectorSize, hint)
+}
+
+// freeData frees a data extent and its checksums (btrfs_free_extent ->
+// btrfs_del_csums).
+func (fs *FsInfo) freeData(start, length uint64) {
+	fs.csums.delete(start, length)
+	fs.space.release(start, length)
+}
+
+// ISize is i_size_read.
+func (inode *Inode) ISize() int64 { return int64(inode.size) }
+
+// FsInfo returns the inode's filesystem.
+func (inode *Inode) FsInfo() *FsInfo { return inode.fs }

@@ -1,0 +1,172 @@
+package btrfsdio
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+
+	"github.com/btrfsdio/btrfsdio/blk"
+	"github.com/btrfsdio/btrfsdio/iomap"
+	"github.com/btrfsdio/btrfsdio/raid"
+)
+
+// testDir prefers tmpfs: the tests write gigabytes and want them in memory.
+func testDir(t testing.TB) string {
+	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
+		d, err := os.MkdirTemp("/dev/shm", "btrfsdio-test-")
+		if err == nil {
+			t.Cleanup(func() { os.RemoveAll(d) })
+			return d
+		}
+	}
+	return t.TempDir()
+}
+
+// devicesFor is how many devices each profile's tests use.
+func devicesFor(p raid.Profile) int {
+	switch p {
+	case raid.Single, raid.Dup:
+		return 1
+	case raid.Raid0, raid.Raid1:
+		return 2
+	case raid.Raid1C3, raid.Raid5:
+		return 3
+	}
+	return 4
+}
+
+func quietLog() logrus.FieldLogger {
+	l := logrus.New()
+	l.SetOutput(io.Discard)
+	return l
+}
+
+type testFS struct {
+	*FsInfo
+	paths []string
+}
+
+func newTestFS(t testing.TB, p raid.Profile, devSize int64, opts Options) *testFS {
+	t.Helper()
+	dir := testDir(t)
+	var devs []*raid.Device
+	var paths []string
+	for i := 0; i < devicesFor(p); i++ {
+		path := filepath.Join(dir, fmt.Sprintf("dev%d.img", i))
+		d, err := raid.OpenDevice(path, raid.DeviceOptions{Create: true, Size: devSize, Logger: quietLog()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		devs = append(devs, d)
+		paths = append(paths, path)
+	}
+	vol, err := raid.NewVolume(devs, p, raid.VolumeOptions{Logger: quietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { vol.Close() })
+	if opts.Log == nil {
+		opts.Log = quietLog()
+	}
+	fs, err := NewFsInfo(vol, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testFS{FsInfo: fs, paths: paths}
+}
+
+// mmapBuf is memory outside the Go heap: the buffers that the tests scribble
+// on while IO is in flight are racy on purpose, and the race detector only
+// watches the Go heap.
+func mmapBuf(t testing.TB, n int) []byte {
+	b, err := unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Munmap(b) })
+	return b
+}
+
+func (fs *testFS) write(pos int64, buf []byte, folio int) (int, error) {
+	return fs.Inode().DirectWrite(&iomap.Kiocb{Pos: pos}, iomap.NewIovIter(buf, folio))
+}
+
+func (fs *testFS) read(pos int64, buf []byte, folio int) (int, error) {
+	return fs.Inode().DirectRead(&iomap.Kiocb{Pos: pos}, iomap.NewIovIter(buf, folio))
+}
+
+// checkQuiescent asserts that nothing is left behind once every IO has
+// returned: no page, bio, ordered extent or extent lock, and no accounting
+// warning.
+func (fs *testFS) checkQuiescent(t testing.TB) {
+	t.Helper()
+	inode := fs.Inode()
+	var errs []error
+	if n := fs.Pages.InUse(); n != 0 {
+		errs = append(errs, fmt.Errorf("%d bounce pages not freed", n))
+	}
+	if n := fs.DioBioset.InUse(); n != 0 {
+		errs = append(errs, fmt.Errorf("%d dio bios not put", n))
+	}
+	if n := inode.OrderedCount(); n != 0 {
+		errs = append(errs, fmt.Errorf("%d ordered extents left", n))
+	}
+	if held := inode.IOTree.Held(); len(held) != 0 {
+		errs = append(errs, fmt.Errorf("extent locks held: %v", held))
+	}
+	if n := inode.IOTree.BadClears(); n != 0 {
+		errs = append(errs, fmt.Errorf("%d unlocks of unlocked ranges", n))
+	}
+	if n := fs.Stats().AccountingBugs; n != 0 {
+		errs = append(errs, fmt.Errorf("%d ordered extent accounting errors", n))
+	}
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func fillPattern(b []byte, seed uint64) {
+	x := seed*0x9E3779B97F4A7C15 + 1
+	for i := range b {
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+		b[i] = byte(x)
+	}
+}
+
+// scrubDiffs counts sectors whose copies disagree, parity included.
+func scrubDiffs(rep *raid.ScrubReport) int {
+	return len(rep.Differences) + len(rep.ParityMismatches)
+}
+
+func scrubCsumErrors(rep *raid.ScrubReport) int { return len(rep.CsumErrors) }
+
+// corruptCopy flips bytes of one copy of the sector at logical, directly in
+// the backing image.
+func corruptCopy(t *testing.T, fs *testFS, logical uint64, mirror int) {
+	t.Helper()
+	ioc, _, err := fs.Vol.MapBlock(blk.OpRead, logical, SectorSize, mirror)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := ioc.Stripes[0]
+	f, err := os.OpenFile(s.Dev.Path(), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	junk := make([]byte, 512)
+	for i := range junk {
+		junk[i] = 0x5A
+	}
+	if _, err := f.WriteAt(junk, int64(s.Physical)+100); err != nil {
+		t.Fatal(err)
+	}
+}

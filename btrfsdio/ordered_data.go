@@ -1,0 +1,280 @@
+package btrfsdio
+
+import (
+	"fmt"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"syscall"
+)
+
+// Ordered extent flags (enum in ordered-data.h).
+const (
+	OrderedRegular  uint32 = 1 << iota // BTRFS_ORDERED_REGULAR
+	OrderedNocow                       // BTRFS_ORDERED_NOCOW
+	OrderedPrealloc                    // BTRFS_ORDERED_PREALLOC
+	OrderedDirect                      // BTRFS_ORDERED_DIRECT
+	OrderedIODone                      // BTRFS_ORDERED_IO_DONE
+	OrderedComplete                    // BTRFS_ORDERED_COMPLETE
+	OrderedIOErr                       // BTRFS_ORDERED_IOERR
+)
+
+// OrderedExtent is struct btrfs_ordered_extent: a file range whose data is in
+// flight to a reserved disk extent. When every byte has been accounted
+// (bytes_left reaches zero) the file extent item is inserted, or, on error,
+// the reserved extent is dropped.
+type OrderedExtent struct {
+	FileOffset   uint64
+	NumBytes     uint64
+	DiskBytenr   uint64
+	DiskNumBytes uint64
+
+	inode *Inode
+	mu    sync.Mutex // ordered->lock (the kernel uses the tree lock here)
+	// bytesLeft and flags are guarded by inode.orderedMu, as the kernel
+	// guards them with ordered_tree_lock.
+	bytesLeft uint64
+	flags     uint32
+	// sums are the data checksums computed at submission, inserted into
+	// the csum tree at completion (ordered->list of btrfs_ordered_sum).
+	sums []orderedSum
+	refs atomic.Int32
+	done chan struct{}
+}
+
+type orderedSum struct {
+	logical uint64
+	sums    []uint32
+}
+
+// Flags returns the ordered extent's flags.
+func (oe *OrderedExtent) Flags() uint32 {
+	oe.inode.orderedMu.Lock()
+	defer oe.inode.orderedMu.Unlock()
+	return oe.flags
+}
+
+// BytesLeft returns bytes_left.
+func (oe *OrderedExtent) BytesLeft() uint64 {
+	oe.inode.orderedMu.Lock()
+	defer oe.inode.orderedMu.Unlock()
+	return oe.bytesLeft
+}
+
+// AllocOrderedExtent is btrfs_alloc_ordered_extent: create and insert an
+// ordered extent for [fileOffset, fileOffset+numBytes) at diskBytenr. It
+// carries one reference for the tree and one for the caller.
+func (inode *Inode) AllocOrderedExtent(fileOffset, numBytes, diskBytenr uint64, flags uint32) (*OrderedExtent, error) {
+	if err := inode.fs.Faults.take(&inode.fs.Faults.OrderedAlloc); err != nil {
+		return nil, fmt.Errorf("btrfs_alloc_ordered_extent: %w", err)
+	}
+	oe := &OrderedExtent{
+		FileOffset: fileOffset, NumBytes: numBytes,
+		DiskBytenr: diskBytenr, DiskNumBytes: numBytes,
+		inode: inode, bytesLeft: numBytes, flags: flags,
+		done: make(chan struct{}),
+	}
+	oe.refs.Store(2)
+	inode.orderedMu.Lock()
+	inode.insertOrderedLocked(oe)
+	inode.orderedMu.Unlock()
+	inode.fs.stats.orderedCreated.Add(1)
+	return oe, nil
+}
+
+func (inode *Inode) insertOrderedLocked(oe *OrderedExtent) {
+	i := sort.Search(len(inode.ordered), func(i int) bool { return inode.ordered[i].FileOffset >= oe.FileOffset })
+	inode.ordered = append(inode.ordered, nil)
+	copy(inode.ordered[i+1:], inode.ordered[i:])
+	inode.ordered[i] = oe
+}
+
+func (inode *Inode) removeOrderedLocked(oe *OrderedExtent) {
+	for i, o := range inode.ordered {
+		if o == oe {
+			inode.ordered = append(inode.ordered[:i], inode.ordered[i+1:]...)
+			return
+		}
+	}
+}
+
+// LookupOrderedRange is btrfs_lookup_ordered_range: the first ordered extent
+// overlapping [start, start+length), with a reference, or nil.
+func (inode *Inode) LookupOrderedRange(start, length uint64) *OrderedExtent {
+	inode.orderedMu.Lock()
+	defer inode.orderedMu.Unlock()
+	for _, oe := range inode.ordered {
+		if oe.FileOffset < start+length && start < oe.FileOffset+oe.NumBytes {
+			oe.refs.Add(1)
+			return oe
+		}
+	}
+	return nil
+}
+
+// OrderedCount is how many ordered extents are still in the tree.
+func (inode *Inode) OrderedCount() int {
+	inode.orderedMu.Lock()
+	defer inode.orderedMu.Unlock()
+	return len(inode.ordered)
+}
+
+// PutOrderedExtent is btrfs_put_ordered_extent.
+func (oe *OrderedExtent) PutOrderedExtent() {
+	if oe.refs.Add(-1) < 0 {
+		oe.inode.fs.warnf("ordered extent %d+%d put too many times", oe.FileOffset, oe.NumBytes)
+		oe.inode.fs.stats.accountingBugs.Add(1)
+	}
+}
+
+// StartOrderedExtent is btrfs_start_ordered_extent: wait for it to finish.
+// Direct IO ordered extents start their own IO, so there is nothing to kick.
+func (oe *OrderedExtent) StartOrderedExtent() { <-oe.done }
+
+// SplitOrderedExtent is btrfs_split_ordered_extent: carve the first length
+// bytes off oe into a new ordered extent, which is returned with a reference
+// for the caller. Only untouched extents can be split.
+func (oe *OrderedExtent) SplitOrderedExtent(length uint64) (*OrderedExtent, error) {
+	inode := oe.inode
+	if err := inode.fs.Faults.take(&inode.fs.Faults.OrderedSplit); err != nil {
+		return nil, fmt.Errorf("btrfs_split_ordered_extent: %w", err)
+	}
+	inode.orderedMu.Lock()
+	defer inode.orderedMu.Unlock()
+	// The kernel checks len >= num_bytes only; a zero-length split would make
+	// an empty ordered extent that can never account a byte, so we refuse it
+	// too (see the empty bounce bbio flaw).
+	if length == 0 || length >= oe.NumBytes {
+		return nil, fmt.Errorf("btrfs_split_ordered_extent: split %d of %d bytes: %w", length, oe.NumBytes, syscall.EINVAL)
+	}
+	if oe.bytesLeft != oe.DiskNumBytes {
+		return nil, fmt.Errorf("btrfs_split_ordered_extent: partially completed extent: %w", syscall.EINVAL)
+	}
+	nw := &OrderedExtent{
+		FileOffset: oe.FileOffset, NumBytes: length,
+		DiskBytenr: oe.DiskBytenr, DiskNumBytes: length,
+		inode: inode, bytesLeft: length, flags: oe.flags &^ (OrderedIODone | OrderedComplete | OrderedIOErr),
+		done: make(chan struct{}),
+	}
+	nw.refs.Store(2)
+	oe.FileOffset += length
+	oe.DiskBytenr += length
+	oe.NumBytes -= length
+	oe.DiskNumBytes -= length
+	oe.bytesLeft -= length
+	inode.insertOrderedLocked(nw)
+	inode.fs.stats.orderedCreated.Add(1)
+	return nw, nil
+}
+
+// canFinishLocked is can_finish_ordered_extent: account length bytes of oe
+// as done; true when this was the last of them.
+func (oe *OrderedExtent) canFinishLocked(length uint64, uptodate bool) bool {
+	if oe.flags&OrderedIODone != 0 || length > oe.bytesLeft {
+		// "bad ordered extent accounting": the kernel warns and clamps.
+		oe.inode.fs.warnf("bad ordered extent accounting, file_offset %d num_bytes %d bytes_left %d finishing %d",
+			oe.FileOffset, oe.NumBytes, oe.bytesLeft, length)
+		oe.inode.fs.stats.accountingBugs.Add(1)
+		if oe.flags&OrderedIODone != 0 {
+			return false
+		}
+		oe.bytesLeft = 0
+	} else {
+		oe.bytesLeft -= length
+	}
+	if !uptodate {
+		oe.flags |= OrderedIOErr
+	}
+	if oe.bytesLeft != 0 {
+		return false
+	}
+	oe.flags |= OrderedIODone
+	return true
+}
+
+// FinishOrderedExtent is btrfs_finish_ordered_extent: length bytes at
+// fileOffset of oe have been written (or failed); the last byte runs
+// btrfs_finish_ordered_io.
+func (oe *OrderedExtent) FinishOrderedExtent(fileOffset, length uint64, uptodate bool) {
+	inode := oe.inode
+	inode.orderedMu.Lock()
+	last := oe.canFinishLocked(length, uptodate)
+	inode.orderedMu.Unlock()
+	inode.fs.stats.orderedBytesFinished.Add(int64(length))
+	if last {
+		inode.finishOrderedIO(oe)
+	}
+}
+
+// MarkOrderedIOFinished is btrfs_mark_ordered_io_finished: account every
+// ordered extent overlapping [fileOffset, fileOffset+numBytes).
+func (inode *Inode) MarkOrderedIOFinished(fileOffset, numBytes uint64, uptodate bool) {
+	end := fileOffset + numBytes
+	var toFinish []*OrderedExtent
+	inode.orderedMu.Lock()
+	for _, oe := range inode.ordered {
+		oeEnd := oe.FileOffset + oe.NumBytes
+		if oeEnd <= fileOffset || oe.FileOffset >= end {
+			continue
+		}
+		part := min(oeEnd, end) - max(oe.FileOffset, fileOffset)
+		inode.fs.stats.orderedBytesFinished.Add(int64(part))
+		if oe.canFinishLocked(part, uptodate) {
+			toFinish = append(toFinish, oe)
+		}
+	}
+	inode.orderedMu.Unlock()
+	for _, oe := range toFinish {
+		inode.finishOrderedIO(oe)
+	}
+}
+
+// finishOrderedIO is btrfs_finish_one_ordered: make the new data visible
+// (file extent item + csums, old extent freed) or, on error, drop the
+// reserved extent; then remove oe from the tree and wake its waiters.
+func (inode *Inode) finishOrderedIO(oe *OrderedExtent) {
+	fs := inode.fs
+	inode.orderedMu.Lock()
+	ioerr := oe.flags&OrderedIOErr != 0
+	nocow := oe.flags&OrderedNocow != 0
+	inode.orderedMu.Unlock()
+	switch {
+	case ioerr && !nocow:
+		fs.freeData(oe.DiskBytenr, oe.DiskNumBytes)
+		fs.stats.orderedFailed.Add(1)
+	case ioerr:
+		fs.stats.orderedFailed.Add(1)
+	case nocow:
+		// In place: the mapping already points here; only csums change.
+		inode.insertSums(oe)
+	default:
+		for _, s := range inode.extents.replace(oe.FileOffset, oe.NumBytes, oe.DiskBytenr) {
+			fs.freeData(s.start, s.len)
+		}
+		inode.insertSums(oe)
+	}
+	inode.orderedMu.Lock()
+	oe.flags |= OrderedComplete
+	inode.removeOrderedLocked(oe)
+	inode.orderedMu.Unlock()
+	close(oe.done)
+	fs.stats.orderedCompleted.Add(1)
+	oe.PutOrderedExtent() // the tree's reference
+}
+
+func (inode *Inode) insertSums(oe *OrderedExtent) {
+	if inode.NoDataSum {
+		// A nodatasum write must not leave stale csums behind for the
+		// sectors it overwrote in place.
+		inode.fs.csums.delete(oe.DiskBytenr, oe.DiskNumBytes)
+		return
+	}
+	oe.mu.Lock()
+	sums := oe.sums
+	oe.mu.Unlock()
+	for _, s := range sums {
+		inode.fs.csums.insert(s.logical, s.sums)
+	}
+}
+
+func (inode *Inode) warnf(format string, args ...any) { inode.fs.warnf(format, args...) }

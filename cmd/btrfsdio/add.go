@@ -1,0 +1,450 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/btrfsdio/btrfsdio/ublk"
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+)
+
+// serveCommand is the hidden subcommand the daemon runs (ublksrv re-execs
+// itself the same way to get a clean process for the queues).
+const serveCommand = "__serve"
+
+// Environment of the daemon.
+const (
+	envReadyFD  = "BTRFSDIO_READY_FD"  // fd on which the daemon reports READY or ERROR
+	envLogFile  = "BTRFSDIO_LOG_FILE"  // log file the parent opened for it
+	envLogDir   = "BTRFSDIO_LOG_DIR"   // default /var/log/btrfsdio
+	envRunDir   = "BTRFSDIO_RUN_DIR"   // default /run/btrfsdio
+	envLogLevel = "BTRFSDIO_LOG_LEVEL" // logrus level, default info
+)
+
+const addUsage = "-t TYPE [-n ID] [-q QUEUES] [-d DEPTH] [-r 0|1] [--max-io BYTES] [--no-user-copy] [--foreground] [target flags...]"
+
+func init() {
+	registerCommand(&command{
+		name: "add", usage: addUsage, run: runAdd,
+		summary: "add a ublk device; the server daemonizes unless --foreground is given",
+	})
+	registerCommand(&command{name: serveCommand, hidden: true, run: runServe})
+}
+
+// errHelp asks for add's usage (-h).
+var errHelp = errors.New("help requested")
+
+// addSpec is a parsed `add` command line.
+type addSpec struct {
+	typ        string
+	id         int
+	queues     int
+	depth      int
+	recovery   int
+	maxIO      uint
+	noUserCopy bool
+	foreground bool
+	factory    TargetFactory
+	args       []string // as given, handed on to the daemon
+	fs         *flag.FlagSet
+}
+
+// parseAdd parses and validates add's flags and the target type's flags.
+func parseAdd(args []string) (*addSpec, error) {
+	spec := &addSpec{args: args}
+	fs := flag.NewFlagSet("add", flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // errors are reported once, by the caller
+	spec.fs = fs
+	fs.StringVar(&spec.typ, "t", "", "target type")
+	fs.StringVar(&spec.typ, "type", "", "same as -t")
+	fs.IntVar(&spec.id, "n", ublk.AnyID, "device id (-1: the kernel picks one)")
+	fs.IntVar(&spec.id, "number", ublk.AnyID, "same as -n")
+	fs.IntVar(&spec.queues, "q", ublk.DefaultQueues, "hardware queues (clamped to the CPU count)")
+	fs.IntVar(&spec.queues, "queues", ublk.DefaultQueues, "same as -q")
+	fs.IntVar(&spec.depth, "d", ublk.DefaultQueueDepth, "queue depth")
+	fs.IntVar(&spec.depth, "depth", ublk.DefaultQueueDepth, "same as -d")
+	fs.IntVar(&spec.recovery, "r", 0, "1: request UBLK_F_USER_RECOVERY")
+	fs.IntVar(&spec.recovery, "recovery", 0, "same as -r")
+	fs.UintVar(&spec.maxIO, "max-io", 0, "largest request in bytes (default: the target's, 1 MiB)")
+	fs.BoolVar(&spec.noUserCopy, "no-user-copy", false, "do not use UBLK_F_USER_COPY (per-tag buffers)")
+	fs.BoolVar(&spec.foreground, "foreground", false, "serve in this process, log to stderr")
+
+	typ, found := findType(args)
+	if wantsHelp(args) {
+		if tt, ok := targetTypes[typ]; ok {
+			spec.factory = tt.new()
+			spec.factory.Flags(fs)
+		}
+		return spec, errHelp
+	}
+	if !found || typ == "" {
+		return nil, fmt.Errorf("add: missing -t TYPE (known types: %s)", strings.Join(targetNames(), ", "))
+	}
+	tt, ok := targetTypes[typ]
+	if !ok {
+		return nil, fmt.Errorf("add: unknown target type %q (known types: %s)", typ, strings.Join(targetNames(), ", "))
+	}
+	spec.factory = tt.new()
+	spec.factory.Flags(fs)
+	if err := fs.Parse(args); err != nil {
+		return nil, fmt.Errorf("add: %w", err)
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("add: unexpected argument %q", fs.Arg(0))
+	}
+	if err := spec.check(); err != nil {
+		return nil, err
+	}
+	return spec, spec.factory.Validate()
+}
+
+// check validates the common flags with the limits the kernel would enforce.
+func (s *addSpec) check() error {
+	page := uint(os.Getpagesize())
+	switch {
+	case s.id < ublk.AnyID:
+		return fmt.Errorf("add: -n %d: a device id is a number >= 0", s.id)
+	case s.queues < 1 || s.queues > ublk.MaxQueues:
+		return fmt.Errorf("add: -q %d: queues must be in [1, %d]", s.queues, ublk.MaxQueues)
+	case s.depth < 1 || s.depth > ublk.MaxQueueDepth:
+		return fmt.Errorf("add: -d %d: depth must be in [1, %d]", s.depth, ublk.MaxQueueDepth)
+	case s.recovery != 0 && s.recovery != 1:
+		return fmt.Errorf("add: -r %d: must be 0 or 1", s.recovery)
+	case s.maxIO != 0 && (s.maxIO%page != 0 || s.maxIO > ublk.MaxUserCopyBytes):
+		return fmt.Errorf("add: --max-io %d: must be a multiple of %d up to %d", s.maxIO, page, ublk.MaxUserCopyBytes)
+	}
+	return nil
+}
+
+// findType pre-scans for -t/--type, whose value decides which flags exist.
+func findType(args []string) (string, bool) {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			break
+		}
+		if !strings.HasPrefix(a, "-") {
+			continue
+		}
+		name, val, hasVal := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if name != "t" && name != "type" {
+			continue
+		}
+		if hasVal {
+			return val, true
+		}
+		if i+1 < len(args) {
+			return args[i+1], true
+		}
+		return "", true
+	}
+	return "", false
+}
+
+func wantsHelp(args []string) bool {
+	for _, a := range args {
+		if a == "-h" || a == "--help" || a == "-help" {
+			return true
+		}
+	}
+	return false
+}
+
+func runAdd(e *env, args []string) int {
+	spec, err := parseAdd(args)
+	if errors.Is(err, errHelp) {
+		fmt.Fprintf(e.stdout, "usage: btrfsdio add %s\n\n", addUsage)
+		spec.fs.SetOutput(e.stdout)
+		spec.fs.PrintDefaults()
+		printTargetTypes(e.stdout)
+		return exitOK
+	}
+	if err != nil {
+		return e.failf(exitUsage, "%v", err)
+	}
+	if err := checkDriver(); err != nil {
+		return e.failf(exitFail, "add: %v", err)
+	}
+	if spec.id != ublk.AnyID {
+		if err := checkIDFree(uint32(spec.id)); err != nil {
+			return e.failf(exitFail, "add: %v", err)
+		}
+	}
+	if spec.foreground {
+		return serve(spec, &printReporter{e: e}, newLogger(e.stderr), "", false)
+	}
+	return daemonize(e, spec)
+}
+
+// checkIDFree fails early, with a clear message, when -n names an existing device.
+func checkIDFree(id uint32) error {
+	_, err := ublk.List(id)
+	switch {
+	case err == nil:
+		return fmt.Errorf("device id %d is already in use (see 'btrfsdio list -n %d')", id, id)
+	case errors.Is(err, unix.ENODEV):
+		return nil
+	}
+	return err
+}
+
+// reporter tells whoever started the server how setup went.
+type reporter interface {
+	ready(dev *ublk.Device)
+	failed(err error)
+}
+
+// printReporter is --foreground: the list line on stdout, errors on stderr.
+type printReporter struct{ e *env }
+
+func (r *printReporter) ready(dev *ublk.Device) {
+	if st, err := ublk.List(dev.ID()); err == nil {
+		printDevice(r.e.stdout, st, readRunInfo(dev.ID(), st.Info.SrvPID))
+	} else {
+		fmt.Fprintf(r.e.stdout, "dev id %d: %s\n", dev.ID(), dev.BlockDevice())
+	}
+}
+
+func (r *printReporter) failed(err error) { r.e.failf(exitFail, "add: %v", err) }
+
+// pipeReporter is the daemon side of daemonize: one line on the ready pipe.
+type pipeReporter struct{ f *os.File }
+
+func (r *pipeReporter) ready(dev *ublk.Device) {
+	fmt.Fprintf(r.f, "READY %d\n", dev.ID())
+	r.f.Close()
+}
+
+func (r *pipeReporter) failed(err error) {
+	fmt.Fprintf(r.f, "ERROR %s\n", strings.ReplaceAll(err.Error(), "\n", "; "))
+	r.f.Close()
+}
+
+// serve builds the target, adds the device and serves it until a signal or
+// until the device is stopped from outside. SIGINT/SIGTERM/SIGHUP stop it
+// cleanly: STOP_DEV, queues drain, DEL_DEV, so no /dev/ublkcN is left behind.
+func serve(spec *addSpec, rep reporter, log *logrus.Logger, logPath string, daemon bool) int {
+	// Subscribe before the device exists: a signal during setup is then
+	// handled after Add instead of killing the process mid-way.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+
+	fail := func(err error) int {
+		if daemon { // the terminal sees it through the pipe; the log needs it too
+			log.Errorf("add: %v", err)
+		}
+		rep.failed(err)
+		return exitFail
+	}
+	target, params, err := spec.factory.Build()
+	if err != nil {
+		return fail(err)
+	}
+	if spec.maxIO != 0 {
+		params.MaxIOBytes = uint32(spec.maxIO)
+	}
+	if daemon {
+		// Like daemon(3): do not keep the caller's directory busy. Only
+		// now, because the target resolved its relative paths in Build.
+		if err := os.Chdir("/"); err != nil {
+			log.Warnf("chdir /: %v", err)
+		}
+	}
+	dev, err := ublk.Add(ublk.Options{
+		ID: spec.id, Queues: spec.queues, Depth: spec.depth, Params: params,
+		UserRecovery: spec.recovery == 1, NoUserCopy: spec.noUserCopy, Logger: log,
+	}, target)
+	if err != nil {
+		if c, ok := target.(io.Closer); ok {
+			c.Close()
+		}
+		return fail(err)
+	}
+	logPath = finalizeLog(logPath, dev.ID(), log)
+	runFile := writeRunInfo(dev, spec, logPath, log)
+	rep.ready(dev)
+
+	select {
+	case s := <-sigs:
+		log.Infof("%v: stopping %s", s, dev.BlockDevice())
+	case <-dev.Done():
+		log.Warnf("%s was stopped from outside", dev.BlockDevice())
+	}
+	code := exitOK
+	if err := dev.Stop(); err != nil {
+		log.Errorf("stop: %v", err)
+		code = exitFail
+	}
+	if err := dev.Wait(); err != nil {
+		log.Errorf("queues: %v", err)
+		code = exitFail
+	}
+	if runFile != "" {
+		os.Remove(runFile)
+	}
+	log.Infof("%s removed", dev.BlockDevice())
+	return code
+}
+
+// daemonize starts the server in a new session with its output in a log file
+// and waits on a pipe until it reports READY or ERROR (ublksrv's
+// start_daemon + wait on the device becoming LIVE).
+func daemonize(e *env, spec *addSpec) int {
+	self, err := os.Executable()
+	if err != nil {
+		return e.failf(exitFail, "add: find own executable: %v", err)
+	}
+	logPath, logf, err := openDaemonLog(spec.id)
+	if err != nil {
+		return e.failf(exitFail, "add: %v", err)
+	}
+	defer logf.Close()
+	r, w, err := os.Pipe()
+	if err != nil {
+		return e.failf(exitFail, "add: pipe: %v", err)
+	}
+	defer r.Close()
+	cmd := exec.Command(self, append([]string{serveCommand}, spec.args...)...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.ExtraFiles = []*os.File{w} // fd 3 in the daemon
+	cmd.Env = append(os.Environ(), envReadyFD+"=3", envLogFile+"="+logPath)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		w.Close()
+		return e.failf(exitFail, "add: start server: %v", err)
+	}
+	w.Close() // the daemon holds the only write end: EOF means it is done or dead
+	line, _ := bufio.NewReader(r).ReadString('\n')
+	line = strings.TrimSpace(line)
+	switch {
+	case strings.HasPrefix(line, "READY "):
+		id, err := strconv.ParseUint(strings.TrimPrefix(line, "READY "), 10, 32)
+		cmd.Process.Release()
+		if err != nil {
+			return e.failf(exitFail, "add: bad answer from server: %q", line)
+		}
+		return printList(e, uint32(id))
+	case strings.HasPrefix(line, "ERROR "):
+		cmd.Wait()
+		return e.failf(exitFail, "add: %s", strings.TrimPrefix(line, "ERROR "))
+	}
+	werr := cmd.Wait()
+	return e.failf(exitFail, "add: server exited (%v) before the device was ready; see %s", werr, logPath)
+}
+
+// printList prints the list line of a device the daemon just made live.
+func printList(e *env, id uint32) int {
+	st, err := ublk.List(id)
+	if err != nil {
+		return e.failf(exitFail, "add: device %d is up but cannot be listed: %v", id, err)
+	}
+	printDevice(e.stdout, st, readRunInfo(id, st.Info.SrvPID))
+	return exitOK
+}
+
+// openDaemonLog opens /var/log/btrfsdio/ublkN.log (or $BTRFSDIO_LOG_DIR). With
+// no -n the id is not known yet: the daemon renames ublk-new-PID.log later.
+func openDaemonLog(id int) (string, *os.File, error) {
+	dir := os.Getenv(envLogDir)
+	if dir == "" {
+		dir = "/var/log/btrfsdio"
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", nil, fmt.Errorf("log directory: %w", err)
+	}
+	name := fmt.Sprintf("ublk-new-%d.log", os.Getpid())
+	if id != ublk.AnyID {
+		name = fmt.Sprintf("ublk%d.log", id)
+	}
+	path := filepath.Join(dir, name)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return "", nil, fmt.Errorf("log file: %w", err)
+	}
+	return path, f, nil
+}
+
+// runServe is the daemon: __serve with the add arguments.
+func runServe(e *env, args []string) int {
+	fd, err := strconv.Atoi(os.Getenv(envReadyFD))
+	if err != nil || fd < 3 {
+		return e.failf(exitUsage, "%s is internal to 'btrfsdio add'", serveCommand)
+	}
+	ready := os.NewFile(uintptr(fd), "ready")
+	logPath := os.Getenv(envLogFile)
+	os.Unsetenv(envReadyFD)
+	signal.Ignore(syscall.SIGPIPE)
+	spec, err := parseAdd(args)
+	if err != nil {
+		fmt.Fprintf(ready, "ERROR %v\n", err)
+		ready.Close()
+		return exitUsage
+	}
+	log := newLogger(e.stderr)
+	log.Infof("btrfsdio %s serving: add %s", version, strings.Join(args, " "))
+	return serve(spec, &pipeReporter{f: ready}, log, logPath, true)
+}
+
+// finalizeLog gives ublk-new-PID.log its final name ublkN.log once the id is
+// known (unless that file exists) and returns the path in use.
+func finalizeLog(logPath string, id uint32, log *logrus.Logger) string {
+	if !strings.HasPrefix(filepath.Base(logPath), "ublk-new-") {
+		return logPath
+	}
+	final := filepath.Join(filepath.Dir(logPath), fmt.Sprintf("ublk%d.log", id))
+	if _, err := os.Stat(final); !errors.Is(err, os.ErrNotExist) {
+		log.Infof("%s exists; the log of device %d stays in %s", final, id, logPath)
+		return logPath
+	}
+	if err := os.Rename(logPath, final); err != nil {
+		log.Warnf("rename log: %v", err)
+		return logPath
+	}
+	log.Infof("log renamed from %s", logPath)
+	return final
+}
+
+func newLogger(w io.Writer) *logrus.Logger {
+	log := logrus.New()
+	log.SetOutput(w)
+	log.SetFormatter(&logrus.TextFormatter{FullTimestamp: true})
+	if lvl, err := logrus.ParseLevel(os.Getenv(envLogLevel)); err == nil {
+		log.SetLevel(lvl)
+	}
+	return log
+}
+
+// runInfo is what a server leaves in $BTRFSDIO_RUN_DIR/ublkN.json for `list`
+// (ublksrv keeps the same in /run/ublksrvd/N.json).
+type runInfo struct {
+	DevID     uint32         `json:"dev_id"`
+	PID       int            `json:"pid"`
+	Type      string         `json:"type"`
+	Target    map[string]any `json:"target"`
+	QueueTIDs []int          `json:"queue_tids"`
+	UserCopy  bool           `json:"user_copy"`
+	Log       string         `json:"log,omitempty"`
+}
+
+func runDir() string {
+	if d := os.Getenv(envRunDir); d != "" {
+		return d
+	}
+	return "/run/btrfsdio"
+}
+
+func runFilePath(id uint32) string {
+	return filepath.Join(runDir(), fmt.Sprintf("ublk%d.json", id))
+}

@@ -1,0 +1,221 @@
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/btrfsdio/btrfsdio/ublk"
+	"github.com/sirupsen/logrus"
+)
+
+func init() {
+	registerCommand(&command{name: "list", usage: "[-n ID] [-v]", run: runList,
+		summary: "show ublk devices (-v: JSON with dev_info, params and target)"})
+	registerCommand(&command{name: "del", usage: "-n ID | -a", run: runDel,
+		summary: "stop and delete a device (-a: all devices)"})
+	registerCommand(&command{name: "features", usage: "", run: runFeatures,
+		summary: "show the UBLK_F_* features of the loaded ublk_drv"})
+}
+
+// newFlagSet returns a FlagSet that reports nothing itself.
+func newFlagSet(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	return fs
+}
+
+func parseOnly(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return fmt.Errorf("%s: %w", fs.Name(), err)
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))
+	}
+	return nil
+}
+
+func runList(e *env, args []string) int {
+	fs := newFlagSet("list")
+	id := fs.Int("n", ublk.AnyID, "device id")
+	fs.IntVar(id, "number", ublk.AnyID, "same as -n")
+	verbose := fs.Bool("v", false, "JSON output")
+	fs.BoolVar(verbose, "verbose", false, "same as -v")
+	if err := parseOnly(fs, args); err != nil {
+		return e.failf(exitUsage, "%v", err)
+	}
+	if *id < ublk.AnyID {
+		return e.failf(exitUsage, "list: -n %d: a device id is a number >= 0", *id)
+	}
+	if err := checkDriver(); err != nil {
+		return e.failf(exitFail, "list: %v", err)
+	}
+	var sts []ublk.Status
+	if *id != ublk.AnyID {
+		st, err := ublk.List(uint32(*id))
+		if err != nil {
+			return e.failf(exitFail, "list: %v", err)
+		}
+		sts = append(sts, st)
+	} else {
+		var err error
+		if sts, err = ublk.ListAll(); err != nil {
+			return e.failf(exitFail, "list: %v", err)
+		}
+	}
+	if *verbose {
+		return printJSON(e, sts, *id != ublk.AnyID)
+	}
+	for _, st := range sts {
+		printDevice(e.stdout, st, readRunInfo(st.Info.DevID, st.Info.SrvPID))
+	}
+	return exitOK
+}
+
+// deviceJSON is one device in `list -v`.
+type deviceJSON struct {
+	DevInfo ublk.DevInfo `json:"dev_info"`
+	Flags   []string     `json:"flags"`
+	State   string       `json:"state"`
+	Params  ublk.Params  `json:"params"`
+	Target  *runInfo     `json:"target,omitempty"`
+}
+
+// printJSON prints one object for -n, an array otherwise.
+func printJSON(e *env, sts []ublk.Status, single bool) int {
+	devs := make([]deviceJSON, 0, len(sts))
+	for _, st := range sts {
+		devs = append(devs, deviceJSON{
+			DevInfo: st.Info, Flags: ublk.FlagNames(st.Info.Flags), State: ublk.StateName(st.Info.State),
+			Params: st.Params, Target: readRunInfo(st.Info.DevID, st.Info.SrvPID),
+		})
+	}
+	enc := json.NewEncoder(e.stdout)
+	enc.SetIndent("", "  ")
+	var err error
+	if single && len(devs) == 1 {
+		err = enc.Encode(devs[0])
+	} else {
+		err = enc.Encode(devs)
+	}
+	if err != nil {
+		return e.failf(exitFail, "list: %v", err)
+	}
+	return exitOK
+}
+
+// printDevice prints a device the way ublksrv's `ublk list` does.
+func printDevice(w io.Writer, st ublk.Status, run *runInfo) {
+	info, p := st.Info, st.Params
+	fmt.Fprintf(w, "dev id %d: nr_hw_queues %d queue_depth %d block size %d dev_capacity %d\n",
+		info.DevID, info.NrHWQueues, info.QueueDepth, 1<<p.Basic.LogicalBSShift, p.Basic.DevSectors)
+	fmt.Fprintf(w, "\tmax rq size %d daemon pid %d flags 0x%x state %s\n",
+		info.MaxIOBufBytes, info.SrvPID, info.Flags, ublk.StateName(info.State))
+	fmt.Fprintf(w, "\tublkc: %d:%d ublkb: %d:%d owner: %d:%d\n",
+		p.Devt.CharMajor, p.Devt.CharMinor, p.Devt.DiskMajor, p.Devt.DiskMinor, info.OwnerUID, info.OwnerGID)
+	if run == nil {
+		return
+	}
+	for q, tid := range run.QueueTIDs {
+		fmt.Fprintf(w, "\tqueue %d: tid %d\n", q, tid)
+	}
+	target, _ := json.Marshal(map[string]any{"type": run.Type, "info": run.Target, "user_copy": run.UserCopy})
+	fmt.Fprintf(w, "\ttarget %s\n", target)
+}
+
+// readRunInfo loads what the serving process recorded, if it is that process's.
+func readRunInfo(id uint32, pid int32) *runInfo {
+	b, err := os.ReadFile(runFilePath(id))
+	if err != nil {
+		return nil
+	}
+	var ri runInfo
+	if json.Unmarshal(b, &ri) != nil || ri.DevID != id || ri.PID != int(pid) {
+		return nil // stale: another server once had this id
+	}
+	return &ri
+}
+
+// writeRunInfo records the target for `list`; failure only costs the target
+// line there, so it is logged, not fatal. It returns the file written.
+func writeRunInfo(dev *ublk.Device, spec *addSpec, logPath string, log *logrus.Logger) string {
+	ri := runInfo{DevID: dev.ID(), PID: os.Getpid(), Type: spec.typ, Target: spec.factory.Info(),
+		QueueTIDs: dev.QueueTIDs(), UserCopy: dev.UserCopy(), Log: logPath}
+	b, err := json.MarshalIndent(ri, "", "  ")
+	if err == nil {
+		err = os.MkdirAll(runDir(), 0o755)
+	}
+	path := runFilePath(dev.ID())
+	if err == nil {
+		err = os.WriteFile(path, append(b, '\n'), 0o644)
+	}
+	if err != nil {
+		log.Warnf("cannot record target info for 'list': %v", err)
+		return ""
+	}
+	return path
+}
+
+func runDel(e *env, args []string) int {
+	fs := newFlagSet("del")
+	id := fs.Int("n", ublk.AnyID, "device id")
+	fs.IntVar(id, "number", ublk.AnyID, "same as -n")
+	all := fs.Bool("a", false, "all devices")
+	fs.BoolVar(all, "all", false, "same as -a")
+	if err := parseOnly(fs, args); err != nil {
+		return e.failf(exitUsage, "%v", err)
+	}
+	switch {
+	case *all && *id != ublk.AnyID:
+		return e.failf(exitUsage, "del: give -n ID or -a, not both")
+	case !*all && *id == ublk.AnyID:
+		return e.failf(exitUsage, "del: missing -n ID or -a")
+	case *id < ublk.AnyID:
+		return e.failf(exitUsage, "del: -n %d: a device id is a number >= 0", *id)
+	}
+	if err := checkDriver(); err != nil {
+		return e.failf(exitFail, "del: %v", err)
+	}
+	ids := []uint32{uint32(*id)}
+	if *all {
+		var err error
+		if ids, err = ublk.ListIDs(); err != nil {
+			return e.failf(exitFail, "del: %v", err)
+		}
+	}
+	var failed []string
+	for _, i := range ids {
+		if err := ublk.Delete(i); err != nil {
+			e.failf(exitFail, "del: %v", err)
+			failed = append(failed, fmt.Sprint(i))
+		}
+	}
+	if len(failed) > 0 {
+		if len(ids) > 1 {
+			return e.failf(exitFail, "del: failed for device(s) %s", strings.Join(failed, ", "))
+		}
+		return exitFail
+	}
+	return exitOK
+}
+
+func runFeatures(e *env, args []string) int {
+	if err := parseOnly(newFlagSet("features"), args); err != nil {
+		return e.failf(exitUsage, "%v", err)
+	}
+	if err := checkDriver(); err != nil {
+		return e.failf(exitFail, "features: %v", err)
+	}
+	f, err := ublk.GetFeatures()
+	if err != nil {
+		return e.failf(exitFail, "features: %v", err)
+	}
+	fmt.Fprintf(e.stdout, "ublk_drv features: 0x%x\n", f)
+	for _, n := range ublk.FlagNames(f) {
+		fmt.Fprintf(e.stdout, "\t%s\n", n)
+	}
+	return exitOK
+}

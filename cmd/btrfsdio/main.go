@@ -1,0 +1,137 @@
+// Command btrfsdio manages ublk devices the way ublksrv's `ublk` tool does:
+//
+//	btrfsdio add -t TYPE [-n ID] [-q N] [-d DEPTH] [--foreground] [target flags...]
+//	btrfsdio del -n ID | -a
+//	btrfsdio list [-n ID] [-v]
+//	btrfsdio features | version | help
+//
+// Subcommands and target types register themselves from init functions, so
+// new ones live in their own files (see registerCommand and registerTarget).
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"sort"
+	"strings"
+
+	"github.com/btrfsdio/btrfsdio/ublk"
+)
+
+// version is set at link time: -ldflags "-X main.version=...".
+var version = "dev"
+
+// Exit codes.
+const (
+	exitOK    = 0
+	exitFail  = 1 // the operation failed
+	exitUsage = 2 // the command line is wrong
+)
+
+// env is what a subcommand writes to; tests substitute buffers.
+type env struct {
+	stdout io.Writer
+	stderr io.Writer
+}
+
+// failf prints "btrfsdio: ..." on stderr and returns code.
+func (e *env) failf(code int, format string, args ...any) int {
+	fmt.Fprintf(e.stderr, "btrfsdio: "+format+"\n", args...)
+	return code
+}
+
+// command is one subcommand (ublksrv's cmd_dev_add, cmd_list_dev_info, ...).
+type command struct {
+	name    string
+	summary string // one line for `help`
+	usage   string // the synopsis after the command name
+	hidden  bool   // internal commands, e.g. __serve
+	run     func(e *env, args []string) int
+}
+
+var commands = map[string]*command{}
+
+// registerCommand adds a subcommand; call it from an init function.
+func registerCommand(c *command) {
+	if _, dup := commands[c.name]; dup {
+		panic("btrfsdio: command registered twice: " + c.name)
+	}
+	commands[c.name] = c
+}
+
+// checkDriver is ublk.CheckDriver; tests replace it to run with or without
+// /dev/ublk-control regardless of the host.
+var checkDriver = ublk.CheckDriver
+
+func init() {
+	registerCommand(&command{name: "help", summary: "show this help, or a command's usage", usage: "[COMMAND]", run: runHelp})
+	registerCommand(&command{name: "version", summary: "print the version", run: runVersion})
+}
+
+func main() {
+	os.Exit(run(&env{stdout: os.Stdout, stderr: os.Stderr}, os.Args[1:]))
+}
+
+// run dispatches to a subcommand and returns the exit code.
+func run(e *env, args []string) int {
+	if len(args) == 0 {
+		printUsage(e.stderr)
+		return exitUsage
+	}
+	name := args[0]
+	switch name {
+	case "-h", "--help", "-help":
+		name = "help"
+	case "-v", "--version", "-version":
+		name = "version"
+	}
+	c, ok := commands[name]
+	if !ok {
+		return e.failf(exitUsage, "unknown command %q; run 'btrfsdio help'", args[0])
+	}
+	return c.run(e, args[1:])
+}
+
+func runVersion(e *env, args []string) int {
+	if len(args) > 0 {
+		return e.failf(exitUsage, "version takes no arguments")
+	}
+	fmt.Fprintf(e.stdout, "btrfsdio %s (%s %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	return exitOK
+}
+
+func runHelp(e *env, args []string) int {
+	if len(args) == 0 {
+		printUsage(e.stdout)
+		return exitOK
+	}
+	c, ok := commands[args[0]]
+	if !ok || c.hidden {
+		return e.failf(exitUsage, "no help for unknown command %q", args[0])
+	}
+	fmt.Fprintf(e.stdout, "usage: btrfsdio %s %s\n\n%s\n", c.name, c.usage, c.summary)
+	if c.name == "add" {
+		printTargetTypes(e.stdout)
+	}
+	return exitOK
+}
+
+func printUsage(w io.Writer) {
+	fmt.Fprintln(w, "usage: btrfsdio COMMAND [ARGS]\n\ncommands:")
+	names := make([]string, 0, len(commands))
+	for n, c := range commands {
+		if !c.hidden {
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		c := commands[n]
+		fmt.Fprintf(w, "  %-9s %s\n", n, strings.TrimSpace(c.usage))
+		fmt.Fprintf(w, "  %-9s   %s\n", "", c.summary)
+	}
+	fmt.Fprintln(w)
+	printTargetTypes(w)
+}

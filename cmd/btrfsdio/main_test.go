@@ -1,0 +1,292 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/btrfsdio/btrfsdio/ublk"
+	"github.com/sirupsen/logrus"
+)
+
+// TestMain lets the test binary stand in for btrfsdio when daemonize re-execs
+// "itself" with __serve.
+func TestMain(m *testing.M) {
+	if os.Getenv(envReadyFD) != "" {
+		os.Exit(run(&env{stdout: os.Stdout, stderr: os.Stderr}, os.Args[1:]))
+	}
+	os.Exit(m.Run())
+}
+
+// runCLI runs the command line with a stubbed driver check.
+func runCLI(t *testing.T, driver error, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	saved := checkDriver
+	checkDriver = func() error { return driver }
+	defer func() { checkDriver = saved }()
+	var out, errb bytes.Buffer
+	code = run(&env{stdout: &out, stderr: &errb}, args)
+	return code, out.String(), errb.String()
+}
+
+func backingFile(t *testing.T) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(p, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestBadCommandLines(t *testing.T) {
+	file := backingFile(t)
+	cases := []struct {
+		args []string
+		code int
+		msg  string
+	}{
+		{nil, exitUsage, "usage: btrfsdio COMMAND"},
+		{[]string{"frobnicate"}, exitUsage, `unknown command "frobnicate"`},
+		{[]string{"add"}, exitUsage, "add: missing -t TYPE (known types: loop)"},
+		{[]string{"add", "-t"}, exitUsage, "add: missing -t TYPE"},
+		{[]string{"add", "-t", "nbd"}, exitUsage, `add: unknown target type "nbd" (known types: loop)`},
+		{[]string{"add", "--type=nbd"}, exitUsage, `unknown target type "nbd"`},
+		{[]string{"add", "-t", "loop"}, exitUsage, "loop: -f FILE is required"},
+		{[]string{"add", "-t", "loop", "-f", "/nonexistent/x"}, exitUsage, "no such file or directory"},
+		{[]string{"add", "-t", "loop", "-f", filepath.Dir(file)}, exitUsage, "is a directory"},
+		{[]string{"add", "-t", "loop", "-f", file, "-q", "abc"}, exitUsage, `invalid value "abc" for flag -q`},
+		{[]string{"add", "-t", "loop", "-f", file, "-q", "0"}, exitUsage, "-q 0: queues must be in [1, 4096]"},
+		{[]string{"add", "-t", "loop", "-f", file, "-d", "5000"}, exitUsage, "-d 5000: depth must be in [1, 4096]"},
+		{[]string{"add", "-t", "loop", "-f", file, "-n", "-7"}, exitUsage, "-n -7: a device id is a number >= 0"},
+		{[]string{"add", "-t", "loop", "-f", file, "-r", "2"}, exitUsage, "-r 2: must be 0 or 1"},
+		{[]string{"add", "-t", "loop", "-f", file, "--max-io", "1000"}, exitUsage, "--max-io 1000"},
+		{[]string{"add", "-t", "loop", "-f", file, "--bogus"}, exitUsage, "flag provided but not defined: -bogus"},
+		{[]string{"add", "-t", "loop", "-f", file, "extra"}, exitUsage, `unexpected argument "extra"`},
+		{[]string{"del"}, exitUsage, "del: missing -n ID or -a"},
+		{[]string{"del", "-n", "1", "-a"}, exitUsage, "not both"},
+		{[]string{"del", "-n", "x"}, exitUsage, `invalid value "x" for flag -n`},
+		{[]string{"list", "-n", "-3"}, exitUsage, "a device id is a number >= 0"},
+		{[]string{"list", "foo"}, exitUsage, `unexpected argument "foo"`},
+		{[]string{"features", "-x"}, exitUsage, "flag provided but not defined"},
+		{[]string{"version", "x"}, exitUsage, "version takes no arguments"},
+		{[]string{"help", "nope"}, exitUsage, `no help for unknown command "nope"`},
+		{[]string{serveCommand}, exitUsage, "internal to 'btrfsdio add'"},
+	}
+	for _, c := range cases {
+		code, _, stderr := runCLI(t, nil, c.args...)
+		if code != c.code || !strings.Contains(stderr, c.msg) {
+			t.Errorf("btrfsdio %q: exit %d, stderr %q; want exit %d and %q", c.args, code, stderr, c.code, c.msg)
+		}
+	}
+}
+
+// Without the module every command that talks to the kernel says so and
+// fails; nothing is started.
+func TestDriverNotLoaded(t *testing.T) {
+	file := backingFile(t)
+	for _, args := range [][]string{
+		{"add", "-t", "loop", "-f", file},
+		{"add", "-t", "loop", "-f", file, "--foreground"},
+		{"list"},
+		{"list", "-n", "0", "-v"},
+		{"del", "-n", "0"},
+		{"del", "-a"},
+		{"features"},
+	} {
+		code, stdout, stderr := runCLI(t, ublk.ErrNoDriver, args...)
+		if code != exitFail || !strings.Contains(stderr, "ublk_drv not loaded") || stdout != "" {
+			t.Errorf("btrfsdio %q: exit %d stdout %q stderr %q", args, code, stdout, stderr)
+		}
+	}
+}
+
+// The real check, on whatever this host has.
+func TestRealDriverCheck(t *testing.T) {
+	if _, err := os.Stat(ublk.ControlPath); err == nil {
+		t.Skip("ublk_drv is loaded here")
+	}
+	var out, errb bytes.Buffer
+	code := run(&env{stdout: &out, stderr: &errb}, []string{"features"})
+	if code != exitFail || !strings.Contains(errb.String(), "ublk_drv not loaded") {
+		t.Errorf("features without ublk_drv: exit %d, %q", code, errb.String())
+	}
+}
+
+func TestParseAdd(t *testing.T) {
+	file := backingFile(t)
+	spec, err := parseAdd([]string{"--type", "loop", "--file=" + file, "-n", "3", "--queues", "2", "-d", "64",
+		"-r", "1", "--max-io", "262144", "--no-user-copy", "--foreground", "--read-only"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if spec.typ != "loop" || spec.id != 3 || spec.queues != 2 || spec.depth != 64 || spec.recovery != 1 ||
+		spec.maxIO != 256<<10 || !spec.noUserCopy || !spec.foreground {
+		t.Errorf("spec %+v", spec)
+	}
+	lf := spec.factory.(*loopFactory)
+	if lf.file != file || !lf.readOnly {
+		t.Errorf("loop flags %+v", lf)
+	}
+	if got := spec.factory.Info(); got["file"] != file {
+		t.Errorf("info %v", got)
+	}
+	target, params, err := spec.factory.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer target.(io.Closer).Close()
+	if params.Size != 1<<20 || !params.ReadOnly {
+		t.Errorf("params %+v", params)
+	}
+	def, err := parseAdd([]string{"-t", "loop", "-f", file})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if def.id != ublk.AnyID || def.queues != 1 || def.depth != 128 || def.foreground {
+		t.Errorf("defaults %+v", def)
+	}
+}
+
+func TestFindType(t *testing.T) {
+	cases := map[string][]string{
+		"loop": {"-n", "1", "-t", "loop"},
+		"a":    {"--type=a"},
+		"b":    {"-t=b", "-t", "c"},
+		"":     {"-f", "x", "--", "-t", "loop"},
+	}
+	for want, args := range cases {
+		if got, _ := findType(args); got != want {
+			t.Errorf("findType(%q) = %q, want %q", args, got, want)
+		}
+	}
+}
+
+func TestHelpAndVersion(t *testing.T) {
+	code, out, _ := runCLI(t, nil, "help")
+	for _, want := range []string{"add", "del", "list", "features", "version", "loop"} {
+		if code != exitOK || !strings.Contains(out, want) {
+			t.Errorf("help lacks %q", want)
+		}
+	}
+	if strings.Contains(out, serveCommand) {
+		t.Error("help shows the internal command")
+	}
+	code, out, _ = runCLI(t, nil, "add", "-t", "loop", "-h")
+	if code != exitOK || !strings.Contains(out, "-read-only") || !strings.Contains(out, "-foreground") {
+		t.Errorf("add -h: %d %q", code, out)
+	}
+	code, out, _ = runCLI(t, nil, "--version")
+	if code != exitOK || !strings.HasPrefix(out, "btrfsdio ") {
+		t.Errorf("version: %d %q", code, out)
+	}
+}
+
+// Another file (target_btrfsdio.go, scrub.go) adds types and commands the
+// same way loop and list do; the tables must accept that and refuse clashes.
+func TestRegistriesExtend(t *testing.T) {
+	registerTarget(targetType{name: "zz-test", usage: "-x", new: func() TargetFactory { return &loopFactory{} }})
+	defer delete(targetTypes, "zz-test")
+	registerCommand(&command{name: "zz-cmd", summary: "test", run: func(e *env, _ []string) int { return 42 }})
+	defer delete(commands, "zz-cmd")
+	if code, _, _ := runCLI(t, nil, "zz-cmd"); code != 42 {
+		t.Errorf("registered command not dispatched: %d", code)
+	}
+	if _, err := parseAdd([]string{"-t", "zz-test", "-f", backingFile(t)}); err != nil {
+		t.Errorf("registered type not usable: %v", err)
+	}
+	defer func() {
+		if recover() == nil {
+			t.Error("duplicate target type accepted")
+		}
+	}()
+	registerTarget(targetType{name: "loop"})
+}
+
+func TestPrintDevice(t *testing.T) {
+	st := ublk.Status{
+		Info: ublk.DevInfo{DevID: 3, NrHWQueues: 2, QueueDepth: 128, State: ublk.StateLive,
+			MaxIOBufBytes: 1 << 20, SrvPID: 4242, Flags: 0xc2},
+		Params: ublk.Params{Basic: ublk.ParamBasic{LogicalBSShift: 9, DevSectors: 2048},
+			Devt: ublk.ParamDevt{CharMajor: 511, CharMinor: 3, DiskMajor: 259, DiskMinor: 7}},
+	}
+	var b bytes.Buffer
+	printDevice(&b, st, &runInfo{DevID: 3, PID: 4242, Type: "loop", Target: map[string]any{"file": "/x"}, QueueTIDs: []int{10, 11}})
+	want := "dev id 3: nr_hw_queues 2 queue_depth 128 block size 512 dev_capacity 2048\n" +
+		"\tmax rq size 1048576 daemon pid 4242 flags 0xc2 state LIVE\n" +
+		"\tublkc: 511:3 ublkb: 259:7 owner: 0:0\n" +
+		"\tqueue 0: tid 10\n\tqueue 1: tid 11\n" +
+		"\ttarget {\"info\":{\"file\":\"/x\"},\"type\":\"loop\",\"user_copy\":false}\n"
+	if b.String() != want {
+		t.Errorf("got\n%s\nwant\n%s", b.String(), want)
+	}
+}
+
+func TestRunInfoAndLogRename(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv(envRunDir, dir)
+	ri := runInfo{DevID: 5, PID: 77, Type: "loop"}
+	b, _ := json.Marshal(ri)
+	os.WriteFile(runFilePath(5), b, 0o644)
+	if got := readRunInfo(5, 77); got == nil || got.Type != "loop" {
+		t.Errorf("readRunInfo = %+v", got)
+	}
+	if readRunInfo(5, 78) != nil {
+		t.Error("stale run info (other pid) accepted")
+	}
+	if readRunInfo(6, 77) != nil {
+		t.Error("run info of another id accepted")
+	}
+
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	tmp := filepath.Join(dir, "ublk-new-99.log")
+	os.WriteFile(tmp, []byte("x"), 0o644)
+	if got := finalizeLog(tmp, 4, log); got != filepath.Join(dir, "ublk4.log") {
+		t.Errorf("finalizeLog = %s", got)
+	}
+	tmp2 := filepath.Join(dir, "ublk-new-100.log")
+	os.WriteFile(tmp2, []byte("y"), 0o644)
+	if got := finalizeLog(tmp2, 4, log); got != tmp2 {
+		t.Errorf("finalizeLog over an existing log = %s", got)
+	}
+	if got := finalizeLog(filepath.Join(dir, "ublk9.log"), 9, log); got != filepath.Join(dir, "ublk9.log") {
+		t.Errorf("finalizeLog of a named log = %s", got)
+	}
+}
+
+func TestHelpRequestedIsNotAnError(t *testing.T) {
+	_, err := parseAdd([]string{"-h"})
+	if !errors.Is(err, errHelp) {
+		t.Errorf("parseAdd(-h) = %v", err)
+	}
+}
+
+// TestDaemonizeReportsServerError runs the real re-exec: the daemon starts in
+// its own session, logs to the log directory, fails to add the device (no
+// ublk_drv here) and the parent prints the daemon's error and exits 1.
+func TestDaemonizeReportsServerError(t *testing.T) {
+	if _, err := os.Stat(ublk.ControlPath); err == nil {
+		t.Skip("ublk_drv is loaded here: the daemon would really add a device")
+	}
+	logDir := t.TempDir()
+	t.Setenv(envLogDir, logDir)
+	file := backingFile(t)
+	code, stdout, stderr := runCLI(t, nil, "add", "-t", "loop", "-f", file, "-q", "1")
+	if code != exitFail || stdout != "" || !strings.Contains(stderr, "add: ublk_drv not loaded") {
+		t.Fatalf("exit %d stdout %q stderr %q", code, stdout, stderr)
+	}
+	// No -n: the id is unknown, so the log keeps its provisional name.
+	logs, _ := filepath.Glob(filepath.Join(logDir, "ublk-new-*.log"))
+	if len(logs) != 1 {
+		t.Fatalf("log files %v", logs)
+	}
+	log, err := os.ReadFile(logs[0])
+	if err != nil || !strings.Contains(string(log), "serving: add -t loop") {
+		t.Errorf("daemon log: %v %q", err, log)
+	}
+}

@@ -1,0 +1,165 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/btrfsdio/btrfsdio/btrfsdio"
+	"github.com/btrfsdio/btrfsdio/raid"
+	"github.com/btrfsdio/btrfsdio/target"
+	"github.com/btrfsdio/btrfsdio/ublk"
+)
+
+func init() {
+	registerTarget(targetType{
+		name:  "btrfsdio",
+		usage: "--profile P --dio bounce|zerocopy [--datasum] [--nocow] [--faithful] [--size S] -f IMG [-f IMG...]",
+		new:   func() TargetFactory { return &btrfsFactory{} },
+	})
+}
+
+// fileList is a repeatable -f flag.
+type fileList []string
+
+func (l *fileList) String() string     { return strings.Join(*l, ",") }
+func (l *fileList) Set(s string) error { *l = append(*l, s); return nil }
+
+// btrfsFactory builds the btrfsdio target: the btrfs direct IO port over a
+// raid volume of image files or block devices.
+type btrfsFactory struct {
+	files    fileList
+	profile  string
+	dio      string
+	datasum  bool
+	nocow    bool
+	faithful bool
+	size     string
+
+	p    raid.Profile
+	mode btrfsdio.DioMode
+	imgs int64
+}
+
+func (f *btrfsFactory) Flags(fs *flag.FlagSet) {
+	fs.Var(&f.files, "f", "backing image or block device (repeat, in device order)")
+	fs.Var(&f.files, "file", "same as -f")
+	fs.StringVar(&f.profile, "profile", "raid1", "data profile: single dup raid0 raid1 raid1c3 raid1c4 raid10 raid5 raid6")
+	fs.StringVar(&f.dio, "dio", "bounce", "direct IO path: bounce (the patch) or zerocopy (before it)")
+	fs.BoolVar(&f.datasum, "datasum", false, "data checksums (direct writes fall back to stable buffered writes)")
+	fs.BoolVar(&f.nocow, "nocow", false, "NODATACOW: overwrite extents in place")
+	fs.BoolVar(&f.faithful, "faithful", false, "reproduce the seed patch's flaws exactly")
+	fs.StringVar(&f.size, "size", "", "create missing images of this size (e.g. 256M, 1G)")
+}
+
+func (f *btrfsFactory) Validate() error {
+	var err error
+	if f.p, err = raid.ParseProfile(f.profile); err != nil {
+		return fmt.Errorf("btrfsdio: --profile: %w", err)
+	}
+	if f.mode, err = btrfsdio.ParseDioMode(f.dio); err != nil {
+		return fmt.Errorf("btrfsdio: --dio: %w", err)
+	}
+	if len(f.files) == 0 {
+		return errors.New("btrfsdio: at least one -f IMG is required")
+	}
+	if f.size != "" {
+		if f.imgs, err = parseSize(f.size); err != nil {
+			return fmt.Errorf("btrfsdio: --size: %w", err)
+		}
+	}
+	if f.datasum && f.nocow {
+		return errors.New("btrfsdio: --datasum and --nocow exclude each other (NODATACOW implies NODATASUM)")
+	}
+	for _, p := range f.files {
+		st, err := os.Stat(p)
+		switch {
+		case errors.Is(err, os.ErrNotExist) && f.imgs > 0:
+		case err != nil:
+			return fmt.Errorf("btrfsdio: %w (give --size to create it)", err)
+		case st.IsDir():
+			return fmt.Errorf("btrfsdio: %s is a directory", p)
+		}
+	}
+	if min := f.p.MinDevices(); len(f.files) < min {
+		return fmt.Errorf("btrfsdio: profile %s needs at least %d devices, got %d", f.p, min, len(f.files))
+	}
+	return nil
+}
+
+// openVolume opens the images as a raid volume.
+func openVolume(files []string, p raid.Profile, create int64, readOnly bool, log logrus.FieldLogger) (*raid.Volume, error) {
+	var devs []*raid.Device
+	for _, path := range files {
+		d, err := raid.OpenDevice(path, raid.DeviceOptions{Create: create > 0, Size: create, ReadOnly: readOnly, Logger: log})
+		if err != nil {
+			for _, o := range devs {
+				o.Close()
+			}
+			return nil, err
+		}
+		devs = append(devs, d)
+	}
+	vol, err := raid.NewVolume(devs, p, raid.VolumeOptions{Logger: log})
+	if err != nil {
+		for _, o := range devs {
+			o.Close()
+		}
+		return nil, err
+	}
+	return vol, nil
+}
+
+func (f *btrfsFactory) Build() (ublk.Target, ublk.TargetParams, error) {
+	log := logrus.StandardLogger()
+	vol, err := openVolume(f.files, f.p, f.imgs, false, log)
+	if err != nil {
+		return nil, ublk.TargetParams{}, err
+	}
+	fs, err := btrfsdio.NewFsInfo(vol, btrfsdio.Options{
+		Mode: f.mode, Faithful: f.faithful, DataSum: f.datasum, NoCow: f.nocow, Log: log,
+	})
+	if err != nil {
+		vol.Close()
+		return nil, ublk.TargetParams{}, err
+	}
+	t := &target.Btrfs{FS: fs}
+	log.Infof("btrfsdio: profile %s, dio %s, datasum %v, nocow %v, %d devices, %d bytes",
+		f.p, f.mode, f.datasum, f.nocow, len(f.files), fs.Inode().ISize())
+	return t, t.Params(), nil
+}
+
+func (f *btrfsFactory) Info() map[string]any {
+	return map[string]any{
+		"profile": f.p.String(), "dio": f.mode.String(), "datasum": f.datasum,
+		"nocow": f.nocow, "faithful": f.faithful, "files": []string(f.files),
+	}
+}
+
+// parseSize reads 4096, 64K, 256M, 1G, 2T.
+func parseSize(s string) (int64, error) {
+	mult := int64(1)
+	switch strings.ToUpper(s[len(s)-1:]) {
+	case "K":
+		mult = 1 << 10
+	case "M":
+		mult = 1 << 20
+	case "G":
+		mult = 1 << 30
+	case "T":
+		mult = 1 << 40
+	}
+	if mult > 1 {
+		s = s[:len(s)-1]
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 || n > (1<<62)/mult {
+		return 0, fmt.Errorf("bad size %q", s)
+	}
+	return n * mult, nil
+}

@@ -1,0 +1,8 @@
+module github.com/btrfsdio/btrfsdio
+
+go 1.26.8
+
+require (
+	github.com/sirupsen/logrus v1.10.2
+	golang.org/x/sys v0.50.0
+)

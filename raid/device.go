@@ -1,0 +1,534 @@
+package raid
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"unsafe"
+
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+
+	"github.com/btrfsdio/btrfsdio/blk"
+)
+
+// ReservedBytes is BTRFS_DEVICE_RANGE_RESERVED: the first 1 MiB of every
+// device holds no chunk (the primary superblock lives at 64 KiB).
+const ReservedBytes = 1 << 20
+
+// MinDeviceSize is the smallest device OpenDevice accepts: the reserved
+// range plus one stripe.
+const MinDeviceSize = ReservedBytes + StripeLen
+
+// bounceSize is the size of one pooled O_DIRECT bounce buffer.
+const bounceSize = 256 << 10
+
+// iovMax is IOV_MAX: the most iovecs one preadv/pwritev takes.
+const iovMax = 1024
+
+// DeviceOptions says how OpenDevice opens a backing file or block device.
+type DeviceOptions struct {
+	// Create makes a missing image file (sparse) of Size bytes.
+	Create bool
+	Size   int64
+	// ReadOnly opens O_RDONLY (offline scrub); writes then fail.
+	ReadOnly bool
+	// Buffered skips O_DIRECT even where the backing supports it.
+	Buffered bool
+	// Logger gets the O_DIRECT fallback notice and I/O errors
+	// (default: logrus' standard logger).
+	Logger logrus.FieldLogger
+}
+
+// DeviceStats is a device's I/O counters (btrfs_dev_stat_* plus volume).
+type DeviceStats struct {
+	Reads, Writes, Flushes               uint64 // operations issued
+	BytesRead, BytesWritten              uint64 // bytes moved successfully
+	ReadErrors, WriteErrors, FlushErrors uint64 // failed operations (read_io_errs ...)
+	InjectedFaults                       uint64 // failures that InjectFault caused
+}
+
+// Device is struct btrfs_device over a backing file or block device.
+type Device struct {
+	path     string
+	f        *os.File
+	size     uint64
+	direct   bool
+	readOnly bool
+	blockDev bool
+	log      logrus.FieldLogger
+
+	// faults[op] is the number of further ops of that kind to fail (<0:
+	// all); see InjectFault.
+	faults [3]atomic.Int64
+
+	reads, writes, flushes         atomic.Uint64
+	bytesRead, bytesWritten        atomic.Uint64
+	readErrs, writeErrs, flushErrs atomic.Uint64
+	injected                       atomic.Uint64
+	closeOnce                      sync.Once
+	closeErr                       error
+}
+
+// OpenDevice is btrfs_open_one_device for an image file or block device:
+// O_DIRECT when the backing allows it (else buffered, logged and reported by
+// Direct), size from stat or BLKGETSIZE64.
+func OpenDevice(path string, opts DeviceOptions) (*Device, error) {
+	log := opts.Logger
+	if log == nil {
+		log = logrus.StandardLogger()
+	}
+	st, err := os.Stat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist) && opts.Create:
+		if err := createImage(path, opts.Size); err != nil {
+			return nil, err
+		}
+		if st, err = os.Stat(path); err != nil {
+			return nil, fmt.Errorf("raid: device %s: %w", path, err)
+		}
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("raid: device %s does not exist (set Create and Size to make an image): %w", path, err)
+	case err != nil:
+		return nil, fmt.Errorf("raid: device %s: %w", path, err)
+	}
+	mode := st.Mode()
+	blockDev := mode&fs.ModeDevice != 0 && mode&fs.ModeCharDevice == 0
+	if !mode.IsRegular() && !blockDev {
+		return nil, fmt.Errorf("raid: device %s is not a regular file or block device (mode %v)", path, mode)
+	}
+	d := &Device{path: path, readOnly: opts.ReadOnly, blockDev: blockDev, log: log.WithField("device", path)}
+	if err := d.open(opts); err != nil {
+		return nil, err
+	}
+	if err := d.readSize(st); err != nil {
+		d.f.Close()
+		return nil, err
+	}
+	if d.size < MinDeviceSize {
+		d.f.Close()
+		return nil, fmt.Errorf("raid: device %s is too small: %d bytes, need at least %d (1 MiB reserved + one %d KiB stripe)",
+			path, d.size, MinDeviceSize, StripeLen>>10)
+	}
+	return d, nil
+}
+
+// createImage makes a sparse image file of size bytes.
+func createImage(path string, size int64) error {
+	if size < MinDeviceSize {
+		return fmt.Errorf("raid: creating image %s: size %d is below the minimum %d", path, size, MinDeviceSize)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return fmt.Errorf("raid: creating image %s: %w", path, err)
+	}
+	if err := f.Truncate(size); err != nil {
+		f.Close()
+		os.Remove(path)
+		return fmt.Errorf("raid: sizing image %s to %d bytes: %w", path, size, err)
+	}
+	return f.Close()
+}
+
+// open opens the backing, trying O_DIRECT first.
+func (d *Device) open(opts DeviceOptions) error {
+	flags := os.O_RDWR
+	if opts.ReadOnly {
+		flags = os.O_RDONLY
+	}
+	if !opts.Buffered {
+		f, err := os.OpenFile(d.path, flags|syscall.O_DIRECT, 0)
+		if err == nil {
+			d.f, d.direct = f, true
+			return nil
+		}
+		if !errors.Is(err, syscall.EINVAL) {
+			return openError(d.path, err)
+		}
+		d.log.Warnf("raid: %s does not support O_DIRECT, using buffered I/O", d.path)
+	}
+	f, err := os.OpenFile(d.path, flags, 0)
+	if err != nil {
+		return openError(d.path, err)
+	}
+	d.f = f
+	return nil
+}
+
+func openError(path string, err error) error {
+	if errors.Is(err, syscall.EROFS) || errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM) {
+		return fmt.Errorf("raid: device %s cannot be opened for writing (read-only? open it with ReadOnly for scrub): %w", path, err)
+	}
+	return fmt.Errorf("raid: opening device %s: %w", path, err)
+}
+
+// readSize is i_size_read(bdev->bd_inode) or the file size.
+func (d *Device) readSize(st fs.FileInfo) error {
+	if !d.blockDev {
+		d.size = uint64(st.Size())
+		return nil
+	}
+	var size uint64
+	var errno syscall.Errno
+	err := d.control(func(fd uintptr) {
+		_, _, errno = unix.Syscall(unix.SYS_IOCTL, fd, unix.BLKGETSIZE64, uintptr(unsafe.Pointer(&size)))
+	})
+	if err == nil && errno != 0 {
+		err = errno
+	}
+	if err != nil {
+		return fmt.Errorf("raid: BLKGETSIZE64 on %s: %w", d.path, err)
+	}
+	d.size = size
+	return nil
+}
+
+// control runs fn with the fd held open (a concurrent Close waits), which
+// raw preadv/pwritev/fdatasync need.
+func (d *Device) control(fn func(fd uintptr)) error {
+	rc, err := d.f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	return rc.Control(fn)
+}
+
+// Path is the backing path (rcu_str_deref(device->name)).
+func (d *Device) Path() string { return d.path }
+
+// Size is the backing size in bytes (device->total_bytes).
+func (d *Device) Size() uint64 { return d.size }
+
+// Direct reports whether I/O bypasses the page cache (O_DIRECT), as the
+// kernel's submit_bio to a block device always does.
+func (d *Device) Direct() bool { return d.direct }
+
+// Close is btrfs_close_one_device. It is idempotent.
+func (d *Device) Close() error {
+	d.closeOnce.Do(func() {
+		if err := d.f.Close(); err != nil {
+			d.closeErr = fmt.Errorf("raid: closing device %s: %w", d.path, err)
+		}
+	})
+	return d.closeErr
+}
+
+// faultSlot maps an op to its InjectFault counter.
+func faultSlot(op blk.Op) (int, bool) {
+	switch op {
+	case blk.OpRead:
+		return 0, true
+	case blk.OpWrite:
+		return 1, true
+	case blk.OpFlush:
+		return 2, true
+	}
+	return 0, false
+}
+
+// InjectFault makes the next count operations of kind op (blk.OpRead,
+// OpWrite or OpFlush) on this device fail with EIO, as should_fail_bio's
+// fault injection does; count < 0 fails all of them until InjectFault(op, 0).
+// One operation is one device I/O of a bio piece, whatever its size.
+func (d *Device) InjectFault(op blk.Op, count int) {
+	if i, ok := faultSlot(op); ok {
+		d.faults[i].Store(int64(count))
+	}
+}
+
+// takeFault consumes one injected fault for op, if any is armed.
+func (d *Device) takeFault(op blk.Op) bool {
+	i, ok := faultSlot(op)
+	if !ok {
+		return false
+	}
+	for {
+		n := d.faults[i].Load()
+		switch {
+		case n == 0:
+			return false
+		case n < 0:
+			return true
+		case d.faults[i].CompareAndSwap(n, n-1):
+			return true
+		}
+	}
+}
+
+// Stats is btrfs_get_dev_stats plus operation and byte counts.
+func (d *Device) Stats() DeviceStats {
+	return DeviceStats{
+		Reads: d.reads.Load(), Writes: d.writes.Load(), Flushes: d.flushes.Load(),
+		BytesRead: d.bytesRead.Load(), BytesWritten: d.bytesWritten.Load(),
+		ReadErrors: d.readErrs.Load(), WriteErrors: d.writeErrs.Load(), FlushErrors: d.flushErrs.Load(),
+		InjectedFaults: d.injected.Load(),
+	}
+}
+
+// errInjected is what an injected fault fails with.
+var errInjected = fmt.Errorf("injected fault: %w", syscall.EIO)
+
+// account wraps one device operation of n bytes: it applies fault
+// injection, counts the operation, and wraps the error with where it
+// happened (btrfs_log_dev_io_error's information).
+func (d *Device) account(op blk.Op, off uint64, n int, io func() error) error {
+	ops, errs, bytes := &d.reads, &d.readErrs, &d.bytesRead
+	switch op {
+	case blk.OpWrite:
+		ops, errs, bytes = &d.writes, &d.writeErrs, &d.bytesWritten
+	case blk.OpFlush:
+		ops, errs, bytes = &d.flushes, &d.flushErrs, nil
+	}
+	ops.Add(1)
+	var err error
+	switch {
+	case d.takeFault(op):
+		d.injected.Add(1)
+		err = errInjected
+	case off+uint64(n) > d.size:
+		err = fmt.Errorf("[%d,%d) beyond the device end %d: %w", off, off+uint64(n), d.size, syscall.EIO)
+	default:
+		err = io()
+	}
+	if err != nil {
+		var se *memoryError
+		if !errors.As(err, &se) { // the bio's memory failing is not the device's fault
+			errs.Add(1)
+		}
+		return fmt.Errorf("raid: %s %s at %d (+%d): %w", d.path, op, off, n, err)
+	}
+	if bytes != nil {
+		bytes.Add(uint64(n))
+	}
+	return nil
+}
+
+// flush is REQ_PREFLUSH on this device: fdatasync of the backing.
+func (d *Device) flush() error {
+	return d.account(blk.OpFlush, 0, 0, func() error {
+		var serr error
+		if err := d.control(func(fd uintptr) { serr = unix.Fdatasync(int(fd)) }); err != nil {
+			return err
+		}
+		return serr
+	})
+}
+
+// readBuf reads len(buf) bytes at off into memory this package allocated
+// (blk.AlignedBuffer, fit for O_DIRECT).
+func (d *Device) readBuf(buf []byte, off uint64) error {
+	return d.account(blk.OpRead, off, len(buf), func() error { return d.preadFull(buf, off) })
+}
+
+// writeBuf writes buf (aligned, this package's memory) at off.
+func (d *Device) writeBuf(buf []byte, off uint64) error {
+	return d.account(blk.OpWrite, off, len(buf), func() error { return d.pwriteFull(buf, off) })
+}
+
+func (d *Device) preadFull(buf []byte, off uint64) error {
+	n, err := d.f.ReadAt(buf, int64(off))
+	if n == len(buf) {
+		return nil
+	}
+	if err == nil || err == io.EOF {
+		err = fmt.Errorf("short read %d of %d: %w", n, len(buf), syscall.EIO)
+	}
+	return err
+}
+
+func (d *Device) pwriteFull(buf []byte, off uint64) error {
+	if d.readOnly {
+		return fmt.Errorf("device opened read-only: %w", syscall.EROFS)
+	}
+	n, err := d.f.WriteAt(buf, int64(off))
+	if err == nil && n != len(buf) {
+		err = fmt.Errorf("short write %d of %d: %w", n, len(buf), syscall.EIO)
+	}
+	return err
+}
+
+// seg is one piece of bio memory: n bytes at off in page.
+type seg struct {
+	page *blk.Page
+	off  int
+	n    int
+}
+
+// segsLen is the total length of segs.
+func segsLen(segs []seg) int {
+	n := 0
+	for _, s := range segs {
+		n += s.n
+	}
+	return n
+}
+
+// rwSegs is submit_bio of one device bio: read into or write from the bio
+// memory segs at physical offset off, as ONE device operation. Each call
+// touches the pages itself, at the moment the device gets to them, which is
+// how a device DMA from user pages behaves.
+func (d *Device) rwSegs(op blk.Op, off uint64, segs []seg) error {
+	n := segsLen(segs)
+	return d.account(op, off, n, func() error {
+		if op == blk.OpWrite && d.readOnly {
+			return fmt.Errorf("device opened read-only: %w", syscall.EROFS)
+		}
+		if iovs, ok := d.zeroCopy(segs); ok {
+			return d.rwVectored(op, off, iovs)
+		}
+		return d.rwBounced(op, off, segs)
+	})
+}
+
+// zeroCopy returns the segments as iovecs when they can be handed to the
+// kernel directly: all in process memory and, under O_DIRECT, aligned.
+func (d *Device) zeroCopy(segs []seg) ([][]byte, bool) {
+	iovs := make([][]byte, 0, len(segs))
+	for _, s := range segs {
+		mem := s.page.Bytes()
+		if mem == nil {
+			return nil, false
+		}
+		b := mem[s.off : s.off+s.n]
+		if d.direct && (uintptr(unsafe.Pointer(unsafe.SliceData(b)))%blk.PageSize != 0 || s.n%SectorSize != 0) {
+			return nil, false
+		}
+		iovs = append(iovs, b)
+	}
+	return iovs, true
+}
+
+// rwVectored is preadv/pwritev, looping over short transfers and IOV_MAX.
+func (d *Device) rwVectored(op blk.Op, off uint64, iovs [][]byte) error {
+	for len(iovs) > 0 {
+		batch := iovs[:min(len(iovs), iovMax)]
+		var n int
+		var ioErr error
+		err := d.control(func(fd uintptr) {
+			for {
+				if op == blk.OpWrite {
+					n, ioErr = unix.Pwritev(int(fd), batch, int64(off))
+				} else {
+					n, ioErr = unix.Preadv(int(fd), batch, int64(off))
+				}
+				if ioErr != syscall.EINTR {
+					return
+				}
+			}
+		})
+		if err == nil {
+			err = ioErr
+		}
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return fmt.Errorf("%s returned 0 bytes: %w", op, syscall.EIO)
+		}
+		off += uint64(n)
+		iovs = advanceIovs(iovs, n)
+	}
+	return nil
+}
+
+// advanceIovs drops n transferred bytes from the front of iovs.
+func advanceIovs(iovs [][]byte, n int) [][]byte {
+	for n > 0 && len(iovs) > 0 {
+		if n < len(iovs[0]) {
+			rest := append([][]byte{iovs[0][n:]}, iovs[1:]...)
+			return rest
+		}
+		n -= len(iovs[0])
+		iovs = iovs[1:]
+	}
+	return iovs
+}
+
+// bouncePool holds aligned buffers for O_DIRECT I/O on memory that cannot
+// be handed to the kernel (remote pages, unaligned memory).
+var bouncePool = sync.Pool{New: func() any {
+	b := blk.AlignedBuffer(bounceSize)
+	return &b
+}}
+
+// rwBounced copies through aligned scratch, one bounce buffer at a time:
+// a write reads the source pages chunk by chunk right before writing them.
+func (d *Device) rwBounced(op blk.Op, off uint64, segs []seg) error {
+	bp := bouncePool.Get().(*[]byte)
+	defer bouncePool.Put(bp)
+	cur := segCursor{segs: segs}
+	for left := segsLen(segs); left > 0; {
+		chunk := (*bp)[:min(left, bounceSize)]
+		if op == blk.OpWrite {
+			if err := cur.copyOut(chunk); err != nil {
+				return err
+			}
+			if err := d.pwriteFull(chunk, off); err != nil {
+				return err
+			}
+		} else {
+			if err := d.preadFull(chunk, off); err != nil {
+				return err
+			}
+			if err := cur.copyIn(chunk); err != nil {
+				return err
+			}
+		}
+		off += uint64(len(chunk))
+		left -= len(chunk)
+	}
+	return nil
+}
+
+// memoryError is a failure to reach the bio's own pages (a remote page
+// whose request is gone), as opposed to a device error.
+type memoryError struct{ err error }
+
+func (e *memoryError) Error() string { return "bio memory: " + e.err.Error() }
+func (e *memoryError) Unwrap() error { return e.err }
+
+// segCursor walks bio memory sequentially (kmap + memcpy, page by page).
+type segCursor struct {
+	segs []seg
+	i    int
+	off  int // bytes consumed of segs[i]
+}
+
+// copyOut fills dst from the pages (reading the source of a write).
+func (c *segCursor) copyOut(dst []byte) error {
+	return c.walk(len(dst), func(s seg, at, n, pos int) error {
+		return s.page.ReadAt(dst[pos:pos+n], s.off+at)
+	})
+}
+
+// copyIn stores src into the pages (completing a read).
+func (c *segCursor) copyIn(src []byte) error {
+	return c.walk(len(src), func(s seg, at, n, pos int) error {
+		return s.page.WriteAt(src[pos:pos+n], s.off+at)
+	})
+}
+
+func (c *segCursor) walk(total int, fn func(s seg, at, n, pos int) error) error {
+	for pos := 0; pos < total; {
+		if c.i >= len(c.segs) {
+			return &memoryError{fmt.Errorf("ends %d bytes short", total-pos)}
+		}
+		s := c.segs[c.i]
+		n := min(s.n-c.off, total-pos)
+		if err := fn(s, c.off, n, pos); err != nil {
+			return &memoryError{err}
+		}
+		pos += n
+		c.off += n
+		if c.off == s.n {
+			c.i++
+			c.off = 0
+		}
+	}
+	return nil
+}

@@ -1,0 +1,229 @@
+package ublk
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"unsafe"
+
+	"github.com/btrfsdio/btrfsdio/internal/uring"
+	"golang.org/x/sys/unix"
+)
+
+// anyDevID asks ADD_DEV to pick a free device id.
+const anyDevID = 0xFFFFFFFF
+
+// noQueue is ublksrv_ctrl_cmd.queue_id for commands that are not per queue.
+const noQueue = 0xFFFF
+
+// Control is an open /dev/ublk-control with its SQE128 ring (ublksrv's
+// struct ublksrv_ctrl_dev). Commands are serialised: each waits for its CQE.
+// The control node is the same for every device, so one Control can serve
+// several devices.
+type Control struct {
+	mu   sync.Mutex
+	fd   int
+	ring *uring.Ring
+	// page holds the buffer a command's addr points to. It is mmapped, not
+	// Go memory, so the kernel may write it while the garbage collector runs.
+	page []byte
+	seq  uint64
+}
+
+// OpenControl opens /dev/ublk-control (ublksrv_ctrl_init). A missing node is
+// reported as ErrNoDriver.
+func OpenControl() (*Control, error) {
+	fd, err := unix.Open(ControlPath, unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENOENT) {
+		return nil, ErrNoDriver
+	}
+	if err != nil {
+		return nil, fmt.Errorf("ublk: open %s: %w", ControlPath, err)
+	}
+	c := &Control{fd: fd}
+	// Control commands need 80 bytes of payload room; the kernel refuses
+	// them on 64-byte SQEs (IO_URING_F_SQE128 check in ublk_ctrl_uring_cmd).
+	if c.ring, err = uring.New(4, uring.SetupSQE128); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("ublk: control ring: %w", err)
+	}
+	if c.page, err = unix.Mmap(-1, 0, os.Getpagesize(), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("ublk: control buffer: %w", err)
+	}
+	return c, nil
+}
+
+// CheckDriver reports ErrNoDriver when /dev/ublk-control is absent, without
+// opening it.
+func CheckDriver() error {
+	if _, err := os.Stat(ControlPath); errors.Is(err, os.ErrNotExist) {
+		return ErrNoDriver
+	}
+	return nil
+}
+
+// Close releases the ring, buffer and fd.
+func (c *Control) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var errs []error
+	if c.ring != nil {
+		errs = append(errs, c.ring.Close())
+		c.ring = nil
+	}
+	if c.page != nil {
+		errs = append(errs, unix.Munmap(c.page))
+		c.page = nil
+	}
+	if c.fd >= 0 {
+		errs = append(errs, unix.Close(c.fd))
+		c.fd = -1
+	}
+	return errors.Join(errs...)
+}
+
+// call issues one control command and waits for its completion
+// (__ublksrv_ctrl_cmd). The caller has put the input in c.page when cmd.Len
+// is set; the kernel leaves its output there.
+func (c *Control) call(op uint32, cmd CtrlCmd) error {
+	if c.ring == nil {
+		return fmt.Errorf("ublk: %s: control closed", cmdNames[op])
+	}
+	if cmd.Len > 0 {
+		cmd.Addr = uint64(uintptr(unsafe.Pointer(&c.page[0])))
+	}
+	var payload [CtrlCmdSize]byte
+	cmd.Marshal(payload[:])
+	c.seq++
+	if _, err := c.ring.PrepUringCmd(c.fd, op, payload[:], c.seq); err != nil {
+		return fmt.Errorf("ublk: %s: %w", cmdNames[op], err)
+	}
+	// The driver punts control commands to io-wq (it refuses non-blocking
+	// issue), so the CQE may come much later: START_DEV waits for queues.
+	if _, err := c.ring.SubmitAndWait(1); err != nil {
+		return fmt.Errorf("ublk: %s: %w", cmdNames[op], err)
+	}
+	cqe, err := c.waitFor(c.seq)
+	if err != nil {
+		return fmt.Errorf("ublk: %s: %w", cmdNames[op], err)
+	}
+	if cqe.Res < 0 {
+		return &CmdError{Cmd: cmdNames[op], DevID: cmd.DevID, Errno: unix.Errno(-cqe.Res)}
+	}
+	return nil
+}
+
+// waitFor reaps CQEs until the one of command seq; older ones belong to
+// commands whose caller already gave up on an io_uring error.
+func (c *Control) waitFor(seq uint64) (uring.CQE, error) {
+	for {
+		cqe, err := c.ring.WaitCQE()
+		if err != nil {
+			return cqe, err
+		}
+		c.ring.SeenCQE()
+		if cqe.UserData == seq {
+			return cqe, nil
+		}
+		if cqe.UserData > seq {
+			return cqe, fmt.Errorf("completion for command %d while waiting for %d", cqe.UserData, seq)
+		}
+	}
+}
+
+// GetFeatures returns the UBLK_F_* bits the driver supports (UBLK_U_CMD_GET_FEATURES).
+func (c *Control) GetFeatures() (uint64, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.call(CmdGetFeatures, CtrlCmd{DevID: anyDevID, QueueID: noQueue, Len: FeaturesSize}); err != nil {
+		return 0, err
+	}
+	return le.Uint64(c.page), nil
+}
+
+// AddDev creates a device (UBLK_U_CMD_ADD_DEV). info.DevID is the wanted id or
+// 0xFFFFFFFF; on success info holds what the kernel negotiated: the id, the
+// flags it kept, the clamped queue count and the page-rounded max I/O size.
+func (c *Control) AddDev(info *DevInfo) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.page == nil {
+		return fmt.Errorf("ublk: ADD_DEV: control closed")
+	}
+	info.Marshal(c.page)
+	// dev_id must be the same in the command and in the info (ublk_ctrl_add_dev).
+	if err := c.call(CmdAddDev, CtrlCmd{DevID: info.DevID, QueueID: noQueue, Len: DevInfoSize}); err != nil {
+		return err
+	}
+	info.Unmarshal(c.page)
+	return nil
+}
+
+// GetDevInfo reads a device's info (UBLK_U_CMD_GET_DEV_INFO).
+func (c *Control) GetDevInfo(id uint32) (DevInfo, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var info DevInfo
+	if err := c.call(CmdGetDevInfo, CtrlCmd{DevID: id, QueueID: noQueue, Len: DevInfoSize}); err != nil {
+		return info, err
+	}
+	info.Unmarshal(c.page)
+	return info, nil
+}
+
+// SetParams sets a device's parameters before START_DEV (UBLK_U_CMD_SET_PARAMS).
+func (c *Control) SetParams(id uint32, p Params) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.page == nil {
+		return fmt.Errorf("ublk: SET_PARAMS: control closed")
+	}
+	p.Len = ParamsSize
+	p.Marshal(c.page)
+	return c.call(CmdSetParams, CtrlCmd{DevID: id, QueueID: noQueue, Len: ParamsSize})
+}
+
+// GetParams reads a device's parameters, including the char and block device
+// numbers (UBLK_U_CMD_GET_PARAMS).
+func (c *Control) GetParams(id uint32) (Params, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var p Params
+	if c.page == nil {
+		return p, fmt.Errorf("ublk: GET_PARAMS: control closed")
+	}
+	// The kernel reads params.len from the buffer to know how much to return.
+	(&Params{Len: ParamsSize}).Marshal(c.page)
+	if err := c.call(CmdGetParams, CtrlCmd{DevID: id, QueueID: noQueue, Len: ParamsSize}); err != nil {
+		return p, err
+	}
+	p.Unmarshal(c.page)
+	return p, nil
+}
+
+// StartDev adds /dev/ublkbN (UBLK_U_CMD_START_DEV). It blocks until every queue
+// has fetched all its tags and the partition scan, served by those queues, is
+// done: never call it from a queue thread.
+func (c *Control) StartDev(id uint32, pid int) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.call(CmdStartDev, CtrlCmd{DevID: id, QueueID: noQueue, Data: uint64(pid)})
+}
+
+// StopDev removes /dev/ublkbN after in-flight requests complete, then aborts
+// every fetched tag with -ENODEV (UBLK_U_CMD_STOP_DEV).
+func (c *Control) StopDev(id uint32) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.call(CmdStopDev, CtrlCmd{DevID: id, QueueID: noQueue})
+}
+
+// DelDev deletes the device and waits until its last reference (an open
+// /dev/ublkcN included) is gone (UBLK_U_CMD_DEL_DEV).
+func (c *Control) DelDev(id uint32) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.call(CmdDelDev, CtrlCmd{DevID: id, QueueID: noQueue})
+}

@@ -1,0 +1,383 @@
+package ublk
+
+import (
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+
+	"github.com/btrfsdio/btrfsdio/internal/uring"
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+)
+
+// queueRing is the kernel side of one queue as the dispatch loop sees it: the
+// real one is kernelRing (io_uring on /dev/ublkcN); tests plug in a fake
+// kernel. Every method except notify is called from the queue goroutine only.
+type queueRing interface {
+	fetch(tag uint16, addr uint64) error                // queue UBLK_U_IO_FETCH_REQ
+	commit(tag uint16, result int32, addr uint64) error // queue UBLK_U_IO_COMMIT_AND_FETCH_REQ
+	armWake() error                                     // queue the read that notify completes
+	notify()                                            // wake the loop; any goroutine
+	submit() error                                      // hand queued commands to the kernel
+	wait() error                                        // submit, then block for at least one CQE
+	reap(dst []uring.CQE) int                           // take ready CQEs
+	close() error                                       // cancel whatever is left and free the ring
+}
+
+// wakeUserData marks the CQE of the wake-up read; command CQEs carry their tag.
+const wakeUserData = 1 << 63
+
+// errQueueQuit is returned by serve when the device forced the queue out.
+var errQueueQuit = errors.New("ublk: queue stopped without the kernel aborting it")
+
+// completion is a worker's answer for one tag.
+type completion struct {
+	tag uint16
+	res int32
+}
+
+// tagState tracks who owns a tag's command.
+type tagState uint8
+
+const (
+	tagInKernel tagState = iota // FETCH or COMMIT_AND_FETCH outstanding
+	tagInWorker                 // request handed to a worker goroutine
+	tagDead                     // aborted (-ENODEV) or failed: never resubmitted
+)
+
+// queue is one ublk hardware queue (ublksrv's struct ublksrv_queue): a
+// dispatch loop that owns the ring, plus worker goroutines running the target.
+// Keeping slow target work off the loop matters because the loop's thread is
+// the queue's ubq_daemon: only it may submit commands for this queue.
+type queue struct {
+	id     uint16
+	depth  int
+	ring   queueRing
+	desc   func(tag uint16) IODesc
+	bufs   dataSource
+	target Target
+	log    logrus.FieldLogger
+
+	done     chan completion // workers -> loop; never blocks (one per tag at most)
+	workers  sync.WaitGroup
+	quit     atomic.Bool
+	reqs     []Request
+	state    []tagState
+	live     int // tags not dead
+	cqes     []uring.CQE
+	wakeErrs int
+
+	closers     []func() error // extra resources freed by release
+	releaseOnce sync.Once
+	releaseErr  error
+}
+
+func newQueue(id uint16, depth int, ring queueRing, desc func(uint16) IODesc, bufs dataSource, target Target, log logrus.FieldLogger) *queue {
+	return &queue{
+		id: id, depth: depth, ring: ring, desc: desc, bufs: bufs, target: target,
+		log:   log.WithField("queue", id),
+		done:  make(chan completion, depth),
+		reqs:  make([]Request, depth),
+		state: make([]tagState, depth),
+		cqes:  make([]uring.CQE, depth+1),
+	}
+}
+
+// prime queues a FETCH_REQ for every tag and the wake-up read, and submits
+// them in one io_uring_enter (ublksrv_queue_init + ublksrv_submit_fetch_commands).
+func (q *queue) prime() error {
+	for tag := 0; tag < q.depth; tag++ {
+		if err := q.ring.fetch(uint16(tag), q.bufs.addr(uint16(tag))); err != nil {
+			return fmt.Errorf("ublk: queue %d: FETCH_REQ tag %d: %w", q.id, tag, err)
+		}
+	}
+	q.live = q.depth
+	if err := q.ring.armWake(); err != nil {
+		return fmt.Errorf("ublk: queue %d: arm wake-up: %w", q.id, err)
+	}
+	if err := q.ring.submit(); err != nil {
+		return fmt.Errorf("ublk: queue %d: submit fetches: %w", q.id, err)
+	}
+	return nil
+}
+
+// serve runs the loop (ublksrv_process_io) until every tag has been aborted,
+// which is how the kernel says STOP_DEV is done with this queue.
+func (q *queue) serve() error {
+	for q.live > 0 {
+		if err := q.ring.wait(); err != nil {
+			return fmt.Errorf("ublk: queue %d: %w", q.id, err)
+		}
+		if q.quit.Load() {
+			return errQueueQuit
+		}
+		n := q.ring.reap(q.cqes)
+		for _, c := range q.cqes[:n] {
+			if err := q.handleCQE(c); err != nil {
+				return err
+			}
+		}
+		if err := q.commitDone(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// handleCQE processes one completion: a new request, an abort, or a wake-up.
+func (q *queue) handleCQE(c uring.CQE) error {
+	if c.UserData == wakeUserData {
+		return q.onWake(c.Res)
+	}
+	tag := uint16(c.UserData)
+	if c.UserData >= uint64(q.depth) || q.state[tag] != tagInKernel {
+		q.log.Errorf("ublk: completion for tag %d that has no command outstanding (res %d)", c.UserData, c.Res)
+		return nil
+	}
+	switch c.Res {
+	case IOResOK:
+		return q.dispatch(tag)
+	case IOResAbort:
+		q.retire(tag)
+	default:
+		// -EINVAL/-EBUSY here mean a protocol error on our side: the tag
+		// is lost, but the queue keeps serving the others.
+		q.log.WithField("tag", tag).Errorf("ublk: io command failed: %s", resString(c.Res))
+		q.retire(tag)
+	}
+	return nil
+}
+
+func (q *queue) retire(tag uint16) {
+	q.state[tag] = tagDead
+	q.live--
+}
+
+// onWake re-arms the wake-up read; completions are collected by commitDone.
+func (q *queue) onWake(res int32) error {
+	if res < 0 && res != -int32(unix.EINTR) && res != -int32(unix.EAGAIN) {
+		q.wakeErrs++
+		q.log.Errorf("ublk: wake-up read failed: %s", resString(res))
+		if q.wakeErrs > 64 {
+			return fmt.Errorf("ublk: queue %d: wake-up read keeps failing: %s", q.id, resString(res))
+		}
+	}
+	if err := q.ring.armWake(); err != nil {
+		return fmt.Errorf("ublk: queue %d: re-arm wake-up: %w", q.id, err)
+	}
+	return nil
+}
+
+// dispatch decodes the tag's descriptor and hands the request to a worker.
+// The descriptor is copied out first: the kernel rewrites it once the tag is
+// committed.
+func (q *queue) dispatch(tag uint16) error {
+	d := q.desc(tag)
+	req := &q.reqs[tag]
+	*req = Request{
+		Op: Op(d.Op()), Flags: ReqFlags(d.Flags()), Sector: d.StartSector,
+		Sectors: d.NrSectors, Queue: q.id, Tag: tag,
+	}
+	switch req.Op {
+	case OpRead, OpWrite:
+		data, err := q.bufs.data(tag, req.Bytes())
+		if err != nil {
+			q.log.WithField("tag", tag).Errorf("ublk: %s: %v", req.Op, err)
+			return q.commit(tag, -int32(unix.EIO))
+		}
+		req.Data = data
+	case OpFlush, OpDiscard, OpWriteZeroes:
+	default:
+		return q.commit(tag, -int32(unix.EOPNOTSUPP))
+	}
+	q.state[tag] = tagInWorker
+	q.workers.Add(1)
+	go q.work(req)
+	return nil
+}
+
+// work runs the target for one request on a worker goroutine.
+func (q *queue) work(req *Request) {
+	defer q.workers.Done()
+	res := q.handle(req)
+	q.done <- completion{tag: req.Tag, res: res}
+	q.ring.notify()
+}
+
+// handle calls the target, turning a panic into -EIO.
+func (q *queue) handle(req *Request) (res int32) {
+	defer func() {
+		if p := recover(); p != nil {
+			q.log.WithFields(logrus.Fields{"tag": req.Tag, "op": req.Op, "sector": req.Sector}).
+				Errorf("ublk: target panicked: %v\n%s", p, debug.Stack())
+			res = -int32(unix.EIO)
+		}
+	}()
+	return q.check(req, q.target.Handle(req))
+}
+
+// check guards the kernel against results it mishandles: a READ/WRITE that
+// reports 0 bytes is requeued forever by blk_update_request, and more bytes
+// than asked trip a WARN.
+func (q *queue) check(req *Request, res int32) int32 {
+	if res < 0 {
+		return res
+	}
+	switch req.Op {
+	case OpRead, OpWrite:
+		n := int32(req.Bytes())
+		if res == 0 && n > 0 {
+			q.log.WithFields(logrus.Fields{"tag": req.Tag, "op": req.Op}).Error("ublk: target returned 0 bytes; answering -EIO")
+			return -int32(unix.EIO)
+		}
+		return min(res, n)
+	}
+	return 0
+}
+
+// commitDone queues COMMIT_AND_FETCH_REQ for every finished request.
+func (q *queue) commitDone() error {
+	for {
+		select {
+		case c := <-q.done:
+			if err := q.commit(c.tag, c.res); err != nil {
+				return err
+			}
+		default:
+			return nil
+		}
+	}
+}
+
+func (q *queue) commit(tag uint16, res int32) error {
+	q.state[tag] = tagInKernel
+	if err := q.ring.commit(tag, res, q.bufs.addr(tag)); err != nil {
+		return fmt.Errorf("ublk: queue %d: COMMIT_AND_FETCH_REQ tag %d: %w", q.id, tag, err)
+	}
+	return nil
+}
+
+// forceQuit makes serve return at its next wake-up, for a kernel that never
+// aborts the tags. Safe from any goroutine.
+func (q *queue) forceQuit() {
+	q.quit.Store(true)
+	q.ring.notify()
+}
+
+// release waits for workers still running (so nothing touches the eventfd or
+// the request windows afterwards), then closes the ring, which cancels any
+// command still outstanding, and frees the buffers and mappings.
+func (q *queue) release() error {
+	q.releaseOnce.Do(func() {
+		q.workers.Wait()
+		errs := []error{q.ring.close(), q.bufs.close()}
+		for _, c := range q.closers {
+			errs = append(errs, c())
+		}
+		q.releaseErr = errors.Join(errs...)
+	})
+	return q.releaseErr
+}
+
+// resString renders a CQE result: an errno name for negative values.
+func resString(res int32) string {
+	if res < 0 {
+		return fmt.Sprintf("%d (%v)", res, unix.Errno(-res))
+	}
+	return fmt.Sprint(res)
+}
+
+// kernelRing is queueRing on a real io_uring and /dev/ublkcN. 64-byte SQEs
+// suffice: struct ublksrv_io_cmd is 16 bytes.
+type kernelRing struct {
+	ring   *uring.Ring
+	cdev   int
+	qid    uint16
+	efd    int
+	efdBuf []byte // target of the wake-up read; heap memory that outlives it
+}
+
+func newKernelRing(cdev int, qid uint16, depth int) (*kernelRing, error) {
+	entries := uint32(depth + 1)
+	// COOP_TASKRUN: task work (how ublk delivers requests) runs when we
+	// enter the ring instead of interrupting the thread.
+	ring, err := uring.New(entries, uring.SetupCoopTaskrun)
+	if errors.Is(err, unix.EINVAL) {
+		ring, err = uring.New(entries, 0)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("ublk: queue %d ring: %w", qid, err)
+	}
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		ring.Close()
+		return nil, fmt.Errorf("ublk: queue %d eventfd: %w", qid, err)
+	}
+	return &kernelRing{ring: ring, cdev: cdev, qid: qid, efd: efd, efdBuf: make([]byte, 8)}, nil
+}
+
+// sqe returns a free SQE, submitting queued ones first if the ring is full.
+func (k *kernelRing) sqe() (*uring.SQE, error) {
+	if s := k.ring.NextSQE(); s != nil {
+		return s, nil
+	}
+	if _, err := k.ring.Submit(); err != nil {
+		return nil, err
+	}
+	if s := k.ring.NextSQE(); s != nil {
+		return s, nil
+	}
+	return nil, uring.ErrRingFull
+}
+
+func (k *kernelRing) ioCmd(op uint32, tag uint16, res int32, addr uint64) error {
+	s, err := k.sqe()
+	if err != nil {
+		return err
+	}
+	s.PrepUringCmd(k.cdev, op, uint64(tag))
+	c := IOCmd{QID: k.qid, Tag: tag, Result: res, Addr: addr}
+	c.Marshal(k.ring.Cmd(s))
+	return nil
+}
+
+func (k *kernelRing) fetch(tag uint16, addr uint64) error {
+	return k.ioCmd(IOFetchReq, tag, 0, addr)
+}
+
+func (k *kernelRing) commit(tag uint16, res int32, addr uint64) error {
+	return k.ioCmd(IOCommitAndFetchReq, tag, res, addr)
+}
+
+func (k *kernelRing) armWake() error {
+	s, err := k.sqe()
+	if err != nil {
+		return err
+	}
+	s.PrepRead(k.efd, k.efdBuf, 0, wakeUserData)
+	return nil
+}
+
+func (k *kernelRing) notify() {
+	one := [8]byte{1}
+	// EAGAIN means the counter is saturated: a wake-up is pending anyway.
+	unix.Write(k.efd, one[:])
+}
+
+func (k *kernelRing) submit() error {
+	_, err := k.ring.Submit()
+	return err
+}
+
+func (k *kernelRing) wait() error {
+	_, err := k.ring.SubmitAndWait(1)
+	return err
+}
+
+func (k *kernelRing) reap(dst []uring.CQE) int { return k.ring.Reap(dst) }
+
+func (k *kernelRing) close() error {
+	return errors.Join(k.ring.Close(), unix.Close(k.efd))
+}

@@ -1,0 +1,550 @@
+package ublk
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+)
+
+// AnyID in Options.ID lets the kernel choose the device id.
+const AnyID = -1
+
+// maxDevID is UBLK_MAX_UBLKS - 1 (one minor per device, MINORBITS = 20).
+const maxDevID = 1<<20 - 1
+
+// Options configure Add (ublksrv's struct ublksrv_dev_data).
+type Options struct {
+	ID           int           // device id, or AnyID; note that the zero value asks for id 0
+	Queues       int           // hardware queues; default 1, clamped to the CPU count
+	Depth        int           // tags per queue; default 128, at most 4096
+	Params       TargetParams  // what the device looks like
+	UserRecovery bool          // request UBLK_F_USER_RECOVERY (recovery itself is not implemented)
+	NoUserCopy   bool          // do not request UBLK_F_USER_COPY: use per-tag buffers
+	StopTimeout  time.Duration // how long Stop waits for the kernel to abort the queues; default 30s
+	Logger       logrus.FieldLogger
+}
+
+// normalize applies defaults and checks ranges before anything reaches the kernel.
+func (o Options) normalize() (Options, error) {
+	if o.Logger == nil {
+		o.Logger = logrus.StandardLogger()
+	}
+	if o.Queues == 0 {
+		o.Queues = DefaultQueues
+	}
+	if o.Depth == 0 {
+		o.Depth = DefaultQueueDepth
+	}
+	if o.StopTimeout == 0 {
+		o.StopTimeout = 30 * time.Second
+	}
+	switch {
+	case o.ID < AnyID || o.ID > maxDevID:
+		return o, fmt.Errorf("ublk: device id %d out of range [0, %d]", o.ID, maxDevID)
+	case o.Queues < 1 || o.Queues > MaxQueues:
+		return o, fmt.Errorf("ublk: queue count %d out of range [1, %d]", o.Queues, MaxQueues)
+	case o.Depth < 1 || o.Depth > MaxQueueDepth:
+		return o, fmt.Errorf("ublk: queue depth %d out of range [1, %d]", o.Depth, MaxQueueDepth)
+	}
+	if n := runtime.NumCPU(); o.Queues > n {
+		o.Logger.Infof("ublk: %d queues requested, clamped to %d CPUs", o.Queues, n)
+		o.Queues = n
+	}
+	o.Params = o.Params.withDefaults()
+	if err := o.Params.validate(os.Getpagesize()); err != nil {
+		return o, err
+	}
+	return o, nil
+}
+
+// requestedFlags are the UBLK_F_* bits ADD_DEV asks for.
+func (o Options) requestedFlags() uint64 {
+	flags := uint64(FlagCmdIoctlEncode)
+	if !o.NoUserCopy {
+		flags |= FlagUserCopy
+	}
+	if o.UserRecovery {
+		flags |= FlagUserRecovery
+	}
+	return flags
+}
+
+// Device is a running ublk device served by this process (ublksrv's
+// struct ublksrv_dev plus its control device).
+type Device struct {
+	opts   Options
+	ctrl   *Control
+	target Target
+	log    logrus.FieldLogger
+
+	// added is the info ADD_DEV negotiated; it never changes afterwards, so
+	// queue goroutines read it without locking. info is the latest GET_DEV_INFO.
+	added  DevInfo
+	mu     sync.Mutex
+	info   DevInfo
+	params Params
+	tids   []int
+	queues []*queue
+
+	cdev     int
+	exited   sync.WaitGroup
+	done     chan struct{}
+	errOnce  sync.Once
+	err      error
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// Add creates, sets up and starts a device served by target (ublksrv's
+// ublksrv_ctrl_add_dev + ublksrv_dev_init + queue setup + ublksrv_ctrl_start_dev).
+// It returns once /dev/ublkbN is live. On failure the device is torn down and
+// target is left open for the caller; on success Stop closes it (if it is an
+// io.Closer).
+func Add(opts Options, target Target) (*Device, error) {
+	opts, err := opts.normalize()
+	if err != nil {
+		return nil, err
+	}
+	if target == nil {
+		return nil, errors.New("ublk: nil target")
+	}
+	ctrl, err := OpenControl()
+	if err != nil {
+		return nil, err
+	}
+	id := uint32(anyDevID)
+	if opts.ID != AnyID {
+		id = uint32(opts.ID)
+	}
+	info := DevInfo{
+		NrHWQueues: uint16(opts.Queues), QueueDepth: uint16(opts.Depth),
+		MaxIOBufBytes: opts.Params.MaxIOBytes, DevID: id, Flags: opts.requestedFlags(),
+	}
+	if err := ctrl.AddDev(&info); err != nil {
+		ctrl.Close()
+		return nil, err
+	}
+	d := &Device{
+		opts: opts, ctrl: ctrl, target: target, added: info, info: info, cdev: -1,
+		log:  opts.Logger.WithField("dev", info.DevID),
+		done: make(chan struct{}),
+	}
+	d.logNegotiation(opts.requestedFlags())
+	if err := d.setup(); err != nil {
+		if serr := d.stop(3*time.Second, false); serr != nil {
+			d.log.Warnf("ublk: cleanup after failed add: %v", serr)
+		}
+		return nil, err
+	}
+	return d, nil
+}
+
+// logNegotiation reports what ADD_DEV changed: flags the kernel dropped
+// silently, clamped queues, rounded buffer size.
+func (d *Device) logNegotiation(want uint64) {
+	if lost := want &^ d.added.Flags; lost != 0 {
+		d.log.Warnf("ublk: kernel dropped flags %v (kept %#x %v)", FlagNames(lost), d.added.Flags, FlagNames(d.added.Flags))
+	}
+	if !d.UserCopy() {
+		d.log.Warn("ublk: USER_COPY not in use: falling back to per-tag buffers (one extra copy per request)")
+	}
+	if int(d.added.NrHWQueues) != d.opts.Queues {
+		d.log.Infof("ublk: kernel set %d queues (asked %d)", d.added.NrHWQueues, d.opts.Queues)
+	}
+	if d.added.MaxIOBufBytes != d.opts.Params.MaxIOBytes {
+		d.log.Infof("ublk: kernel set max_io_buf_bytes %d (asked %d)", d.added.MaxIOBufBytes, d.opts.Params.MaxIOBytes)
+	}
+}
+
+// setup opens the char device, starts the queues and makes the disk live.
+func (d *Device) setup() error {
+	// Whatever happens below, the queues that started are watched from
+	// here on, so Stop and the cleanup of a failed Add can rely on d.done.
+	defer func() { go d.supervise() }()
+	var err error
+	if d.cdev, err = openCharDev(d.ID(), 5*time.Second); err != nil {
+		return err
+	}
+	if err = d.startQueues(); err != nil {
+		return err
+	}
+	d.params = d.opts.Params.toParams(d.added.MaxIOBufBytes)
+	if err := d.ctrl.SetParams(d.ID(), d.params); err != nil {
+		return err
+	}
+	// START_DEV returns after add_disk's partition scan, which our queues
+	// serve: this goroutine is not one of them.
+	if err := d.ctrl.StartDev(d.ID(), os.Getpid()); err != nil {
+		return err
+	}
+	info, err := d.ctrl.GetDevInfo(d.ID())
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.info = info
+	d.mu.Unlock()
+	if info.State != StateLive {
+		d.log.Warnf("ublk: device state after START_DEV is %s", StateName(info.State))
+	}
+	d.log.Infof("ublk: %s live: %d queues x %d tags, %d bytes", d.BlockDevice(), info.NrHWQueues, info.QueueDepth, d.opts.Params.Size)
+	return nil
+}
+
+// openCharDev opens /dev/ublkcN, waiting a little for udev/devtmpfs to create it.
+func openCharDev(id uint32, patience time.Duration) (int, error) {
+	path := CharDevPrefix + strconv.FormatUint(uint64(id), 10)
+	deadline := time.Now().Add(patience)
+	for {
+		fd, err := unix.Open(path, unix.O_RDWR|unix.O_CLOEXEC, 0)
+		if err == nil {
+			return fd, nil
+		}
+		if !errors.Is(err, unix.ENOENT) || time.Now().After(deadline) {
+			if errors.Is(err, unix.EBUSY) {
+				return -1, fmt.Errorf("ublk: open %s: %w (another server has it open)", path, err)
+			}
+			return -1, fmt.Errorf("ublk: open %s: %w", path, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// queueStart is what a queue goroutine reports once its fetches are in.
+type queueStart struct {
+	q   *queue
+	tid int
+	err error
+}
+
+// startQueues starts one goroutine per queue and waits until each has
+// fetched all its tags (or failed).
+func (d *Device) startQueues() error {
+	n := int(d.added.NrHWQueues)
+	ready := make(chan queueStart, n)
+	for qid := 0; qid < n; qid++ {
+		d.exited.Add(1)
+		go d.runQueue(uint16(qid), ready)
+	}
+	d.queues = make([]*queue, n)
+	d.tids = make([]int, n)
+	var errs []error
+	for i := 0; i < n; i++ {
+		st := <-ready
+		if st.err != nil {
+			errs = append(errs, st.err)
+			continue
+		}
+		d.mu.Lock()
+		d.queues[st.q.id] = st.q
+		d.tids[st.q.id] = st.tid
+		d.mu.Unlock()
+	}
+	return errors.Join(errs...)
+}
+
+// runQueue is the queue thread (ublksrv's ublksrv_io_handler_fn). It locks its
+// OS thread for good: the thread that fetched a queue's tags is the only one
+// allowed to commit them, and if the goroutine ends, the thread exits with it,
+// which makes the kernel cancel whatever that thread still had in flight.
+func (d *Device) runQueue(qid uint16, ready chan<- queueStart) {
+	runtime.LockOSThread()
+	defer d.exited.Done()
+	var q *queue
+	reported := false
+	defer func() {
+		// A bug in the loop must not take the process down with it: the
+		// ring is closed (which aborts this queue's tags in the kernel).
+		if p := recover(); p != nil {
+			err := fmt.Errorf("ublk: queue %d panicked: %v", qid, p)
+			d.log.Errorf("%v\n%s", err, debug.Stack())
+			if q != nil {
+				q.release()
+			}
+			if !reported {
+				ready <- queueStart{err: err}
+			}
+			d.setErr(err)
+		}
+	}()
+	q, err := d.openQueue(qid)
+	if err == nil {
+		if err = q.prime(); err != nil {
+			q.release()
+		}
+	}
+	reported = true
+	if err != nil {
+		ready <- queueStart{err: err}
+		return
+	}
+	ready <- queueStart{q: q, tid: unix.Gettid()}
+	err = q.serve()
+	if rerr := q.release(); rerr != nil {
+		d.log.Warnf("ublk: queue %d release: %v", qid, rerr)
+	}
+	if err != nil {
+		d.setErr(err)
+		d.log.Errorf("ublk: queue %d stopped: %v", qid, err)
+	}
+}
+
+// openQueue maps the queue's descriptors and creates its ring and buffers.
+func (d *Device) openQueue(qid uint16) (*queue, error) {
+	depth := int(d.added.QueueDepth)
+	// Read-only: ublk_ch_mmap refuses writable mappings of the descriptors.
+	descs, err := unix.Mmap(d.cdev, IODescOffset(qid), IODescMapSize(depth), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("ublk: queue %d: mmap io descriptors: %w", qid, err)
+	}
+	var bufs dataSource
+	if d.UserCopy() {
+		bufs = newUserCopySource(d.cdev, qid, depth)
+	} else if bufs, err = newBufferSource(depth, int(d.added.MaxIOBufBytes)); err != nil {
+		unix.Munmap(descs)
+		return nil, err
+	}
+	ring, err := newKernelRing(d.cdev, qid, depth)
+	if err != nil {
+		bufs.close()
+		unix.Munmap(descs)
+		return nil, err
+	}
+	desc := func(tag uint16) IODesc {
+		var io IODesc
+		io.Unmarshal(descs[int(tag)*IODescSize:])
+		return io
+	}
+	q := newQueue(qid, depth, ring, desc, bufs, d.target, d.log)
+	q.closers = append(q.closers, func() error { return unix.Munmap(descs) })
+	return q, nil
+}
+
+func (d *Device) setErr(err error) {
+	d.errOnce.Do(func() { d.err = err })
+}
+
+// supervise closes the char device once every queue has exited, whoever
+// stopped the device (Stop, `btrfsdio del`, a failed Add): DEL_DEV waits for
+// that close, so it must not wait for Stop.
+func (d *Device) supervise() {
+	d.exited.Wait()
+	if d.cdev >= 0 {
+		if err := unix.Close(d.cdev); err != nil {
+			d.log.Warnf("ublk: close %s: %v", d.CharDevice(), err)
+		}
+	}
+	close(d.done)
+}
+
+// Wait blocks until all queues have exited and returns the first queue error
+// (nil after a clean stop). The queues also exit when someone else stops the
+// device (`btrfsdio del`); call Stop afterwards all the same to release the
+// control node and the target.
+func (d *Device) Wait() error {
+	<-d.done
+	return d.err
+}
+
+// Done is closed when all queues have exited and the char device is closed.
+func (d *Device) Done() <-chan struct{} { return d.done }
+
+// Stop stops and deletes the device (ublksrv_ctrl_stop_dev + ublksrv_ctrl_del_dev):
+// STOP_DEV while the queues still run, so in-flight requests complete and
+// every tag is aborted; the queues exit and release their rings; then DEL_DEV,
+// and finally the target is closed if it is an io.Closer. A device already
+// removed by someone else is not an error. Stop is idempotent.
+func (d *Device) Stop() error {
+	d.stopOnce.Do(func() { d.stopErr = d.stop(d.opts.StopTimeout, true) })
+	return d.stopErr
+}
+
+func (d *Device) stop(timeout time.Duration, closeTarget bool) error {
+	id := d.ID()
+	var errs []error
+	if err := d.ctrl.StopDev(id); err != nil && !errors.Is(err, unix.ENODEV) {
+		errs = append(errs, err)
+	}
+	select {
+	case <-d.done:
+	case <-time.After(timeout):
+		d.log.Warnf("ublk: queues still running %v after STOP_DEV; closing their rings", timeout)
+		d.forceQueues()
+		<-d.done
+	}
+	if err := d.ctrl.DelDev(id); err != nil && !errors.Is(err, unix.ENODEV) {
+		errs = append(errs, err)
+	}
+	errs = append(errs, d.ctrl.Close())
+	if c, ok := d.target.(io.Closer); ok && closeTarget {
+		if err := c.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("ublk: close target: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (d *Device) forceQueues() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, q := range d.queues {
+		if q != nil {
+			q.forceQuit()
+		}
+	}
+}
+
+// ID returns the device id N of /dev/ublkbN.
+func (d *Device) ID() uint32 { return d.added.DevID }
+
+// Info returns the device info as last read from the kernel.
+func (d *Device) Info() DevInfo {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.info
+}
+
+// Params returns the parameters set with SET_PARAMS.
+func (d *Device) Params() Params { return d.params }
+
+// UserCopy reports whether requests use UBLK_F_USER_COPY (else per-tag buffers).
+func (d *Device) UserCopy() bool { return d.added.Flags&FlagUserCopy != 0 }
+
+// QueueTIDs returns the thread id of each queue (ublksrv prints them in list).
+func (d *Device) QueueTIDs() []int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]int(nil), d.tids...)
+}
+
+// BlockDevice returns /dev/ublkbN.
+func (d *Device) BlockDevice() string { return BlockDevPrefix + strconv.FormatUint(uint64(d.ID()), 10) }
+
+// CharDevice returns /dev/ublkcN.
+func (d *Device) CharDevice() string { return CharDevPrefix + strconv.FormatUint(uint64(d.ID()), 10) }
+
+// Status is what the kernel knows about a device (GET_DEV_INFO + GET_PARAMS).
+type Status struct {
+	Info   DevInfo `json:"dev_info"`
+	Params Params  `json:"params"`
+}
+
+// GetFeatures returns the driver's UBLK_F_* bits (UBLK_U_CMD_GET_FEATURES).
+func GetFeatures() (uint64, error) {
+	c, err := OpenControl()
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	return c.GetFeatures()
+}
+
+// Delete stops and deletes device id whoever serves it (ublksrv's `ublk del -n`).
+// A live server sees its queues aborted and releases the device, which lets
+// DEL_DEV finish.
+func Delete(id uint32) error {
+	c, err := OpenControl()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if _, err := c.GetDevInfo(id); err != nil {
+		return err
+	}
+	if err := c.StopDev(id); err != nil {
+		return err
+	}
+	return c.DelDev(id)
+}
+
+// List returns the status of device id (ublksrv's `ublk list -n`).
+func List(id uint32) (Status, error) {
+	c, err := OpenControl()
+	if err != nil {
+		return Status{}, err
+	}
+	defer c.Close()
+	return status(c, id)
+}
+
+func status(c *Control, id uint32) (Status, error) {
+	info, err := c.GetDevInfo(id)
+	if err != nil {
+		return Status{}, err
+	}
+	params, err := c.GetParams(id)
+	if err != nil {
+		return Status{Info: info}, err
+	}
+	return Status{Info: info, Params: params}, nil
+}
+
+// ListAll returns the status of every device, found through
+// /sys/class/ublk-char (or /dev/ublkc*). Devices that vanish meanwhile are skipped.
+func ListAll() ([]Status, error) {
+	ids, err := ListIDs()
+	if err != nil {
+		return nil, err
+	}
+	c, err := OpenControl()
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	var out []Status
+	for _, id := range ids {
+		st, err := status(c, id)
+		if errors.Is(err, unix.ENODEV) {
+			continue
+		}
+		if err != nil {
+			return out, err
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+// ListIDs returns the ids of existing ublk devices, sorted.
+func ListIDs() ([]uint32, error) {
+	names, err := filepath.Glob(filepath.Join(sysCharClass, "ublkc*"))
+	if err != nil || len(names) == 0 {
+		names, err = filepath.Glob(CharDevPrefix + "*")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("ublk: list devices: %w", err)
+	}
+	return parseCharDevIDs(names), nil
+}
+
+// parseCharDevIDs extracts N from paths ending in ublkcN.
+func parseCharDevIDs(names []string) []uint32 {
+	seen := map[uint32]bool{}
+	var ids []uint32
+	for _, n := range names {
+		s, ok := strings.CutPrefix(filepath.Base(n), "ublkc")
+		if !ok {
+			continue
+		}
+		id, err := strconv.ParseUint(s, 10, 32)
+		if err != nil || seen[uint32(id)] {
+			continue
+		}
+		seen[uint32(id)] = true
+		ids = append(ids, uint32(id))
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	return ids
+}
