@@ -329,9 +329,14 @@ func (fs *FsInfo) putBounceBioCtl(ctl *BounceCtl, ret int) {
 		ctl.ret = ret
 	}
 	ctl.lock.Unlock()
-	if ctl.pending.Add(-1) == 0 {
+	switch n := ctl.pending.Add(-1); {
+	case n == 0:
 		ctl.Src.Status = blk.ErrnoToStatus(ctl.ret)
+		fs.stats.bounceCtlsDone.Add(1)
 		iomap.BioEndIO(ctl.Src)
+	case n < 0:
+		fs.warnf("bounce_ctl released %d times too often", -n)
+		fs.stats.accountingBugs.Add(1)
 	}
 }
 
@@ -449,6 +454,7 @@ func (fs *FsInfo) submitIOBounce(it *iomap.Iter, src *blk.Bio, fileOffset int64)
 		return
 	}
 	ctl := &BounceCtl{Src: src}
+	fs.stats.bounceCtls.Add(1)
 	// Start at one so the iomap bio cannot finish before every bounce bbio
 	// has been submitted.
 	ctl.pending.Store(1)

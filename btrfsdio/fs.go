@@ -110,18 +110,22 @@ type Stats struct {
 	// AccountingBugs counts "bad ordered extent accounting" warnings and
 	// over-puts: always 0 unless the faithful flaws are on.
 	AccountingBugs int64
-	BounceBbios    int64
-	EmptyBbios     int64
-	LeakedPages    int64
-	ReadRepairs    int64
-	CsumErrors     int64
-	BufferedWrites int64
+	// BounceCtls counts bounce_ctl structures made; BounceCtlsDone those
+	// whose pending count reached zero (each must, exactly once).
+	BounceCtls, BounceCtlsDone int64
+	BounceBbios                int64
+	EmptyBbios                 int64
+	LeakedPages                int64
+	ReadRepairs                int64
+	CsumErrors                 int64
+	BufferedWrites             int64
 }
 
 type stats struct {
 	orderedCreated, orderedCompleted, orderedFailed atomic.Int64
 	orderedBytesFinished                            atomic.Int64
 	accountingBugs                                  atomic.Int64
+	bounceCtls, bounceCtlsDone                      atomic.Int64
 	bounceBbios, emptyBbios, leakedPages            atomic.Int64
 	readRepairs, csumErrors, bufferedWrites         atomic.Int64
 }
@@ -201,6 +205,7 @@ func (fs *FsInfo) Stats() Stats {
 		OrderedCreated: s.orderedCreated.Load(), OrderedCompleted: s.orderedCompleted.Load(),
 		OrderedFailed: s.orderedFailed.Load(), OrderedBytesFinished: s.orderedBytesFinished.Load(),
 		AccountingBugs: s.accountingBugs.Load(), BounceBbios: s.bounceBbios.Load(),
+		BounceCtls: s.bounceCtls.Load(), BounceCtlsDone: s.bounceCtlsDone.Load(),
 		EmptyBbios: s.emptyBbios.Load(), LeakedPages: s.leakedPages.Load(),
 		ReadRepairs: s.readRepairs.Load(), CsumErrors: s.csumErrors.Load(),
 		BufferedWrites: s.bufferedWrites.Load(),

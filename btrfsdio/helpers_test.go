@@ -123,6 +123,9 @@ func (fs *testFS) checkQuiescent(t testing.TB) {
 	if n := inode.IOTree.BadClears(); n != 0 {
 		errs = append(errs, fmt.Errorf("%d unlocks of unlocked ranges", n))
 	}
+	if st := fs.Stats(); st.BounceCtls != st.BounceCtlsDone {
+		errs = append(errs, fmt.Errorf("%d bounce_ctl made, %d completed", st.BounceCtls, st.BounceCtlsDone))
+	}
 	if n := fs.Stats().AccountingBugs; n != 0 {
 		errs = append(errs, fmt.Errorf("%d ordered extent accounting errors", n))
 	}

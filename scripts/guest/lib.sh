@@ -17,13 +17,13 @@ fi
 
 # check NAME CMD...: run a check, count it, print TAP-like lines.
 check() {
-	name=$1
+	_check_name=$1
 	shift
 	if "$@"; then
-		echo "ok - $name"
+		echo "ok - $_check_name"
 		PASS=$((PASS + 1))
 	else
-		echo "not ok - $name"
+		echo "not ok - $_check_name"
 		FAIL=$((FAIL + 1))
 	fi
 }
@@ -35,6 +35,18 @@ is_positive() { case $1 in '' | *[!0-9]*) return 1 ;; esac; [ "$1" -gt 0 ]; }
 finish() {
 	echo "$PASS passed, $FAIL failed"
 	[ "$FAIL" -eq 0 ]
+}
+
+# Backing stores: DEVS is what -f gets. use_disks keeps the virtio disks
+# (their images can be inspected from the host); use_images gives every
+# device fresh sparse image files on a tmpfs, so no test sees another's data.
+DEVS=$DISKS
+IMGDIR=${BTRFSDIO_IMGDIR:-/scratch}
+use_disks() { DEVS=$DISKS; }
+use_images() {
+	mkdir -p "$IMGDIR"
+	mountpoint -q "$IMGDIR" 2>/dev/null || mount -t tmpfs -o size=1200m scratch "$IMGDIR"
+	DEVS="$IMGDIR/d0.img $IMGDIR/d1.img $IMGDIR/d2.img $IMGDIR/d3.img"
 }
 
 # ndisks PROFILE: devices the profile is tested with.
@@ -52,7 +64,7 @@ disk_args() {
 	n=$(ndisks "$1")
 	out=
 	i=0
-	for d in $DISKS; do
+	for d in $DEVS; do
 		[ "$i" -lt "$n" ] || break
 		out="$out -f $d"
 		i=$((i + 1))
@@ -63,42 +75,47 @@ disk_args() {
 # disk_list PROFILE: the same disks as plain words.
 disk_list() { disk_args "$1" | sed 's/-f //g'; }
 
-# wipe PROFILE [MiB]: zero the start of the profile's disks, so that the
-# copies of a fresh volume agree before the test writes anything.
+# wipe PROFILE [MiB]: make the profile's stores blank, so that the copies of
+# a fresh volume agree before the test writes anything: new sparse images,
+# or the first MiB of each disk zeroed (enough for tests that stay there).
 wipe() {
 	for d in $(disk_list "$1"); do
-		dd if=/dev/zero of="$d" bs=1M count="${2:-160}" conv=fsync 2>/dev/null
+		if [ -b "$d" ]; then
+			dd if=/dev/zero of="$d" bs=1M count="${2:-160}" conv=fsync 2>/dev/null
+		else
+			rm -f "$d" && truncate -s "${IMG_SIZE:-192M}" "$d"
+		fi
 	done
 }
 
 # add_dev ID PROFILE MODE [extra add flags...]: start a btrfsdio device
 # and wait for its block node.
 add_dev() {
-	id=$1
-	prof=$2
-	mode=$3
+	_id=$1
+	_prof=$2
+	_mode=$3
 	shift 3
 	# shellcheck disable=SC2046 # disk_args is a flag list
-	"$BIN" add -t btrfsdio -n "$id" --profile "$prof" --dio "$mode" $(disk_args "$prof") "$@" >"$RESULTS/add-$id.txt" 2>&1 || {
-		cat "$RESULTS/add-$id.txt"
-		cat /var/log/btrfsdio/ublk"$id".log 2>/dev/null | tail -20
+	"$BIN" add -t btrfsdio -n "$_id" --profile "$_prof" --dio "$_mode" $(disk_args "$_prof") "$@" >"$RESULTS/add-$_id.txt" 2>&1 || {
+		cat "$RESULTS/add-$_id.txt"
+		tail -20 /var/log/btrfsdio/ublk"$_id".log 2>/dev/null
 		return 1
 	}
-	i=0
-	while [ ! -b /dev/ublkb"$id" ] && [ $i -lt 100 ]; do
+	_i=0
+	while [ ! -b /dev/ublkb"$_id" ] && [ $_i -lt 100 ]; do
 		sleep 0.1
-		i=$((i + 1))
+		_i=$((_i + 1))
 	done
-	[ -b /dev/ublkb"$id" ]
+	[ -b /dev/ublkb"$_id" ]
 }
 
 # del_dev ID: delete the device and wait for its nodes to go.
 del_dev() {
 	"$BIN" del -n "$1" || return 1
-	i=0
-	while [ -e /dev/ublkc"$1" ] && [ $i -lt 100 ]; do
+	_i=0
+	while [ -e /dev/ublkc"$1" ] && [ $_i -lt 100 ]; do
 		sleep 0.1
-		i=$((i + 1))
+		_i=$((_i + 1))
 	done
 	[ ! -e /dev/ublkc"$1" ]
 }
