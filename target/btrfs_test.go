@@ -1,0 +1,102 @@
+package target
+
+import (
+	"bytes"
+	"io"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/btrfsdio/btrfsdio/btrfsdio"
+	"github.com/btrfsdio/btrfsdio/raid"
+	"github.com/btrfsdio/btrfsdio/ublk"
+)
+
+// memData is a request's pages in memory (what USER_COPY reaches with
+// pread/pwrite on /dev/ublkcN).
+type memData struct{ b []byte }
+
+func (m *memData) ReadAt(p []byte, off int64) (int, error)  { return copy(p, m.b[off:]), nil }
+func (m *memData) WriteAt(p []byte, off int64) (int, error) { return copy(m.b[off:], p), nil }
+
+func newTarget(t *testing.T, mode btrfsdio.DioMode) *Btrfs {
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	dir := t.TempDir()
+	var devs []*raid.Device
+	for i := 0; i < 2; i++ {
+		d, err := raid.OpenDevice(filepath.Join(dir, "d"+string(rune('0'+i))), raid.DeviceOptions{Create: true, Size: 32 << 20, Logger: log})
+		if err != nil {
+			t.Fatal(err)
+		}
+		devs = append(devs, d)
+	}
+	vol, err := raid.NewVolume(devs, raid.Raid1, raid.VolumeOptions{Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs, err := btrfsdio.NewFsInfo(vol, btrfsdio.Options{Mode: mode, Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg := &Btrfs{FS: fs}
+	t.Cleanup(func() {
+		if err := tg.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return tg
+}
+
+func req(op ublk.Op, off int64, data []byte, flags ublk.ReqFlags) *ublk.Request {
+	return &ublk.Request{Op: op, Flags: flags, Sector: uint64(off) >> 9, Sectors: uint32(len(data) >> 9), Data: &memData{b: data}}
+}
+
+func TestHandleEveryOp(t *testing.T) {
+	for _, mode := range []btrfsdio.DioMode{btrfsdio.ZeroCopy, btrfsdio.Bounce} {
+		tg := newTarget(t, mode)
+		p := tg.Params()
+		if p.LogicalBlockSize != 4096 || !p.VolatileCache || !p.FUA || !p.Discard || !p.WriteZeroes || p.Size == 0 {
+			t.Fatalf("params %+v", p)
+		}
+		data := make([]byte, 1<<20)
+		for i := range data {
+			data[i] = byte(i * 7)
+		}
+		if got := tg.Handle(req(ublk.OpWrite, 4096, data, ublk.ReqFUA)); got != int32(len(data)) {
+			t.Fatalf("%v: write returned %d", mode, got)
+		}
+		if got := tg.Handle(&ublk.Request{Op: ublk.OpFlush}); got != 0 {
+			t.Fatalf("flush returned %d", got)
+		}
+		out := make([]byte, len(data))
+		if got := tg.Handle(req(ublk.OpRead, 4096, out, 0)); got != int32(len(out)) || !bytes.Equal(out, data) {
+			t.Fatalf("%v: read returned %d, equal %v", mode, got, bytes.Equal(out, data))
+		}
+		for _, op := range []ublk.Op{ublk.OpDiscard, ublk.OpWriteZeroes} {
+			if got := tg.Handle(req(op, 4096, make([]byte, 8192), 0)); got != 0 {
+				t.Fatalf("%v returned %d", op, got)
+			}
+			tg.Handle(req(ublk.OpRead, 4096, out, 0))
+			if !bytes.Equal(out[:8192], make([]byte, 8192)) || !bytes.Equal(out[8192:], data[8192:]) {
+				t.Fatalf("%v did not zero exactly its range", op)
+			}
+		}
+		bad := []struct {
+			r    *ublk.Request
+			want syscall.Errno
+		}{
+			{req(ublk.OpRead, int64(p.Size), make([]byte, 4096), 0), syscall.ENOSPC},
+			{req(ublk.OpWrite, 512, make([]byte, 4096), 0), syscall.EINVAL},
+			{&ublk.Request{Op: ublk.OpRead, Data: &memData{}}, syscall.EINVAL},
+			{&ublk.Request{Op: ublk.Op(4)}, syscall.EOPNOTSUPP},
+		}
+		for _, c := range bad {
+			if got := tg.Handle(c.r); got != -int32(c.want) {
+				t.Fatalf("%v at sector %d: %d, want -%d", c.r.Op, c.r.Sector, got, c.want)
+			}
+		}
+	}
+}
