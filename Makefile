@@ -31,8 +31,11 @@ test: vet unit vm-test
 demo:
 	scripts/e2e.sh demo --timeout 1200
 
-bench:
-	$(GO) test -run '^$$' -bench . -benchtime 3x ./btrfsdio
+# The seed's table for the in-process engine, plus the Go benchmark with
+# allocations per request.
+bench: build
+	./$(BIN) bench --rounds 5 --json bench.json --svg bench.svg
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime 5x ./btrfsdio
 
 clean:
-	rm -rf $(BIN) .vm-work
+	rm -rf $(BIN) .vm-work bench.json bench.svg

@@ -1,0 +1,92 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+
+	"github.com/btrfsdio/btrfsdio/internal/bench"
+	"github.com/btrfsdio/btrfsdio/raid"
+)
+
+func init() {
+	registerCommand(&command{
+		name:    "bench",
+		summary: "in-process benchmark: the seed's table (zero-copy vs bounce, nodatasum vs datasum) next to the raw backing file",
+		usage:   "[--profile P] [--size BYTES] [--bs BYTES] [--rounds N] [--dir DIR] [--json FILE] [--svg FILE] [--faithful]",
+		run:     runBench,
+	})
+}
+
+func runBench(e *env, args []string) int {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	profile := fs.String("profile", "raid1", "data profile")
+	size := fs.String("size", "256M", "bytes written and read per measurement")
+	bs := fs.String("bs", "1M", "IO size")
+	rounds := fs.Int("rounds", 3, "repetitions of the whole matrix")
+	dir := fs.String("dir", defaultBenchDir(), "directory for the backing images")
+	jsonOut := fs.String("json", "", "write the result as JSON to FILE")
+	svgOut := fs.String("svg", "", "write a bar chart to FILE")
+	faithful := fs.Bool("faithful", false, "run the seed's bounce path exactly")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	p, err := raid.ParseProfile(*profile)
+	if err != nil {
+		return e.failf(exitUsage, "bench: --profile: %v", err)
+	}
+	n, err := parseSize(*size)
+	if err != nil {
+		return e.failf(exitUsage, "bench: --size: %v", err)
+	}
+	b, err := parseSize(*bs)
+	if err != nil {
+		return e.failf(exitUsage, "bench: --bs: %v", err)
+	}
+	cfg := bench.Config{Dir: *dir, Profile: p, Bytes: n, BS: int(b), Rounds: *rounds, Faithful: *faithful}
+	res, err := bench.Run(cfg, func(round, rounds int, what string) {
+		fmt.Fprintf(e.stderr, "\rbench: round %d/%d: %-24s", round, rounds, what)
+	})
+	fmt.Fprintln(e.stderr)
+	if err != nil {
+		return e.failf(exitFail, "%v", err)
+	}
+	res.WriteTable(e.stdout)
+	for _, out := range []struct {
+		path  string
+		write func(f *os.File) error
+	}{
+		{*jsonOut, func(f *os.File) error { return res.WriteJSON(f) }},
+		{*svgOut, func(f *os.File) error { return res.WriteSVG(f) }},
+	} {
+		if out.path == "" {
+			continue
+		}
+		if err := writeFile(out.path, out.write); err != nil {
+			return e.failf(exitFail, "bench: %v", err)
+		}
+	}
+	return exitOK
+}
+
+func writeFile(path string, write func(f *os.File) error) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := write(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// defaultBenchDir prefers tmpfs, so the figures measure the port rather
+// than a disk.
+func defaultBenchDir() string {
+	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
+		return "/dev/shm"
+	}
+	return os.TempDir()
+}

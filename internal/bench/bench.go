@@ -1,0 +1,227 @@
+// Package bench measures the btrfs direct IO port the way the seed patch's
+// benchmark table does: sequential direct reads and writes of one block size
+// over a file, zero-copy against bounce, without and with data checksums,
+// all measured side by side in one run, next to the raw backing file.
+package bench
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+
+	"github.com/btrfsdio/btrfsdio/blk"
+	"github.com/btrfsdio/btrfsdio/btrfsdio"
+	"github.com/btrfsdio/btrfsdio/iomap"
+	"github.com/btrfsdio/btrfsdio/raid"
+)
+
+// Config says what to measure.
+type Config struct {
+	Dir      string       // where the backing images go
+	Profile  raid.Profile // data profile
+	Devices  int          // backing devices (0: the profile's minimum, at least 2 for RAID1)
+	Bytes    int64        // bytes per measurement
+	BS       int          // IO size
+	Rounds   int          // repetitions of the whole matrix
+	Faithful bool         // run the seed's bounce path exactly
+}
+
+// Cell is one configuration of the matrix.
+type Cell struct {
+	Op      string `json:"op"`   // "read" or "write"
+	Mode    string `json:"mode"` // "zerocopy", "bounce" or "raw"
+	DataSum bool   `json:"datasum"`
+	// MiBs holds one throughput per round.
+	MiBs []float64 `json:"mib_s"`
+}
+
+// Min, Median and Max summarise the rounds.
+func (c *Cell) Min() float64    { return c.sorted()[0] }
+func (c *Cell) Max() float64    { s := c.sorted(); return s[len(s)-1] }
+func (c *Cell) Median() float64 { s := c.sorted(); return s[len(s)/2] }
+
+func (c *Cell) sorted() []float64 {
+	s := append([]float64(nil), c.MiBs...)
+	if len(s) == 0 {
+		return []float64{0}
+	}
+	sort.Float64s(s)
+	return s
+}
+
+// Result is a whole run.
+type Result struct {
+	Config Config  `json:"config"`
+	Cells  []*Cell `json:"cells"`
+}
+
+// Cell finds a cell of the result.
+func (r *Result) Cell(op, mode string, datasum bool) *Cell {
+	for _, c := range r.Cells {
+		if c.Op == op && c.Mode == mode && c.DataSum == datasum {
+			return c
+		}
+	}
+	return nil
+}
+
+// Progress is told what is being measured.
+type Progress func(round, rounds int, what string)
+
+// Run measures the matrix Rounds times, interleaving the configurations in
+// every round so all of them see the same machine state.
+func Run(cfg Config, progress Progress) (*Result, error) {
+	if cfg.BS <= 0 || cfg.BS%btrfsdio.SectorSize != 0 || cfg.Bytes < int64(cfg.BS) || cfg.Rounds <= 0 {
+		return nil, fmt.Errorf("bench: need bs a multiple of %d, bytes >= bs, rounds > 0", btrfsdio.SectorSize)
+	}
+	res := &Result{Config: cfg}
+	for _, op := range []string{"read", "write"} {
+		res.Cells = append(res.Cells, &Cell{Op: op, Mode: "raw"})
+		for _, sum := range []bool{false, true} {
+			for _, mode := range []string{"zerocopy", "bounce"} {
+				res.Cells = append(res.Cells, &Cell{Op: op, Mode: mode, DataSum: sum})
+			}
+		}
+	}
+	for round := 1; round <= cfg.Rounds; round++ {
+		// Each job writes then reads, filling both cells of its kind.
+		for _, c := range res.Cells {
+			if c.Op != "write" {
+				continue
+			}
+			if progress != nil {
+				progress(round, cfg.Rounds, describe(c))
+			}
+			run := runPort
+			if c.Mode == "raw" {
+				run = runRaw
+			}
+			if err := run(cfg, res.Cell("read", c.Mode, c.DataSum), c); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return res, nil
+}
+
+func describe(c *Cell) string {
+	if c.Mode == "raw" {
+		return "raw backing file"
+	}
+	sum := "nodatasum"
+	if c.DataSum {
+		sum = "datasum"
+	}
+	return fmt.Sprintf("%s %s", c.Mode, sum)
+}
+
+func mibs(n int64, d time.Duration) float64 { return float64(n) / (1 << 20) / d.Seconds() }
+
+// runPort writes cfg.Bytes through the port, then reads them back.
+func runPort(cfg Config, read, write *Cell) error {
+	dir, err := os.MkdirTemp(cfg.Dir, "bench-")
+	if err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	fs, err := newFS(cfg, dir, write.Mode, write.DataSum)
+	if err != nil {
+		return err
+	}
+	defer fs.Vol.Close()
+	buf := blk.AlignedBuffer(cfg.BS)
+	for i := range buf {
+		buf[i] = byte(i * 31)
+	}
+	inode := fs.Inode()
+	for _, c := range []*Cell{write, read} {
+		start := time.Now()
+		for off := int64(0); off+int64(cfg.BS) <= cfg.Bytes; off += int64(cfg.BS) {
+			it := iomap.NewIovIter(buf, 0)
+			iocb := &iomap.Kiocb{Pos: off}
+			if c == write {
+				_, err = inode.DirectWrite(iocb, it)
+			} else {
+				_, err = inode.DirectRead(iocb, it)
+			}
+			if err != nil {
+				return fmt.Errorf("bench: %s %s at %d: %w", c.Op, c.Mode, off, err)
+			}
+		}
+		c.MiBs = append(c.MiBs, mibs(cfg.Bytes, time.Since(start)))
+	}
+	return nil
+}
+
+func newFS(cfg Config, dir, mode string, datasum bool) (*btrfsdio.FsInfo, error) {
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	n := cfg.Devices
+	if n == 0 {
+		n = max(cfg.Profile.MinDevices(), 2)
+		if cfg.Profile == raid.Single || cfg.Profile == raid.Dup {
+			n = 1
+		}
+	}
+	// Room for the file plus copy-on-write headroom on every profile.
+	devSize := (cfg.Bytes*int64(cfg.Profile.Copies())*2/int64(n) + 64<<20) &^ (1<<20 - 1)
+	var devs []*raid.Device
+	for i := 0; i < n; i++ {
+		d, err := raid.OpenDevice(filepath.Join(dir, fmt.Sprintf("d%d.img", i)), raid.DeviceOptions{Create: true, Size: devSize, Logger: log})
+		if err != nil {
+			return nil, err
+		}
+		devs = append(devs, d)
+	}
+	vol, err := raid.NewVolume(devs, cfg.Profile, raid.VolumeOptions{Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	m, err := btrfsdio.ParseDioMode(mode)
+	if err != nil {
+		vol.Close()
+		return nil, err
+	}
+	fs, err := btrfsdio.NewFsInfo(vol, btrfsdio.Options{Mode: m, DataSum: datasum, Faithful: cfg.Faithful, Log: log})
+	if err != nil {
+		vol.Close()
+		return nil, err
+	}
+	return fs, nil
+}
+
+// runRaw is the reference: the same IO straight to one backing file, with
+// O_DIRECT when the filesystem under it allows.
+func runRaw(cfg Config, read, write *Cell) error {
+	path := filepath.Join(cfg.Dir, "bench-raw.img")
+	defer os.Remove(path)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC|unix.O_DIRECT, 0o600)
+	if err != nil {
+		if f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600); err != nil {
+			return fmt.Errorf("bench: raw file: %w", err)
+		}
+	}
+	defer f.Close()
+	buf := blk.AlignedBuffer(cfg.BS)
+	for _, c := range []*Cell{write, read} {
+		start := time.Now()
+		for off := int64(0); off+int64(cfg.BS) <= cfg.Bytes; off += int64(cfg.BS) {
+			if c == write {
+				_, err = f.WriteAt(buf, off)
+			} else {
+				_, err = f.ReadAt(buf, off)
+			}
+			if err != nil {
+				return fmt.Errorf("bench: raw %s: %w", c.Op, err)
+			}
+		}
+		c.MiBs = append(c.MiBs, mibs(cfg.Bytes, time.Since(start)))
+	}
+	return nil
+}

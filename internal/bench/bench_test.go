@@ -1,0 +1,60 @@
+package bench
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/btrfsdio/btrfsdio/raid"
+)
+
+func TestRunSmallMatrix(t *testing.T) {
+	var steps []string
+	res, err := Run(Config{Dir: t.TempDir(), Profile: raid.Raid1, Bytes: 8 << 20, BS: 1 << 20, Rounds: 2},
+		func(round, rounds int, what string) { steps = append(steps, what) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(steps) != 2*5 {
+		t.Fatalf("progress saw %d steps, want 10: %v", len(steps), steps)
+	}
+	for _, c := range res.Cells {
+		if len(c.MiBs) != 2 || c.Min() <= 0 || c.Median() < c.Min() || c.Max() < c.Median() {
+			t.Fatalf("cell %s %s %v: %v", c.Op, c.Mode, c.DataSum, c.MiBs)
+		}
+	}
+	var tab bytes.Buffer
+	res.WriteTable(&tab)
+	for _, want := range []string{"Read (zerocopy)", "Write (bounce)", "Diff", "Nodatasum", "Datasum", "raw file read"} {
+		if !strings.Contains(tab.String(), want) {
+			t.Fatalf("table lacks %q:\n%s", want, tab.String())
+		}
+	}
+	var js bytes.Buffer
+	if err := res.WriteJSON(&js); err != nil {
+		t.Fatal(err)
+	}
+	var back Result
+	if err := json.Unmarshal(js.Bytes(), &back); err != nil || len(back.Cells) != len(res.Cells) {
+		t.Fatalf("JSON round trip: %v", err)
+	}
+	var svg bytes.Buffer
+	if err := res.WriteSVG(&svg); err != nil || strings.Count(svg.String(), "<rect") != 10 {
+		t.Fatalf("svg: %v, %d bars", err, strings.Count(svg.String(), "<rect"))
+	}
+}
+
+func TestRunRejectsBadConfig(t *testing.T) {
+	for _, c := range []Config{{BS: 1000, Bytes: 1 << 20, Rounds: 1}, {BS: 4096, Bytes: 100, Rounds: 1}, {BS: 4096, Bytes: 1 << 20}} {
+		if _, err := Run(c, nil); err == nil {
+			t.Fatalf("%+v accepted", c)
+		}
+	}
+}
+
+func TestDiff(t *testing.T) {
+	if d := diff(75, 100); d != -25 {
+		t.Fatalf("diff %v", d)
+	}
+}
