@@ -92,7 +92,8 @@ type BioSet struct {
 	freed     atomic.Int64
 }
 
-// InUse is the number of bios allocated from bs and not yet freed.
+// InUse is the number of bios allocated from bs and not yet freed (test
+// accounting, no kernel counterpart).
 func (bs *BioSet) InUse() int64 { return bs.allocated.Load() - bs.freed.Load() }
 
 // BioAllocBioset is bio_alloc_bioset: a bio with room for nrVecs bvecs.

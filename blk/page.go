@@ -28,18 +28,20 @@ type Page struct {
 	owner     *PageAllocator
 }
 
-// NewPage wraps process memory as a page (or folio) a bio can point at.
+// NewPage wraps process memory as a page (or folio) a bio can point at:
+// what pin_user_pages hands iomap for a user buffer.
 func NewPage(mem []byte) *Page { return &Page{mem: mem, size: len(mem)} }
 
-// NewRemotePage is a page of size bytes at off in remote memory.
+// NewRemotePage is a page of size bytes at off in remote memory (no kernel
+// counterpart: the kernel maps every page it pins).
 func NewRemotePage(remote RemoteMemory, off int64, size int) *Page {
 	return &Page{remote: remote, remoteOff: off, size: size}
 }
 
-// Size is the page's length in bytes (PageSize, or a folio's size).
+// Size is folio_size: the page's length in bytes (PageSize, or a folio's).
 func (p *Page) Size() int { return p.size }
 
-// Bytes is the page's memory, or nil when it is remote.
+// Bytes is page_address: the page's memory, or nil when it is remote.
 func (p *Page) Bytes() []byte { return p.mem }
 
 // ReadAt copies len(dst) bytes at off out of the page (kmap + memcpy from).
@@ -80,7 +82,8 @@ func (p *Page) contiguous(end int, q *Page, off int) bool {
 	return p == q && end == off
 }
 
-// AlignedBuffer returns size bytes aligned to PageSize, fit for O_DIRECT.
+// AlignedBuffer returns size bytes aligned to PageSize, fit for O_DIRECT
+// (userspace's posix_memalign; no kernel counterpart).
 func AlignedBuffer(size int) []byte {
 	buf := make([]byte, size+PageSize)
 	skew := int(uintptr(unsafe.Pointer(unsafe.SliceData(buf))) & (PageSize - 1))
@@ -149,7 +152,8 @@ func (a *PageAllocator) FreePage(p *Page) error {
 }
 
 // FailAt makes the n-th allocation from now (1-based) fail once, as a page
-// allocator under memory pressure would; 0 turns it off.
+// allocator under memory pressure would (the kernel's fail_page_alloc fault
+// injection); 0 turns it off.
 func (a *PageAllocator) FailAt(n int64) {
 	if n == 0 {
 		a.failAt.Store(0)
@@ -158,10 +162,12 @@ func (a *PageAllocator) FailAt(n int64) {
 	a.failAt.Store(a.allocated.Load() + n)
 }
 
-// Stats returns pages handed out, pages freed and allocations refused.
+// Stats returns pages handed out, pages freed and allocations refused (test
+// accounting, no kernel counterpart).
 func (a *PageAllocator) Stats() (allocated, freed, failed int64) {
 	return a.allocated.Load(), a.freed.Load(), a.failed.Load()
 }
 
-// InUse is the number of pages allocated and not yet freed.
+// InUse is the number of pages allocated and not yet freed (test accounting,
+// no kernel counterpart).
 func (a *PageAllocator) InUse() int64 { return a.allocated.Load() - a.freed.Load() }

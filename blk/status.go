@@ -78,7 +78,7 @@ func ErrnoToStatus(err int) BlkStatus {
 	return StsIOErr
 }
 
-// Err returns the status as a Go error (nil for StsOK), carrying the errno so
+// Err is blk_status_to_errno as a Go error (nil for StsOK), carrying the errno so
 // errors.Is(err, syscall.EIO) works.
 func (s BlkStatus) Err() error {
 	if s == StsOK {
@@ -106,7 +106,7 @@ func (e *StatusError) Error() string { return "blk: " + e.Status.String() + " er
 // Unwrap returns the errno the status maps to.
 func (e *StatusError) Unwrap() error { return syscall.Errno(-StatusToErrno(e.Status)) }
 
-// ErrnoOf turns a Go error into a negative errno (0 for nil, -EIO for an
+// ErrnoOf is PTR_ERR for Go: a Go error as a negative errno (0 for nil, -EIO for an
 // error that carries none).
 func ErrnoOf(err error) int {
 	if err == nil {

@@ -172,8 +172,8 @@ func (t *ExtentIOTree) ClearExtentBit(start, end uint64, bits uint32) {
 	t.mu.Unlock()
 }
 
-// Held describes the ranges that still carry a bit, for tests and
-// diagnostics ("every extent lock is released").
+// Held describes the ranges that still carry a bit (no kernel counterpart;
+// for tests and diagnostics) ("every extent lock is released").
 func (t *ExtentIOTree) Held() []string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -184,7 +184,8 @@ func (t *ExtentIOTree) Held() []string {
 	return out
 }
 
-// BadClears is how many times a bit was cleared on bytes that did not have
+// BadClears (no kernel counterpart) is how many times a bit was cleared on
+// bytes that did not have
 // it (a double unlock, or an unlock of someone else's range).
 func (t *ExtentIOTree) BadClears() int {
 	t.mu.Lock()

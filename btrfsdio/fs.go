@@ -45,7 +45,8 @@ func (m DioMode) String() string {
 	return "zerocopy"
 }
 
-// ParseDioMode parses "bounce" or "zerocopy".
+// ParseDioMode parses "bounce" or "zerocopy" (no kernel counterpart: the
+// kernel has one body of btrfs_dio_submit_io, before or after the patch).
 func ParseDioMode(s string) (DioMode, error) {
 	switch s {
 	case "bounce":
@@ -73,7 +74,8 @@ type Options struct {
 	Log  logrus.FieldLogger
 }
 
-// DefaultSize is the file size offered on a volume: 7/8 of the data chunk,
+// DefaultSize is the file size offered on a volume (no kernel counterpart):
+// 7/8 of the data chunk,
 // so that copy-on-write always finds room for new extents before the old
 // ones are freed.
 func DefaultSize(capacity uint64) uint64 {
@@ -166,7 +168,8 @@ type Inode struct {
 	ilock sync.RWMutex
 }
 
-// NewFsInfo mounts vol: an empty filesystem holding one inode.
+// NewFsInfo is open_ctree, reduced: mount vol as an empty filesystem holding
+// one inode.
 func NewFsInfo(vol *raid.Volume, opts Options) (*FsInfo, error) {
 	if vol == nil {
 		return nil, errors.New("btrfsdio: no volume")
@@ -195,10 +198,10 @@ func NewFsInfo(vol *raid.Volume, opts Options) (*FsInfo, error) {
 	return fs, nil
 }
 
-// Inode returns the filesystem's one inode.
+// Inode is btrfs_iget for the filesystem's one inode.
 func (fs *FsInfo) Inode() *Inode { return fs.inode }
 
-// Stats returns a snapshot of the counters.
+// Stats returns a snapshot of the counters (no kernel counterpart).
 func (fs *FsInfo) Stats() Stats {
 	s := &fs.stats
 	return Stats{
@@ -212,13 +215,15 @@ func (fs *FsInfo) Stats() Stats {
 	}
 }
 
-// UsedBytes is the allocated data space.
+// UsedBytes is the data space_info's bytes_used.
 func (fs *FsInfo) UsedBytes() uint64 { return fs.space.usedBytes() }
 
-// Csum returns the stored checksum of the data sector at logical, for scrub.
+// Csum is btrfs_lookup_csum: the stored checksum of the data sector at
+// logical, for scrub.
 func (fs *FsInfo) Csum(logical uint64) (uint32, bool) { return fs.csums.lookup(logical) }
 
-// AllocatedExtents lists the disk ranges that hold file data, for scrub.
+// AllocatedExtents lists the disk ranges that hold file data, for scrub (what
+// scrub_simple_mirror finds walking the extent tree).
 func (fs *FsInfo) AllocatedExtents() [][2]uint64 {
 	var out [][2]uint64
 	for _, e := range fs.inode.extents.snapshot() {
@@ -244,5 +249,5 @@ func (fs *FsInfo) freeData(start, length uint64) {
 // ISize is i_size_read.
 func (inode *Inode) ISize() int64 { return int64(inode.size) }
 
-// FsInfo returns the inode's filesystem.
+// FsInfo is inode_to_fs_info.
 func (inode *Inode) FsInfo() *FsInfo { return inode.fs }

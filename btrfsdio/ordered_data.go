@@ -47,7 +47,7 @@ type orderedSum struct {
 	sums    []uint32
 }
 
-// Flags returns the ordered extent's flags.
+// Flags is test_bit on ordered->flags: the ordered extent's flags.
 func (oe *OrderedExtent) Flags() uint32 {
 	oe.inode.orderedMu.Lock()
 	defer oe.inode.orderedMu.Unlock()
@@ -112,7 +112,8 @@ func (inode *Inode) LookupOrderedRange(start, length uint64) *OrderedExtent {
 	return nil
 }
 
-// OrderedCount is how many ordered extents are still in the tree.
+// OrderedCount is how many ordered extents are still in the inode's
+// ordered_tree (no kernel counterpart; for tests).
 func (inode *Inode) OrderedCount() int {
 	inode.orderedMu.Lock()
 	defer inode.orderedMu.Unlock()
