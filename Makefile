@@ -1,6 +1,6 @@
 # btrfsdio: see README.md. Everything runs as root on Debian 12 with Go.
 GO      ?= go
-BIN     ?= btrfsdio
+BIN     ?= bin/btrfsdio
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 

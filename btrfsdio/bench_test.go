@@ -62,3 +62,43 @@ func BenchmarkDio1MiB(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkRequest is one direct IO per iteration, so -benchmem's allocs/op
+// and B/op are per request; profile it with -cpuprofile/-memprofile.
+func BenchmarkRequest(b *testing.B) {
+	for _, size := range []int{4096, mib} {
+		for _, mode := range []DioMode{ZeroCopy, Bounce} {
+			for _, write := range []bool{true, false} {
+				op := "read"
+				if write {
+					op = "write"
+				}
+				b.Run(fmt.Sprintf("%dK/%s/%s", size>>10, mode, op), func(b *testing.B) {
+					fs := newTestFS(b, raid.Raid1, 64*mib, Options{Mode: mode})
+					buf := blk.AlignedBuffer(size)
+					const span = 16 * mib
+					for off := 0; off < span; off += size {
+						if _, err := fs.write(int64(off), buf, 0); err != nil {
+							b.Fatal(err)
+						}
+					}
+					b.SetBytes(int64(size))
+					b.ReportAllocs()
+					b.ResetTimer()
+					for i := 0; i < b.N; i++ {
+						pos := int64(i*size) % span
+						var err error
+						if write {
+							_, err = fs.write(pos, buf, 0)
+						} else {
+							_, err = fs.read(pos, buf, 0)
+						}
+						if err != nil {
+							b.Fatal(err)
+						}
+					}
+				})
+			}
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package btrfsdio
 
 import (
+	"slices"
 	"sort"
 	"sync"
 )
@@ -44,28 +45,32 @@ func (t *fileExtentTree) replace(start, length, diskBytenr uint64) []span {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	end := start + length
+	// [lo, hi) are the extents that overlap the range; only they change.
+	lo := sort.Search(len(t.extents), func(i int) bool { return t.extents[i].start+t.extents[i].len > start })
+	hi := lo
+	for hi < len(t.extents) && t.extents[hi].start < end {
+		hi++
+	}
 	var freed []span
-	var out []fileExtent
-	for _, e := range t.extents {
+	repl := make([]fileExtent, 0, 3)
+	for _, e := range t.extents[lo:hi] {
 		eEnd := e.start + e.len
-		if eEnd <= start || e.start >= end {
-			out = append(out, e)
-			continue
-		}
 		if e.start < start {
-			out = append(out, fileExtent{e.start, start - e.start, e.diskBytenr})
+			repl = append(repl, fileExtent{e.start, start - e.start, e.diskBytenr})
 		}
 		ovS, ovE := max(e.start, start), min(eEnd, end)
 		freed = append(freed, span{e.diskBytenr + (ovS - e.start), ovE - ovS})
-		if eEnd > end {
-			out = append(out, fileExtent{end, eEnd - end, e.diskBytenr + (end - e.start)})
-		}
 	}
 	if diskBytenr != holeAddr {
-		out = append(out, fileExtent{start, length, diskBytenr})
+		repl = append(repl, fileExtent{start, length, diskBytenr})
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].start < out[j].start })
-	t.extents = out
+	// Only the last overlapping extent can run past the range.
+	if hi > lo {
+		if last := t.extents[hi-1]; last.start+last.len > end {
+			repl = append(repl, fileExtent{end, last.start + last.len - end, last.diskBytenr + (end - last.start)})
+		}
+	}
+	t.extents = slices.Replace(t.extents, lo, hi, repl...)
 	return freed
 }
 
