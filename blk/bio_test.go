@@ -214,3 +214,41 @@ func TestSplit(t *testing.T) {
 		t.Fatal("split at the whole size succeeded")
 	}
 }
+
+func TestAllocFolioIsOneContiguousBvec(t *testing.T) {
+	var a PageAllocator
+	f := a.AllocFolio(8)
+	if f == nil || f.Size() != 1<<20 {
+		t.Fatalf("folio %v", f)
+	}
+	b := BioAllocBioset(nil, BioMaxVecs, Opf(OpWrite))
+	for off := uint32(0); off < 1<<20; off += PageSize {
+		if b.AddPage(f, PageSize, off) != PageSize {
+			t.Fatal("add failed")
+		}
+	}
+	if b.Vcnt() != 1 || b.Size() != 1<<20 {
+		t.Fatalf("vcnt %d size %d: pages of one folio did not merge", b.Vcnt(), b.Size())
+	}
+	p1, p2 := a.AllocPage(), a.AllocPage()
+	if &p1.Bytes()[0] == &p2.Bytes()[0] {
+		t.Fatal("same page twice")
+	}
+	if a.InUse() != 256+2 {
+		t.Fatalf("in use %d", a.InUse())
+	}
+	if err := BioFreePages(b); err != nil {
+		t.Fatal(err)
+	}
+	a.FreePage(p1)
+	a.FreePage(p2)
+	if a.InUse() != 0 {
+		t.Fatalf("in use %d after free", a.InUse())
+	}
+	if g := a.AllocFolio(8); g != f {
+		t.Fatal("freed folio not reused")
+	}
+	if a.AllocFolio(MaxFolioOrder+1) != nil {
+		t.Fatal("order above the maximum accepted")
+	}
+}

@@ -3,6 +3,7 @@ package blk
 import (
 	"fmt"
 	"io"
+	"math/bits"
 	"sync"
 	"sync/atomic"
 	"unsafe"
@@ -94,72 +95,96 @@ func AlignedBuffer(size int) []byte {
 	return buf[start : start+size : start+size]
 }
 
-// PageAllocator is the page allocator behind alloc_page/__free_page, with the
-// accounting tests need to prove no page leaks and a fault-injection point.
+// PageAllocator is the page allocator behind alloc_page/folio_alloc and
+// __free_page/folio_put, with the accounting tests need to prove no page
+// leaks and a fault-injection point. Freed memory is kept on free lists, one
+// per order, and handed out again: no allocation on the hot path.
 type PageAllocator struct {
+	// allocated and freed count pages (a folio of order n counts 1<<n).
 	allocated atomic.Int64
 	freed     atomic.Int64
-	// failAt is the allocation count at which one allocation fails (0 = never).
+	// calls counts allocation calls, for FailAt.
+	calls atomic.Int64
+	// failAt is the call count at which one allocation fails (0 = never).
 	failAt atomic.Int64
 	// failed counts allocations refused by injection.
 	failed atomic.Int64
 
 	mu   sync.Mutex
-	free []*Page
+	free [MaxFolioOrder + 1][]*Page
 }
 
-// slabPages is how many pages one backing allocation carves up.
-const slabPages = 64
+// MaxFolioOrder is the largest folio the allocator hands out: 1 MiB, what
+// one bio of BIO_MAX_VECS pages carries.
+const MaxFolioOrder = 8
+
+// slabBytes is how much memory one refill of an order's free list carves up.
+const slabBytes = 1 << 20
 
 // AllocPage is alloc_page(GFP_NOFS): one zero-order page, or nil when the
 // allocation fails (injected with FailAt).
-func (a *PageAllocator) AllocPage() *Page {
-	n := a.allocated.Add(1)
+func (a *PageAllocator) AllocPage() *Page { return a.AllocFolio(0) }
+
+// AllocFolio is folio_alloc(GFP_NOFS, order): 1<<order contiguous pages as
+// one page object, or nil when the allocation fails. Orders above
+// MaxFolioOrder are refused.
+func (a *PageAllocator) AllocFolio(order int) *Page {
+	n := a.calls.Add(1)
+	if order < 0 || order > MaxFolioOrder {
+		return nil
+	}
 	if f := a.failAt.Load(); f != 0 && n == f && a.failAt.CompareAndSwap(f, 0) {
-		a.allocated.Add(-1)
 		a.failed.Add(1)
 		return nil
 	}
 	a.mu.Lock()
-	if len(a.free) == 0 {
-		a.refillLocked()
+	if len(a.free[order]) == 0 {
+		a.refillLocked(order)
 	}
-	p := a.free[len(a.free)-1]
-	a.free = a.free[:len(a.free)-1]
+	l := a.free[order]
+	p := l[len(l)-1]
+	a.free[order] = l[:len(l)-1]
 	a.mu.Unlock()
+	a.allocated.Add(1 << order)
 	return p
 }
 
-func (a *PageAllocator) refillLocked() {
-	slab := AlignedBuffer(slabPages * PageSize)
-	for i := 0; i < slabPages; i++ {
-		mem := slab[i*PageSize : (i+1)*PageSize : (i+1)*PageSize]
-		a.free = append(a.free, &Page{mem: mem, size: PageSize, owner: a})
+func (a *PageAllocator) refillLocked(order int) {
+	size := PageSize << order
+	count := max(slabBytes/size, 1)
+	slab := AlignedBuffer(count * size)
+	// Pushed in reverse so that successive allocations come out in address
+	// order.
+	for i := count - 1; i >= 0; i-- {
+		mem := slab[i*size : (i+1)*size : (i+1)*size]
+		a.free[order] = append(a.free[order], &Page{mem: mem, size: size, owner: a})
 	}
 }
 
-// FreePage is __free_page. Freeing a page this allocator did not hand out is
-// a bug in the caller, reported as an error rather than a crash.
+// FreePage is __free_page / folio_put. Freeing a page this allocator did
+// not hand out is a bug in the caller, reported as an error rather than a
+// crash.
 func (a *PageAllocator) FreePage(p *Page) error {
 	if p == nil || p.owner != a {
 		return fmt.Errorf("blk: freeing a page not from this allocator")
 	}
-	a.freed.Add(1)
+	order := bits.TrailingZeros(uint(p.size >> PageShift))
+	a.freed.Add(1 << order)
 	a.mu.Lock()
-	a.free = append(a.free, p)
+	a.free[order] = append(a.free[order], p)
 	a.mu.Unlock()
 	return nil
 }
 
-// FailAt makes the n-th allocation from now (1-based) fail once, as a page
-// allocator under memory pressure would (the kernel's fail_page_alloc fault
-// injection); 0 turns it off.
+// FailAt makes the n-th allocation call from now (1-based) fail once, as a
+// page allocator under memory pressure would (the kernel's fail_page_alloc
+// fault injection); 0 turns it off.
 func (a *PageAllocator) FailAt(n int64) {
 	if n == 0 {
 		a.failAt.Store(0)
 		return
 	}
-	a.failAt.Store(a.allocated.Load() + n)
+	a.failAt.Store(a.calls.Load() + n)
 }
 
 // Stats returns pages handed out, pages freed and allocations refused (test
