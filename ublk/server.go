@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -104,7 +105,10 @@ type Device struct {
 	errOnce  sync.Once
 	err      error
 	stopOnce sync.Once
-	stopErr  error
+	// started is set once START_DEV succeeded: from then on the kernel
+	// records this process as the device's server.
+	started atomic.Bool
+	stopErr error
 }
 
 // Add creates, sets up and starts a device served by target (ublksrv's
@@ -189,6 +193,7 @@ func (d *Device) setup() error {
 	if err := d.ctrl.StartDev(d.ID(), os.Getpid()); err != nil {
 		return err
 	}
+	d.started.Store(true)
 	info, err := d.ctrl.GetDevInfo(d.ID())
 	if err != nil {
 		return err
@@ -374,8 +379,14 @@ func (d *Device) Stop() error {
 func (d *Device) stop(timeout time.Duration, closeTarget bool) error {
 	id := d.ID()
 	var errs []error
-	if err := d.ctrl.StopDev(id); err != nil && !errors.Is(err, unix.ENODEV) {
-		errs = append(errs, err)
+	// A device deleted from outside (`del -n ID`) may already have been
+	// replaced by a new one with the same id: only send STOP_DEV and
+	// DEL_DEV for it while the kernel still names this process its server.
+	ours := d.stillOurs(id)
+	if ours {
+		if err := d.ctrl.StopDev(id); err != nil && !errors.Is(err, unix.ENODEV) {
+			errs = append(errs, err)
+		}
 	}
 	select {
 	case <-d.done:
@@ -384,8 +395,10 @@ func (d *Device) stop(timeout time.Duration, closeTarget bool) error {
 		d.forceQueues()
 		<-d.done
 	}
-	if err := d.ctrl.DelDev(id); err != nil && !errors.Is(err, unix.ENODEV) {
-		errs = append(errs, err)
+	if ours && d.stillOurs(id) {
+		if err := d.ctrl.DelDev(id); err != nil && !errors.Is(err, unix.ENODEV) {
+			errs = append(errs, err)
+		}
 	}
 	errs = append(errs, d.ctrl.Close())
 	if c, ok := d.target.(io.Closer); ok && closeTarget {
@@ -394,6 +407,19 @@ func (d *Device) stop(timeout time.Duration, closeTarget bool) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// stillOurs reports whether device id exists and this process serves it
+// (GET_DEV_INFO's ublksrv_pid). Before START_DEV nobody else can have it.
+func (d *Device) stillOurs(id uint32) bool {
+	if !d.started.Load() {
+		return true
+	}
+	info, err := d.ctrl.GetDevInfo(id)
+	if err != nil {
+		return false
+	}
+	return info.SrvPID == int32(os.Getpid())
 }
 
 func (d *Device) forceQueues() {

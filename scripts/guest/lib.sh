@@ -33,6 +33,7 @@ is_positive() { case $1 in '' | *[!0-9]*) return 1 ;; esac; [ "$1" -gt 0 ]; }
 
 # finish: the closing line the CI reads, and the exit code.
 finish() {
+	mkdir -p "$RESULTS/logs" && cp /var/log/btrfsdio/*.log "$RESULTS/logs/" 2>/dev/null
 	echo "$PASS passed, $FAIL failed"
 	[ "$FAIL" -eq 0 ]
 }
