@@ -92,25 +92,31 @@ func (f *btrfsFactory) Validate() error {
 	return nil
 }
 
-// openVolume opens the images as a raid volume.
+// openVolume opens the images as a raid volume: blank images are formatted
+// with profile p; formatted ones must form one complete volume (of profile
+// p unless p is raid.AnyProfile) and are put back in device order.
 func openVolume(files []string, p raid.Profile, create int64, readOnly bool, log logrus.FieldLogger) (*raid.Volume, error) {
 	var devs []*raid.Device
+	closeAll := func() {
+		for _, o := range devs {
+			o.Close()
+		}
+	}
 	for _, path := range files {
 		d, err := raid.OpenDevice(path, raid.DeviceOptions{Create: create > 0, Size: create, ReadOnly: readOnly, Logger: log})
 		if err != nil {
-			for _, o := range devs {
-				o.Close()
-			}
+			closeAll()
 			return nil, err
 		}
 		devs = append(devs, d)
 	}
-	vol, err := raid.NewVolume(devs, p, raid.VolumeOptions{Logger: log})
+	vol, sb, err := raid.OpenVolume(devs, raid.OpenOptions{Profile: p, Volume: raid.VolumeOptions{Logger: log}})
 	if err != nil {
-		for _, o := range devs {
-			o.Close()
-		}
+		closeAll()
 		return nil, err
+	}
+	if sb.Generation > 1 || !readOnly {
+		log.Infof("volume %x: %s, %d devices, generation %d", sb.Fsid[:4], sb.Profile, sb.NumDevices, sb.Generation)
 	}
 	return vol, nil
 }

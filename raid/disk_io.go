@@ -1,0 +1,291 @@
+package raid
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"sort"
+
+	"github.com/btrfsdio/btrfsdio/blk"
+)
+
+// The superblock (struct btrfs_super_block, reduced): one 4 KiB block with
+// a crc32c over everything after its csum field, kept in three copies in
+// each device's reserved first MiB.
+const (
+	SuperInfoSize = 4096
+	superCsumSize = 32
+	// SuperMagic identifies a btrfsdio device ("_BHRfS_M" is btrfs's).
+	SuperMagic      = "BTRFSDIO"
+	superVersion    = 1
+	superMirrorsMax = 3
+)
+
+// superOffsets are the copies: btrfs_sb_offset's 64 KiB primary, and two
+// backups that fit the reserved MiB (btrfs puts its mirrors at 64 MiB and
+// 256 GiB).
+var superOffsets = [superMirrorsMax]uint64{64 << 10, 256 << 10, 512 << 10}
+
+// Superblock is what a device records about the volume it belongs to.
+type Superblock struct {
+	Fsid       [16]byte
+	Bytenr     uint64 // where this copy lives
+	Generation uint64
+	Version    uint32
+	Profile    Profile
+	NumDevices uint64
+	Devid      uint64 // 1-based position in the volume
+	DevUUID    [16]byte
+	// TotalBytes is the device size at format; ChunkDevBytes how much of
+	// each device the data chunk uses, so the layout never depends on a
+	// device growing later.
+	TotalBytes    uint64
+	ChunkDevBytes uint64
+}
+
+// Encode is write_dev_supers' serialisation: the block with its csum.
+func (sb *Superblock) Encode() []byte {
+	b := make([]byte, SuperInfoSize)
+	le := binary.LittleEndian
+	copy(b[32:48], sb.Fsid[:])
+	le.PutUint64(b[48:], sb.Bytenr)
+	copy(b[64:72], SuperMagic)
+	le.PutUint64(b[72:], sb.Generation)
+	le.PutUint32(b[80:], sb.Version)
+	le.PutUint32(b[84:], uint32(sb.Profile))
+	le.PutUint64(b[88:], sb.NumDevices)
+	le.PutUint64(b[96:], sb.Devid)
+	copy(b[104:120], sb.DevUUID[:])
+	le.PutUint64(b[120:], sb.TotalBytes)
+	le.PutUint64(b[128:], sb.ChunkDevBytes)
+	le.PutUint32(b[0:], crc32.Checksum(b[superCsumSize:], castagnoli))
+	return b
+}
+
+// Errors of DecodeSuperblock.
+var (
+	ErrBlankSuper   = errors.New("no superblock (blank device)")
+	ErrCorruptSuper = errors.New("corrupt superblock")
+)
+
+// DecodeSuperblock is btrfs_check_super_valid for one copy read from
+// bytenr: magic, csum, and every field in range.
+func DecodeSuperblock(b []byte, bytenr uint64) (*Superblock, error) {
+	if len(b) != SuperInfoSize {
+		return nil, fmt.Errorf("%w: %d bytes, want %d", ErrCorruptSuper, len(b), SuperInfoSize)
+	}
+	if bytes.Equal(b, make([]byte, SuperInfoSize)) {
+		return nil, ErrBlankSuper
+	}
+	le := binary.LittleEndian
+	if string(b[64:72]) != SuperMagic {
+		return nil, fmt.Errorf("%w: bad magic %q", ErrCorruptSuper, b[64:72])
+	}
+	if want, got := le.Uint32(b[0:]), crc32.Checksum(b[superCsumSize:], castagnoli); want != got {
+		return nil, fmt.Errorf("%w: csum %#x, computed %#x", ErrCorruptSuper, want, got)
+	}
+	sb := &Superblock{
+		Bytenr: le.Uint64(b[48:]), Generation: le.Uint64(b[72:]), Version: le.Uint32(b[80:]),
+		Profile: Profile(le.Uint32(b[84:])), NumDevices: le.Uint64(b[88:]), Devid: le.Uint64(b[96:]),
+		TotalBytes: le.Uint64(b[120:]), ChunkDevBytes: le.Uint64(b[128:]),
+	}
+	copy(sb.Fsid[:], b[32:48])
+	copy(sb.DevUUID[:], b[104:120])
+	switch {
+	case sb.Bytenr != bytenr:
+		return nil, fmt.Errorf("%w: copy at %d says it lives at %d", ErrCorruptSuper, bytenr, sb.Bytenr)
+	case sb.Version != superVersion:
+		return nil, fmt.Errorf("%w: version %d, this program knows %d", ErrCorruptSuper, sb.Version, superVersion)
+	case !sb.Profile.valid():
+		return nil, fmt.Errorf("%w: profile %d", ErrCorruptSuper, sb.Profile)
+	case sb.NumDevices == 0 || sb.NumDevices > 64:
+		return nil, fmt.Errorf("%w: %d devices", ErrCorruptSuper, sb.NumDevices)
+	case sb.Devid == 0 || sb.Devid > sb.NumDevices:
+		return nil, fmt.Errorf("%w: devid %d of %d", ErrCorruptSuper, sb.Devid, sb.NumDevices)
+	case sb.ChunkDevBytes < MinDeviceSize || sb.ChunkDevBytes > sb.TotalBytes:
+		return nil, fmt.Errorf("%w: chunk uses %d of %d device bytes", ErrCorruptSuper, sb.ChunkDevBytes, sb.TotalBytes)
+	case sb.Generation == 0:
+		return nil, fmt.Errorf("%w: generation 0", ErrCorruptSuper)
+	}
+	return sb, nil
+}
+
+// ReadSuper is btrfs_read_dev_super: the valid copy with the highest
+// generation. A device whose copies are all zero is blank (ErrBlankSuper);
+// one with no valid copy reports why the primary is bad.
+func (d *Device) ReadSuper() (*Superblock, error) {
+	var best *Superblock
+	var primaryErr error
+	blank := 0
+	for i, off := range superOffsets {
+		buf := blk.AlignedBuffer(SuperInfoSize)
+		if err := d.readBuf(buf, off); err != nil {
+			return nil, fmt.Errorf("raid: %s: reading superblock at %d: %w", d.path, off, err)
+		}
+		sb, err := DecodeSuperblock(buf, off)
+		switch {
+		case errors.Is(err, ErrBlankSuper):
+			blank++
+		case err != nil:
+			if i == 0 {
+				primaryErr = err
+			}
+		case best == nil || sb.Generation > best.Generation:
+			best = sb
+		}
+	}
+	switch {
+	case best != nil:
+		if primaryErr != nil {
+			d.log.Warnf("raid: %s: primary superblock bad (%v), using a backup copy", d.path, primaryErr)
+		}
+		return best, nil
+	case blank == superMirrorsMax:
+		return nil, fmt.Errorf("raid: %s: %w", d.path, ErrBlankSuper)
+	case primaryErr != nil:
+		return nil, fmt.Errorf("raid: %s: %w", d.path, primaryErr)
+	}
+	return nil, fmt.Errorf("raid: %s: %w: no valid copy", d.path, ErrCorruptSuper)
+}
+
+// WriteSuper is write_dev_supers + wait_dev_supers: every copy, then a
+// flush, so the superblock is durable when it returns.
+func (d *Device) WriteSuper(sb *Superblock) error {
+	for _, off := range superOffsets {
+		c := *sb
+		c.Bytenr = off
+		buf := blk.AlignedBuffer(SuperInfoSize)
+		copy(buf, c.Encode())
+		if err := d.writeBuf(buf, off); err != nil {
+			return fmt.Errorf("raid: %s: writing superblock at %d: %w", d.path, off, err)
+		}
+	}
+	if err := d.flush(); err != nil {
+		return fmt.Errorf("raid: %s: flushing superblock: %w", d.path, err)
+	}
+	return nil
+}
+
+// Format is mkfs.btrfs for one data chunk: give every device a superblock
+// naming the new volume, its profile and the device's place in it.
+func Format(devs []*Device, p Profile) (*Superblock, error) {
+	if err := checkDeviceCount(devs, p); err != nil {
+		return nil, err
+	}
+	size := devs[0].Size()
+	for _, d := range devs[1:] {
+		size = min(size, d.Size())
+	}
+	var fsid [16]byte
+	if _, err := rand.Read(fsid[:]); err != nil {
+		return nil, fmt.Errorf("raid: format: %w", err)
+	}
+	var first *Superblock
+	for i, d := range devs {
+		sb := &Superblock{Fsid: fsid, Generation: 1, Version: superVersion, Profile: p,
+			NumDevices: uint64(len(devs)), Devid: uint64(i + 1), TotalBytes: d.Size(), ChunkDevBytes: size}
+		if _, err := rand.Read(sb.DevUUID[:]); err != nil {
+			return nil, fmt.Errorf("raid: format: %w", err)
+		}
+		if err := d.WriteSuper(sb); err != nil {
+			return nil, err
+		}
+		if first == nil {
+			first = sb
+		}
+	}
+	return first, nil
+}
+
+// OpenOptions says how OpenVolume treats the images.
+type OpenOptions struct {
+	// Profile formats blank devices; for formatted ones it must match
+	// (Profile(-1): take the superblock's).
+	Profile Profile
+	Volume  VolumeOptions
+}
+
+// AnyProfile accepts whatever profile the superblocks record.
+const AnyProfile Profile = -1
+
+// OpenVolume is open_ctree's device half (btrfs_scan_one_device +
+// btrfs_read_chunk_tree): read every superblock, format the devices if all
+// are blank, otherwise insist they form one complete volume of the
+// expected profile, put them in devid order and lay the chunk out as it was
+// at format time.
+func OpenVolume(devs []*Device, opts OpenOptions) (*Volume, *Superblock, error) {
+	sbs := make([]*Superblock, len(devs))
+	blank := 0
+	for i, d := range devs {
+		sb, err := d.ReadSuper()
+		switch {
+		case errors.Is(err, ErrBlankSuper):
+			blank++
+		case err != nil:
+			return nil, nil, err
+		}
+		sbs[i] = sb
+	}
+	if blank == len(devs) {
+		if opts.Profile == AnyProfile {
+			return nil, nil, errors.New("raid: blank devices and no profile to format them with")
+		}
+		sb, err := Format(devs, opts.Profile)
+		if err != nil {
+			return nil, nil, err
+		}
+		opts.Volume.MaxDeviceBytes = sb.ChunkDevBytes
+		v, err := NewVolume(devs, opts.Profile, opts.Volume)
+		return v, sb, err
+	}
+	if blank > 0 {
+		return nil, nil, fmt.Errorf("raid: %d of %d devices are blank and the others hold a volume: refusing to mix them", blank, len(devs))
+	}
+	ordered, err := checkMembers(devs, sbs, opts.Profile)
+	if err != nil {
+		return nil, nil, err
+	}
+	opts.Volume.MaxDeviceBytes = sbs[0].ChunkDevBytes
+	v, err := NewVolume(ordered, sbs[0].Profile, opts.Volume)
+	return v, sbs[0], err
+}
+
+// checkMembers is the fs_devices check of open_ctree: one fsid, every devid
+// once, the recorded count, the expected profile, no truncated device. It
+// returns the devices in devid order.
+func checkMembers(devs []*Device, sbs []*Superblock, want Profile) ([]*Device, error) {
+	first := sbs[0]
+	for i, sb := range sbs {
+		switch {
+		case sb.Fsid != first.Fsid:
+			return nil, fmt.Errorf("raid: %s belongs to volume %x, %s to %x: refusing to mix volumes",
+				devs[i].Path(), sb.Fsid[:4], devs[0].Path(), first.Fsid[:4])
+		case sb.Profile != first.Profile || sb.NumDevices != first.NumDevices || sb.ChunkDevBytes != first.ChunkDevBytes:
+			return nil, fmt.Errorf("raid: %s disagrees with %s about the volume (profile, device count or size)", devs[i].Path(), devs[0].Path())
+		case devs[i].Size() < sb.ChunkDevBytes:
+			return nil, fmt.Errorf("raid: %s is %d bytes, the volume uses %d of it: truncated image", devs[i].Path(), devs[i].Size(), sb.ChunkDevBytes)
+		}
+	}
+	if want != AnyProfile && first.Profile != want {
+		return nil, fmt.Errorf("raid: the devices hold a %s volume, not %s", first.Profile, want)
+	}
+	if uint64(len(devs)) != first.NumDevices {
+		return nil, fmt.Errorf("raid: the volume has %d devices, %d given", first.NumDevices, len(devs))
+	}
+	idx := make([]int, len(devs))
+	for i := range idx {
+		idx[i] = i
+	}
+	sort.Slice(idx, func(a, b int) bool { return sbs[idx[a]].Devid < sbs[idx[b]].Devid })
+	ordered := make([]*Device, len(devs))
+	for pos, i := range idx {
+		if sbs[i].Devid != uint64(pos+1) {
+			return nil, fmt.Errorf("raid: devid %d appears twice (%s): copied images?", sbs[i].Devid, devs[i].Path())
+		}
+		ordered[pos] = devs[i]
+	}
+	return ordered, nil
+}
