@@ -45,6 +45,11 @@ func (p *Page) Size() int { return p.size }
 // Bytes is page_address: the page's memory, or nil when it is remote.
 func (p *Page) Bytes() []byte { return p.mem }
 
+// Remote is where a remote page's bytes live: the memory and the offset of
+// the page's first byte in it; nil for process memory (no kernel
+// counterpart, see RemoteMemory).
+func (p *Page) Remote() (RemoteMemory, int64) { return p.remote, p.remoteOff }
+
 // ReadAt copies len(dst) bytes at off out of the page (kmap + memcpy from).
 func (p *Page) ReadAt(dst []byte, off int) error {
 	if off < 0 || off+len(dst) > p.size {

@@ -26,6 +26,10 @@ type DioPrivate struct {
 	SavedSrcIter blk.BvecIter
 	Bytes        uint32
 	FileOffset   uint64
+	// srcCsum is the crc32c of a zero-copy write's source at submission,
+	// when srcCsummed (no upstream field: the volatile write detector).
+	srcCsum    uint32
+	srcCsummed bool
 	// Bbio must be last in C; in Go it is simply embedded.
 	Bbio BtrfsBio
 }
@@ -37,13 +41,59 @@ func dioPrivate(bbio *BtrfsBio) *DioPrivate { return bbio.outer.(*DioPrivate) }
 type BounceCtl struct {
 	// Src is the original bio from iomap dio.
 	Src *blk.Bio
-	// lock protects ret (spinlock_t in the seed).
+	// lock protects ret when the first error is recorded the seed's way
+	// (spinlock_t; see setErrorLocked).
 	lock sync.Mutex
 	// pending counts bounce bbios in flight, plus one held by the submitter
 	// until every bbio is submitted.
 	pending atomic.Int32
-	// ret is the first error hit, a negative errno.
-	ret int
+	// ret is the first error hit, a negative errno. It is an atomic so
+	// that the reviewer's cmpxchg can set it; under lock it is used as the
+	// seed's plain int.
+	ret atomic.Int32
+	// cmpxchg records the first error with setErrorCmpxchg instead of
+	// setErrorLocked (Options.FirstError).
+	cmpxchg bool
+}
+
+// setError records ret as the first error unless one is recorded already,
+// and reports whether ret became it.
+func (ctl *BounceCtl) setError(ret int) bool {
+	if ctl.cmpxchg {
+		return ctl.setErrorCmpxchg(ret)
+	}
+	return ctl.setErrorLocked(ret)
+}
+
+// setErrorLocked is put_bounce_bio_ctl's first half as the seed has it:
+// spin_lock_irqsave, "if (!bounce_ctl->ret) bounce_ctl->ret = ret",
+// spin_unlock_irqrestore. The lock is taken even when ret is 0, the common
+// case. A sync.Mutex stands for the spinlock: no completion runs in
+// interrupt context here, so there is nothing to save and restore.
+func (ctl *BounceCtl) setErrorLocked(ret int) bool {
+	ctl.lock.Lock()
+	defer ctl.lock.Unlock()
+	if ctl.ret.Load() != 0 || ret == 0 {
+		return false
+	}
+	ctl.ret.Store(int32(ret))
+	return true
+}
+
+// setErrorCmpxchg is put_bounce_bio_ctl's first half as the review asked
+// for it, without the spinlock: "if (ret) cmpxchg(&bounce_ctl->ret, 0,
+// ret)", the way iomap_dio_set_error records a dio's first error. A success
+// costs nothing.
+func (ctl *BounceCtl) setErrorCmpxchg(ret int) bool {
+	return ret != 0 && ctl.ret.CompareAndSwap(0, int32(ret))
+}
+
+// put is put_bounce_bio_ctl up to atomic_dec_and_test: record ret and drop
+// one reference. It returns the references left; 0 means the caller must
+// complete Src.
+func (ctl *BounceCtl) put(ret int) int32 {
+	ctl.setError(ret)
+	return ctl.pending.Add(-1)
 }
 
 // newDioPrivateBio allocates a bio from btrfs_dio_bioset with its
@@ -247,7 +297,9 @@ func (ops dioIomapOps) IomapEnd(it *iomap.Iter, pos int64, length uint64, writte
 	return err
 }
 
-// dioEndIO is btrfs_dio_end_io, the pre-patch completion of a zero-copy bio.
+// dioEndIO is btrfs_dio_end_io, the pre-patch completion of a zero-copy
+// bio. Before the caller can hear of a write, the volatile write detector
+// checks its source again.
 func (fs *FsInfo) dioEndIO(bbio *BtrfsBio) {
 	dip := dioPrivate(bbio)
 	bio := bbio.Bio
@@ -255,6 +307,7 @@ func (fs *FsInfo) dioEndIO(bbio *BtrfsBio) {
 		fs.warnDio(bbio, dip)
 	}
 	if bio.Opf.Op() == blk.OpWrite {
+		fs.volatileAfter(bbio, dip)
 		bbio.Ordered.FinishOrderedExtent(dip.FileOffset, uint64(dip.Bytes), bio.Status == blk.StsOK)
 	} else {
 		bbio.Inode.IOTree.UnlockDioExtent(dip.FileOffset, dip.FileOffset+uint64(dip.Bytes)-1)
@@ -263,6 +316,9 @@ func (fs *FsInfo) dioEndIO(bbio *BtrfsBio) {
 	iomap.BioEndIO(bio)
 }
 
+// warnDio is the btrfs_warn of a failed direct IO bio, as btrfs_dio_end_io
+// and the seed's end_io functions print it. The inode is always 257, the
+// one inode (btrfs_ino).
 func (fs *FsInfo) warnDio(bbio *BtrfsBio, dip *DioPrivate) {
 	bio := bbio.Bio
 	fs.warnf("direct IO failed ino 257 op %#x offset %#x len %d err no %d",
@@ -317,6 +373,9 @@ func (fs *FsInfo) submitIOZeroCopy(it *iomap.Iter, bio *blk.Bio, fileOffset int6
 			iomap.BioEndIO(bio)
 			return
 		}
+		if fs.detectVolatile() {
+			fs.volatileBefore(bbio, dip)
+		}
 	}
 	fs.SubmitBbio(bbio, 0)
 }
@@ -324,14 +383,9 @@ func (fs *FsInfo) submitIOZeroCopy(it *iomap.Iter, bio *blk.Bio, fileOffset int6
 // putBounceBioCtl is put_bounce_bio_ctl: record the first error and, with
 // the last reference, complete the iomap bio.
 func (fs *FsInfo) putBounceBioCtl(ctl *BounceCtl, ret int) {
-	ctl.lock.Lock()
-	if ctl.ret == 0 {
-		ctl.ret = ret
-	}
-	ctl.lock.Unlock()
-	switch n := ctl.pending.Add(-1); {
+	switch n := ctl.put(ret); {
 	case n == 0:
-		ctl.Src.Status = blk.ErrnoToStatus(ctl.ret)
+		ctl.Src.Status = blk.ErrnoToStatus(int(ctl.ret.Load()))
 		fs.stats.bounceCtlsDone.Add(1)
 		iomap.BioEndIO(ctl.Src)
 	case n < 0:
@@ -376,6 +430,8 @@ func (fs *FsInfo) dioEndReadCopiedBio(bbio *BtrfsBio) {
 	fs.putBounceBioCtl(ctl, ret)
 }
 
+// freeBouncePages is bio_free_pages on a bounce bio; a page the allocator
+// does not know is logged (the kernel cannot tell).
 func (fs *FsInfo) freeBouncePages(bio *blk.Bio) {
 	if err := blk.BioFreePages(bio); err != nil {
 		fs.warnf("bio_free_pages: %v", err)
@@ -453,7 +509,7 @@ func (fs *FsInfo) submitIOBounce(it *iomap.Iter, src *blk.Bio, fileOffset int64)
 		iomap.BioEndIO(src)
 		return
 	}
-	ctl := &BounceCtl{Src: src}
+	ctl := &BounceCtl{Src: src, cmpxchg: fs.Opts.cmpxchgFirstError()}
 	fs.stats.bounceCtls.Add(1)
 	// Start at one so the iomap bio cannot finish before every bounce bbio
 	// has been submitted.
@@ -488,9 +544,10 @@ func (fs *FsInfo) submitIOBounce(it *iomap.Iter, src *blk.Bio, fileOffset int64)
 	fs.putBounceBioCtl(ctl, 0)
 }
 
-// submitOrDropBounceBbio handles the bbio in hand when alloc_page fails. The
-// seed submits it even when it is still empty (alloc_page failed right after
-// alloc_bounce_bbio); we drop an empty one instead.
+// submitOrDropBounceBbio is btrfs_dio_submit_io's alloc_page failure after
+// the patch: the bbio in hand is submitted. The seed submits it even when it
+// is still empty (alloc_page failed right after alloc_bounce_bbio); unless
+// Faithful, we drop an empty one instead.
 func (fs *FsInfo) submitOrDropBounceBbio(dioData *DioData, bbio *BtrfsBio, src *blk.Bio, ctl *BounceCtl) {
 	if fs.Opts.Faithful || bbio.Bio.Size() > 0 {
 		fs.submitBounceBbio(dioData, bbio, src)
@@ -500,8 +557,9 @@ func (fs *FsInfo) submitOrDropBounceBbio(dioData *DioData, bbio *BtrfsBio, src *
 	bbio.Bio.Put()
 }
 
-// dropUnaddedPage handles the page bio_add_page refused. The seed neither
-// adds nor frees it (a leak); we give it back.
+// dropUnaddedPage is btrfs_dio_submit_io's bio_add_page failure after the
+// patch, for the page that did not fit. The seed neither adds nor frees it
+// (a leak); unless Faithful, we give it back.
 func (fs *FsInfo) dropUnaddedPage(page *blk.Page) {
 	if fs.Opts.Faithful {
 		fs.stats.leakedPages.Add(1)
@@ -512,10 +570,11 @@ func (fs *FsInfo) dropUnaddedPage(page *blk.Page) {
 	}
 }
 
-// bounceError is the seed's error label: account the part of src no bbio
-// covers, then drop the submitter's reference. The seed finishes (or
-// unlocks) that tail here and btrfs_dio_iomap_end does it again, because
-// dio_data->submitted never counted it; we count it so it happens once.
+// bounceError is btrfs_dio_submit_io's error label after the patch: account
+// the part of src no bbio covers, then drop the submitter's reference. The
+// seed finishes (or unlocks) that tail here and btrfs_dio_iomap_end does it
+// again, because dio_data->submitted never counted it; unless Faithful, we
+// count it so it happens once.
 func (fs *FsInfo) bounceError(dioData *DioData, ctl *BounceCtl, isWrite bool, fileOffset uint64, cur, srcSize uint32, ret int) {
 	tail := uint64(srcSize - cur)
 	if isWrite {

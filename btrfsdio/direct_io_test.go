@@ -204,7 +204,8 @@ func TestBounceENOMEMAtEveryPage(t *testing.T) {
 //     accounting"); for reads the tail is unlocked twice.
 //
 // Our port frees the page, drops the empty bbio and counts the tail as
-// accounted, so each happens once.
+// accounted, so each happens once. The review's fourth point, the spinlock
+// it wanted replaced by cmpxchg, is TestBounceCtlKeepsFirstError.
 func TestFaithfulFlaws(t *testing.T) {
 	const size = 2 * mib
 	run := func(faithful bool, failAt int64) Stats {

@@ -57,13 +57,33 @@ func ParseDioMode(s string) (DioMode, error) {
 	return 0, fmt.Errorf("unknown dio mode %q (want bounce or zerocopy)", s)
 }
 
+// FirstError selects how a bounce_ctl records the first error of its
+// bounce bbios (no kernel counterpart: the seed has the spinlock, the
+// review asked for cmpxchg).
+type FirstError int
+
+const (
+	// FirstErrorDefault is FirstErrorSpinlock with Options.Faithful,
+	// FirstErrorCmpxchg without.
+	FirstErrorDefault FirstError = iota
+	// FirstErrorSpinlock is the seed: a lock around "if (!ret) ret = err".
+	FirstErrorSpinlock
+	// FirstErrorCmpxchg is the review's request: cmpxchg(&ret, 0, err).
+	FirstErrorCmpxchg
+)
+
 // Options configures a filesystem instance.
 type Options struct {
 	Mode DioMode
 	// Faithful reproduces the seed patch's flaws exactly (leaked page when
 	// bio_add_page fails, empty bbio after a failed alloc_page, the ENOMEM
-	// tail finished twice); off, the port fixes them.
+	// tail finished twice) and its spinlock; off, the port fixes them.
 	Faithful bool
+	// FirstError overrides how bounce_ctl records its first error.
+	FirstError FirstError
+	// NoVolatileDetect turns off the detector of zero-copy write buffers
+	// changed in flight (see volatile.go), on by default in zero-copy mode.
+	NoVolatileDetect bool
 	// DataSum gives the inode data checksums (no NODATASUM flag).
 	DataSum bool
 	// NoCow sets NODATACOW (which implies NODATASUM, as in btrfs).
@@ -72,6 +92,18 @@ type Options struct {
 	// room for copy-on-write (see DefaultSize).
 	Size uint64
 	Log  logrus.FieldLogger
+}
+
+// cmpxchgFirstError reports whether bounce_ctl records its first error with
+// cmpxchg (see FirstError).
+func (o Options) cmpxchgFirstError() bool {
+	switch o.FirstError {
+	case FirstErrorSpinlock:
+		return false
+	case FirstErrorCmpxchg:
+		return true
+	}
+	return !o.Faithful
 }
 
 // DefaultSize is the file size offered on a volume (no kernel counterpart):
@@ -105,22 +137,30 @@ func (f *Faults) take(c *atomic.Int64) error {
 	}
 }
 
-// Stats are counters a user or test can read.
+// Stats are counters a user or test can read (`btrfsdio list -v` shows
+// them under these JSON names).
 type Stats struct {
-	OrderedCreated, OrderedCompleted, OrderedFailed int64
-	OrderedBytesFinished                            int64
+	OrderedCreated       int64 `json:"ordered_created"`
+	OrderedCompleted     int64 `json:"ordered_completed"`
+	OrderedFailed        int64 `json:"ordered_failed"`
+	OrderedBytesFinished int64 `json:"ordered_bytes_finished"`
 	// AccountingBugs counts "bad ordered extent accounting" warnings and
 	// over-puts: always 0 unless the faithful flaws are on.
-	AccountingBugs int64
+	AccountingBugs int64 `json:"accounting_bugs"`
 	// BounceCtls counts bounce_ctl structures made; BounceCtlsDone those
 	// whose pending count reached zero (each must, exactly once).
-	BounceCtls, BounceCtlsDone int64
-	BounceBbios                int64
-	EmptyBbios                 int64
-	LeakedPages                int64
-	ReadRepairs                int64
-	CsumErrors                 int64
-	BufferedWrites             int64
+	BounceCtls     int64 `json:"bounce_ctls"`
+	BounceCtlsDone int64 `json:"bounce_ctls_done"`
+	BounceBbios    int64 `json:"bounce_bbios"`
+	EmptyBbios     int64 `json:"empty_bbios"`
+	LeakedPages    int64 `json:"leaked_pages"`
+	ReadRepairs    int64 `json:"read_repairs"`
+	CsumErrors     int64 `json:"csum_errors"`
+	BufferedWrites int64 `json:"buffered_writes"`
+	// VolatileWrites counts zero-copy write bios whose source changed while
+	// in flight, out of VolatileChecked checked (see volatile.go).
+	VolatileWrites  int64 `json:"volatile_writes"`
+	VolatileChecked int64 `json:"volatile_checked"`
 }
 
 type stats struct {
@@ -130,6 +170,7 @@ type stats struct {
 	bounceCtls, bounceCtlsDone                      atomic.Int64
 	bounceBbios, emptyBbios, leakedPages            atomic.Int64
 	readRepairs, csumErrors, bufferedWrites         atomic.Int64
+	volatileWrites, volatileChecked                 atomic.Int64
 }
 
 // FsInfo is struct btrfs_fs_info, reduced to one data chunk and one inode.
@@ -151,6 +192,8 @@ type FsInfo struct {
 	stats     stats
 	log       logrus.FieldLogger
 	inode     *Inode
+	// volatileLimit rate-limits the volatile write detector's warnings.
+	volatileLimit ratelimit
 }
 
 // Inode is struct btrfs_inode for the one file the device exposes.
@@ -212,6 +255,7 @@ func (fs *FsInfo) Stats() Stats {
 		EmptyBbios: s.emptyBbios.Load(), LeakedPages: s.leakedPages.Load(),
 		ReadRepairs: s.readRepairs.Load(), CsumErrors: s.csumErrors.Load(),
 		BufferedWrites: s.bufferedWrites.Load(),
+		VolatileWrites: s.volatileWrites.Load(), VolatileChecked: s.volatileChecked.Load(),
 	}
 }
 

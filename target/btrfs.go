@@ -67,6 +67,10 @@ func (t *Btrfs) Handle(r *ublk.Request) int32 {
 	return -int32(syscall.EOPNOTSUPP)
 }
 
+// Stats are the filesystem's counters, for `btrfsdio list -v` (no kernel
+// counterpart).
+func (t *Btrfs) Stats() btrfsdio.Stats { return t.FS.Stats() }
+
 // Close flushes and closes the volume.
 func (t *Btrfs) Close() error {
 	ferr := t.FS.Flush()

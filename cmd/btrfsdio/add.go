@@ -14,6 +14,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/btrfsdio/btrfsdio/btrfsdio"
 	"github.com/btrfsdio/btrfsdio/ublk"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
@@ -273,7 +274,11 @@ func serve(spec *addSpec, rep reporter, log *logrus.Logger, logPath string, daem
 		return fail(err)
 	}
 	logPath = finalizeLog(logPath, dev.ID(), log)
-	runFile := writeRunInfo(dev, spec, logPath, log)
+	runFile, ri := writeRunInfo(dev, spec, logPath, target, log)
+	stopStats := func() {}
+	if st, ok := target.(statsTarget); ok && runFile != "" {
+		stopStats = refreshRunStats(runFile, ri, st, runStatsInterval, log)
+	}
 	rep.ready(dev)
 
 	select {
@@ -291,6 +296,7 @@ func serve(spec *addSpec, rep reporter, log *logrus.Logger, logPath string, daem
 		log.Errorf("queues: %v", err)
 		code = exitFail
 	}
+	stopStats()
 	if runFile != "" {
 		os.Remove(runFile)
 	}
@@ -436,6 +442,10 @@ type runInfo struct {
 	QueueTIDs []int          `json:"queue_tids"`
 	UserCopy  bool           `json:"user_copy"`
 	Log       string         `json:"log,omitempty"`
+	// Stats are the target's counters, refreshed every runStatsInterval
+	// (at StatsTime) while they change.
+	Stats     *btrfsdio.Stats `json:"stats,omitempty"`
+	StatsTime string          `json:"stats_time,omitempty"`
 }
 
 func runDir() string {

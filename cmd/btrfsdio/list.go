@@ -124,6 +124,9 @@ func printDevice(w io.Writer, st ublk.Status, run *runInfo) {
 	}
 	target, _ := json.Marshal(map[string]any{"type": run.Type, "info": run.Target, "user_copy": run.UserCopy})
 	fmt.Fprintf(w, "\ttarget %s\n", target)
+	if st := run.Stats; st != nil && st.VolatileChecked > 0 {
+		fmt.Fprintf(w, "\tzero-copy writes changed in flight: %d of %d\n", st.VolatileWrites, st.VolatileChecked)
+	}
 }
 
 // readRunInfo loads what the serving process recorded, if it is that process's.
@@ -140,23 +143,25 @@ func readRunInfo(id uint32, pid int32) *runInfo {
 }
 
 // writeRunInfo records the target for `list`; failure only costs the target
-// line there, so it is logged, not fatal. It returns the file written.
-func writeRunInfo(dev *ublk.Device, spec *addSpec, logPath string, log *logrus.Logger) string {
+// line there, so it is logged, not fatal. It returns the file written ("" on
+// failure) and what it holds.
+func writeRunInfo(dev *ublk.Device, spec *addSpec, logPath string, tgt ublk.Target, log *logrus.Logger) (string, runInfo) {
 	ri := runInfo{DevID: dev.ID(), PID: os.Getpid(), Type: spec.typ, Target: spec.factory.Info(),
 		QueueTIDs: dev.QueueTIDs(), UserCopy: dev.UserCopy(), Log: logPath}
-	b, err := json.MarshalIndent(ri, "", "  ")
-	if err == nil {
-		err = os.MkdirAll(runDir(), 0o755)
+	if st, ok := tgt.(statsTarget); ok {
+		s := st.Stats()
+		ri.Stats = &s
 	}
 	path := runFilePath(dev.ID())
+	err := os.MkdirAll(runDir(), 0o755)
 	if err == nil {
-		err = os.WriteFile(path, append(b, '\n'), 0o644)
+		err = writeRunFile(path, &ri)
 	}
 	if err != nil {
 		log.Warnf("cannot record target info for 'list': %v", err)
-		return ""
+		return "", ri
 	}
-	return path
+	return path, ri
 }
 
 func runDel(e *env, args []string) int {

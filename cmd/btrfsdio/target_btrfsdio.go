@@ -19,7 +19,7 @@ import (
 func init() {
 	registerTarget(targetType{
 		name:  "btrfsdio",
-		usage: "--profile P --dio bounce|zerocopy [--datasum] [--nocow] [--faithful] [--size S] -f IMG [-f IMG...]",
+		usage: "--profile P --dio bounce|zerocopy [--datasum] [--nocow] [--faithful] [--detect-volatile=false] [--size S] -f IMG [-f IMG...]",
 		new:   func() TargetFactory { return &btrfsFactory{} },
 	})
 }
@@ -40,6 +40,8 @@ type btrfsFactory struct {
 	nocow    bool
 	faithful bool
 	size     string
+	// detectVolatile counts zero-copy writes whose buffer changes in flight.
+	detectVolatile bool
 
 	p    raid.Profile
 	mode btrfsdio.DioMode
@@ -55,6 +57,8 @@ func (f *btrfsFactory) Flags(fs *flag.FlagSet) {
 	fs.BoolVar(&f.nocow, "nocow", false, "NODATACOW: overwrite extents in place")
 	fs.BoolVar(&f.faithful, "faithful", false, "reproduce the seed patch's flaws exactly")
 	fs.StringVar(&f.size, "size", "", "create missing images of this size (e.g. 256M, 1G)")
+	fs.BoolVar(&f.detectVolatile, "detect-volatile", true,
+		"zerocopy: count and log writes whose buffer changes while in flight (reads each write's data twice more)")
 }
 
 func (f *btrfsFactory) Validate() error {
@@ -129,6 +133,7 @@ func (f *btrfsFactory) Build() (ublk.Target, ublk.TargetParams, error) {
 	}
 	fs, err := btrfsdio.NewFsInfo(vol, btrfsdio.Options{
 		Mode: f.mode, Faithful: f.faithful, DataSum: f.datasum, NoCow: f.nocow, Log: log,
+		NoVolatileDetect: !f.detectVolatile,
 	})
 	if err != nil {
 		vol.Close()
@@ -144,6 +149,7 @@ func (f *btrfsFactory) Info() map[string]any {
 	return map[string]any{
 		"profile": f.p.String(), "dio": f.mode.String(), "datasum": f.datasum,
 		"nocow": f.nocow, "faithful": f.faithful, "files": []string(f.files),
+		"detect_volatile": f.mode == btrfsdio.ZeroCopy && f.detectVolatile,
 	}
 }
 

@@ -188,7 +188,7 @@ func newFS(cfg Config, dir, mode string, datasum bool) (*btrfsdio.FsInfo, error)
 		vol.Close()
 		return nil, err
 	}
-	fs, err := btrfsdio.NewFsInfo(vol, btrfsdio.Options{Mode: m, DataSum: datasum, Faithful: cfg.Faithful, Log: log})
+	fs, err := btrfsdio.NewFsInfo(vol, btrfsdio.Options{Mode: m, DataSum: datasum, Faithful: cfg.Faithful, NoVolatileDetect: true, Log: log})
 	if err != nil {
 		vol.Close()
 		return nil, err

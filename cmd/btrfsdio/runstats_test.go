@@ -1,0 +1,72 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/btrfsdio/btrfsdio/btrfsdio"
+	"github.com/btrfsdio/btrfsdio/ublk"
+)
+
+// fakeStats is a target whose volatile write counter the test moves.
+type fakeStats struct{ changed, checked atomic.Int64 }
+
+func (f *fakeStats) Stats() btrfsdio.Stats {
+	return btrfsdio.Stats{VolatileWrites: f.changed.Load(), VolatileChecked: f.checked.Load()}
+}
+
+// TestRunStatsRefresh: the server's counters reach the run file that `list`
+// reads while it runs, atomically (no temporary file left behind), and a
+// change in flight is logged.
+func TestRunStatsRefresh(t *testing.T) {
+	t.Setenv(envRunDir, t.TempDir())
+	path := runFilePath(7)
+	ri := runInfo{DevID: 7, PID: 99, Type: "btrfsdio"}
+	if err := writeRunFile(path, &ri); err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	log := logrus.New()
+	log.SetOutput(&logs)
+	src := &fakeStats{}
+	stop := refreshRunStats(path, ri, src, 5*time.Millisecond, log)
+	src.checked.Store(10)
+	src.changed.Store(3)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		got := readRunInfo(7, 99)
+		if got != nil && got.Stats != nil && got.Stats.VolatileWrites == 3 && got.StatsTime != "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			stop()
+			t.Fatalf("run file never showed the counters: %+v", got)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	stop()
+	left, _ := filepath.Glob(filepath.Join(filepath.Dir(path), "*.tmp"))
+	if len(left) != 0 {
+		t.Fatalf("temporary files left: %v", left)
+	}
+	for _, want := range []string{"3 write(s) changed their buffer while in flight", "3 of 10 zero-copy writes"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Fatalf("log lacks %q:\n%s", want, logs.String())
+		}
+	}
+	var b bytes.Buffer
+	printDevice(&b, ublk.Status{}, readRunInfo(7, 99))
+	if !strings.Contains(b.String(), "zero-copy writes changed in flight: 3 of 10") {
+		t.Fatalf("list does not show the counter:\n%s", b.String())
+	}
+	if st, err := os.Stat(path); err != nil || st.Mode().Perm() != 0o644 {
+		t.Fatalf("run file: %v %v", st, err)
+	}
+}
