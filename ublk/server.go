@@ -395,7 +395,7 @@ func (d *Device) stop(timeout time.Duration, closeTarget bool) error {
 		d.forceQueues()
 		<-d.done
 	}
-	if ours && d.stillOurs(id) {
+	if ours && d.stillOursAfterStop(id) {
 		if err := d.ctrl.DelDev(id); err != nil && !errors.Is(err, unix.ENODEV) {
 			errs = append(errs, err)
 		}
@@ -420,6 +420,20 @@ func (d *Device) stillOurs(id uint32) bool {
 		return false
 	}
 	return info.SrvPID == int32(os.Getpid())
+}
+
+// stillOursAfterStop is stillOurs after this process sent STOP_DEV, which
+// makes the kernel set ublksrv_pid to -1 (ublk_stop_dev): -1 still means
+// ours, another pid means the id was deleted and taken by a new server.
+func (d *Device) stillOursAfterStop(id uint32) bool {
+	if !d.started.Load() {
+		return true
+	}
+	info, err := d.ctrl.GetDevInfo(id)
+	if err != nil {
+		return false
+	}
+	return info.SrvPID == -1 || info.SrvPID == int32(os.Getpid())
 }
 
 func (d *Device) forceQueues() {
