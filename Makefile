@@ -4,7 +4,7 @@ BIN     ?= bin/btrfsdio
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build vet unit vm-test test demo bench review clean
+.PHONY: all build vet unit check check-full test demo bench review clean
 
 all: build
 
@@ -19,13 +19,25 @@ vet:
 unit:
 	$(GO) test -race -timeout 45m ./...
 
-# The real device: boots Debian's 6.12 kernel under qemu and runs the
-# end-to-end guest script.
-vm-test:
-	scripts/e2e.sh e2e --timeout 2400
+# The real device: the xfstests-style suite (tests/README.md), natively when
+# this host has /dev/ublk-control, else in the VM (Debian's 6.12 kernel under
+# qemu, tests/run-vm). CHECK_ARGS picks tests: make check CHECK_ARGS="-g quick".
+CHECK_ARGS ?= -g auto
+CHECK_TIMEOUT ?= 3600
+check:
+	@if [ -c /dev/ublk-control ]; then \
+		$(MAKE) build && cd tests && BTRFSDIO_BIN=$(CURDIR)/$(BIN) ./check $(CHECK_ARGS); \
+	else \
+		tests/run-vm --timeout $(CHECK_TIMEOUT) -- $(CHECK_ARGS); \
+	fi
+
+# The whole matrix: nine profiles x {bounce, zerocopy} x {nodatasum, datasum}
+# (tests/full.config; many hours under TCG, not in CI).
+check-full:
+	$(MAKE) check CHECK_ARGS="-c full.config -g auto" CHECK_TIMEOUT=172800
 
 # The README's test command.
-test: vet unit vm-test
+test: vet unit check
 
 # The README's main command: the bug and the fix on a real ublk device.
 demo:
@@ -42,4 +54,4 @@ review:
 	scripts/review -q
 
 clean:
-	rm -rf $(BIN) .vm-work bench.json bench.svg
+	rm -rf $(BIN) .vm-work results bench.json bench.svg
