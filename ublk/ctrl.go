@@ -227,3 +227,22 @@ func (c *Control) DelDev(id uint32) error {
 	defer c.mu.Unlock()
 	return c.call(CmdDelDev, CtrlCmd{DevID: id, QueueID: noQueue})
 }
+
+// StartUserRecovery prepares a quiesced device, whose server died, for a new
+// one (UBLK_U_CMD_START_USER_RECOVERY): the kernel forgets the old fetches
+// and lets a new process open /dev/ublkcN and fetch every tag again.
+func (c *Control) StartUserRecovery(id uint32) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.call(CmdStartUserRecovery, CtrlCmd{DevID: id, QueueID: noQueue})
+}
+
+// EndUserRecovery makes the device live again with pid as its server
+// (UBLK_U_CMD_END_USER_RECOVERY). It waits until every queue has fetched all
+// its tags; the requests held while the device was quiesced are then
+// dispatched to the new server.
+func (c *Control) EndUserRecovery(id uint32, pid int) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.call(CmdEndUserRecovery, CtrlCmd{DevID: id, QueueID: noQueue, Data: uint64(pid)})
+}

@@ -31,7 +31,8 @@ type Options struct {
 	Queues       int           // hardware queues; default 1, clamped to the CPU count
 	Depth        int           // tags per queue; default 128, at most 4096
 	Params       TargetParams  // what the device looks like
-	UserRecovery bool          // request UBLK_F_USER_RECOVERY (recovery itself is not implemented)
+	UserRecovery bool          // request UBLK_F_USER_RECOVERY: a new server can take over with Recover
+	Reissue      bool          // with UserRecovery: UBLK_F_USER_RECOVERY_REISSUE, requests the dead server held are reissued
 	NoUserCopy   bool          // do not request UBLK_F_USER_COPY: use per-tag buffers
 	StopTimeout  time.Duration // how long Stop waits for the kernel to abort the queues; default 30s
 	Logger       logrus.FieldLogger
@@ -76,8 +77,11 @@ func (o Options) requestedFlags() uint64 {
 	if !o.NoUserCopy {
 		flags |= FlagUserCopy
 	}
-	if o.UserRecovery {
+	if o.UserRecovery || o.Reissue {
 		flags |= FlagUserRecovery
+	}
+	if o.Reissue {
+		flags |= FlagUserRecoveryReissue
 	}
 	return flags
 }
@@ -382,7 +386,7 @@ func (d *Device) stop(timeout time.Duration, closeTarget bool) error {
 	// A device deleted from outside (`del -n ID`) may already have been
 	// replaced by a new one with the same id: only send STOP_DEV and
 	// DEL_DEV for it while the kernel still names this process its server.
-	ours := d.stillOurs(id)
+	ours := d.stillOurs(id, false)
 	if ours {
 		if err := d.ctrl.StopDev(id); err != nil && !errors.Is(err, unix.ENODEV) {
 			errs = append(errs, err)
@@ -395,7 +399,7 @@ func (d *Device) stop(timeout time.Duration, closeTarget bool) error {
 		d.forceQueues()
 		<-d.done
 	}
-	if ours && d.stillOursAfterStop(id) {
+	if ours && d.stillOurs(id, true) {
 		if err := d.ctrl.DelDev(id); err != nil && !errors.Is(err, unix.ENODEV) {
 			errs = append(errs, err)
 		}
@@ -411,7 +415,10 @@ func (d *Device) stop(timeout time.Duration, closeTarget bool) error {
 
 // stillOurs reports whether device id exists and this process serves it
 // (GET_DEV_INFO's ublksrv_pid). Before START_DEV nobody else can have it.
-func (d *Device) stillOurs(id uint32) bool {
+// After this process sent STOP_DEV (stopped), the kernel has set ublksrv_pid
+// to -1 (ublk_stop_dev): -1 then still means ours, while another pid means
+// the id was deleted and taken by a new server.
+func (d *Device) stillOurs(id uint32, stopped bool) bool {
 	if !d.started.Load() {
 		return true
 	}
@@ -419,21 +426,7 @@ func (d *Device) stillOurs(id uint32) bool {
 	if err != nil {
 		return false
 	}
-	return info.SrvPID == int32(os.Getpid())
-}
-
-// stillOursAfterStop is stillOurs after this process sent STOP_DEV, which
-// makes the kernel set ublksrv_pid to -1 (ublk_stop_dev): -1 still means
-// ours, another pid means the id was deleted and taken by a new server.
-func (d *Device) stillOursAfterStop(id uint32) bool {
-	if !d.started.Load() {
-		return true
-	}
-	info, err := d.ctrl.GetDevInfo(id)
-	if err != nil {
-		return false
-	}
-	return info.SrvPID == -1 || info.SrvPID == int32(os.Getpid())
+	return info.SrvPID == int32(os.Getpid()) || (stopped && info.SrvPID == -1)
 }
 
 func (d *Device) forceQueues() {

@@ -31,9 +31,10 @@ const (
 	envLogDir   = "BTRFSDIO_LOG_DIR"   // default /var/log/btrfsdio
 	envRunDir   = "BTRFSDIO_RUN_DIR"   // default /run/btrfsdio
 	envLogLevel = "BTRFSDIO_LOG_LEVEL" // logrus level, default info
+	envRecover  = "BTRFSDIO_RECOVER"   // the daemon recovers this device id instead of adding one
 )
 
-const addUsage = "-t TYPE [-n ID] [-q QUEUES] [-d DEPTH] [-r 0|1] [--max-io BYTES] [--no-user-copy] [--foreground] [target flags...]"
+const addUsage = "-t TYPE [-n ID] [-q QUEUES] [-d DEPTH] [-r 0|1] [-i 0|1] [--max-io BYTES] [--no-user-copy] [--foreground] [target flags...]"
 
 func init() {
 	registerCommand(&command{
@@ -53,17 +54,21 @@ type addSpec struct {
 	queues     int
 	depth      int
 	recovery   int
+	reissue    int
+	recoverID  int // >= 0: take over this device (recover) instead of adding one
 	maxIO      uint
 	noUserCopy bool
 	foreground bool
 	factory    TargetFactory
 	args       []string // as given, handed on to the daemon
+	dir        string   // the directory relative paths in args are relative to (recover)
 	fs         *flag.FlagSet
 }
 
 // parseAdd parses and validates add's flags and the target type's flags.
 func parseAdd(args []string) (*addSpec, error) {
-	spec := &addSpec{args: args}
+	spec := &addSpec{args: args, recoverID: ublk.AnyID}
+	spec.dir, _ = os.Getwd() // "" only if the directory is gone: paths then stay as given
 	fs := flag.NewFlagSet("add", flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // errors are reported once, by the caller
 	spec.fs = fs
@@ -77,6 +82,8 @@ func parseAdd(args []string) (*addSpec, error) {
 	fs.IntVar(&spec.depth, "depth", ublk.DefaultQueueDepth, "same as -d")
 	fs.IntVar(&spec.recovery, "r", 0, "1: request UBLK_F_USER_RECOVERY")
 	fs.IntVar(&spec.recovery, "recovery", 0, "same as -r")
+	fs.IntVar(&spec.reissue, "i", 0, "1: with -r 1, reissue the requests a dead server held (UBLK_F_USER_RECOVERY_REISSUE)")
+	fs.IntVar(&spec.reissue, "recovery-reissue", 0, "same as -i")
 	fs.UintVar(&spec.maxIO, "max-io", 0, "largest request in bytes (default: the target's, 1 MiB)")
 	fs.BoolVar(&spec.noUserCopy, "no-user-copy", false, "do not use UBLK_F_USER_COPY (per-tag buffers)")
 	fs.BoolVar(&spec.foreground, "foreground", false, "serve in this process, log to stderr")
@@ -110,6 +117,14 @@ func parseAdd(args []string) (*addSpec, error) {
 	return spec, spec.factory.Validate()
 }
 
+// verb names what the command line does, for messages: add or recover.
+func (s *addSpec) verb() string {
+	if s.recoverID != ublk.AnyID {
+		return "recover"
+	}
+	return "add"
+}
+
 // check validates the common flags with the limits the kernel would enforce.
 func (s *addSpec) check() error {
 	page := uint(os.Getpagesize())
@@ -122,6 +137,10 @@ func (s *addSpec) check() error {
 		return fmt.Errorf("add: -d %d: depth must be in [1, %d]", s.depth, ublk.MaxQueueDepth)
 	case s.recovery != 0 && s.recovery != 1:
 		return fmt.Errorf("add: -r %d: must be 0 or 1", s.recovery)
+	case s.reissue != 0 && s.reissue != 1:
+		return fmt.Errorf("add: -i %d: must be 0 or 1", s.reissue)
+	case s.reissue == 1 && s.recovery != 1:
+		return errors.New("add: -i 1 (reissue) needs -r 1 (user recovery)")
 	case s.maxIO != 0 && (s.maxIO%page != 0 || s.maxIO > ublk.MaxUserCopyBytes):
 		return fmt.Errorf("add: --max-io %d: must be a multiple of %d up to %d", s.maxIO, page, ublk.MaxUserCopyBytes)
 	}
@@ -183,7 +202,7 @@ func runAdd(e *env, args []string) int {
 		}
 	}
 	if spec.foreground {
-		return serve(spec, &printReporter{e: e}, newLogger(e.stderr), "", false)
+		return serve(spec, &printReporter{e: e, verb: spec.verb()}, newLogger(e.stderr), "", false)
 	}
 	return daemonize(e, spec)
 }
@@ -207,7 +226,10 @@ type reporter interface {
 }
 
 // printReporter is --foreground: the list line on stdout, errors on stderr.
-type printReporter struct{ e *env }
+type printReporter struct {
+	e    *env
+	verb string
+}
 
 func (r *printReporter) ready(dev *ublk.Device) {
 	if st, err := ublk.List(dev.ID()); err == nil {
@@ -217,7 +239,7 @@ func (r *printReporter) ready(dev *ublk.Device) {
 	}
 }
 
-func (r *printReporter) failed(err error) { r.e.failf(exitFail, "add: %v", err) }
+func (r *printReporter) failed(err error) { r.e.failf(exitFail, "%s: %v", r.verb, err) }
 
 // pipeReporter is the daemon side of daemonize: one line on the ready pipe.
 type pipeReporter struct{ f *os.File }
@@ -244,7 +266,7 @@ func serve(spec *addSpec, rep reporter, log *logrus.Logger, logPath string, daem
 
 	fail := func(err error) int {
 		if daemon { // the terminal sees it through the pipe; the log needs it too
-			log.Errorf("add: %v", err)
+			log.Errorf("%s: %v", spec.verb(), err)
 		}
 		rep.failed(err)
 		return exitFail
@@ -263,10 +285,16 @@ func serve(spec *addSpec, rep reporter, log *logrus.Logger, logPath string, daem
 			log.Warnf("chdir /: %v", err)
 		}
 	}
-	dev, err := ublk.Add(ublk.Options{
+	opts := ublk.Options{
 		ID: spec.id, Queues: spec.queues, Depth: spec.depth, Params: params,
-		UserRecovery: spec.recovery == 1, NoUserCopy: spec.noUserCopy, Logger: log,
-	}, target)
+		UserRecovery: spec.recovery == 1, Reissue: spec.reissue == 1,
+		NoUserCopy: spec.noUserCopy, Logger: log,
+	}
+	start := ublk.Add
+	if spec.recoverID != ublk.AnyID {
+		opts.ID, start = spec.recoverID, ublk.Recover
+	}
+	dev, err := start(opts, target)
 	if err != nil {
 		if c, ok := target.(io.Closer); ok {
 			c.Close()
@@ -310,26 +338,30 @@ func serve(spec *addSpec, rep reporter, log *logrus.Logger, logPath string, daem
 func daemonize(e *env, spec *addSpec) int {
 	self, err := os.Executable()
 	if err != nil {
-		return e.failf(exitFail, "add: find own executable: %v", err)
+		return e.failf(exitFail, "%s: find own executable: %v", spec.verb(), err)
 	}
 	logPath, logf, err := openDaemonLog(spec.id)
 	if err != nil {
-		return e.failf(exitFail, "add: %v", err)
+		return e.failf(exitFail, "%s: %v", spec.verb(), err)
 	}
 	defer logf.Close()
 	r, w, err := os.Pipe()
 	if err != nil {
-		return e.failf(exitFail, "add: pipe: %v", err)
+		return e.failf(exitFail, "%s: pipe: %v", spec.verb(), err)
 	}
 	defer r.Close()
 	cmd := exec.Command(self, append([]string{serveCommand}, spec.args...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.ExtraFiles = []*os.File{w} // fd 3 in the daemon
 	cmd.Env = append(os.Environ(), envReadyFD+"=3", envLogFile+"="+logPath)
+	if spec.recoverID != ublk.AnyID {
+		cmd.Env = append(cmd.Env, fmt.Sprintf("%s=%d", envRecover, spec.recoverID))
+		cmd.Dir = spec.dir
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		w.Close()
-		return e.failf(exitFail, "add: start server: %v", err)
+		return e.failf(exitFail, "%s: start server: %v", spec.verb(), err)
 	}
 	w.Close() // the daemon holds the only write end: EOF means it is done or dead
 	line, _ := bufio.NewReader(r).ReadString('\n')
@@ -339,22 +371,22 @@ func daemonize(e *env, spec *addSpec) int {
 		id, err := strconv.ParseUint(strings.TrimPrefix(line, "READY "), 10, 32)
 		cmd.Process.Release()
 		if err != nil {
-			return e.failf(exitFail, "add: bad answer from server: %q", line)
+			return e.failf(exitFail, "%s: bad answer from server: %q", spec.verb(), line)
 		}
 		return printList(e, uint32(id))
 	case strings.HasPrefix(line, "ERROR "):
 		cmd.Wait()
-		return e.failf(exitFail, "add: %s", strings.TrimPrefix(line, "ERROR "))
+		return e.failf(exitFail, "%s: %s", spec.verb(), strings.TrimPrefix(line, "ERROR "))
 	}
 	werr := cmd.Wait()
-	return e.failf(exitFail, "add: server exited (%v) before the device was ready; see %s", werr, logPath)
+	return e.failf(exitFail, "%s: server exited (%v) before the device was ready; see %s", spec.verb(), werr, logPath)
 }
 
 // printList prints the list line of a device the daemon just made live.
 func printList(e *env, id uint32) int {
 	st, err := ublk.List(id)
 	if err != nil {
-		return e.failf(exitFail, "add: device %d is up but cannot be listed: %v", id, err)
+		return e.failf(exitFail, "device %d is up but cannot be listed: %v", id, err)
 	}
 	printDevice(e.stdout, st, readRunInfo(id, st.Info.SrvPID))
 	return exitOK
@@ -390,7 +422,9 @@ func runServe(e *env, args []string) int {
 	}
 	ready := os.NewFile(uintptr(fd), "ready")
 	logPath := os.Getenv(envLogFile)
+	recoverID := os.Getenv(envRecover)
 	os.Unsetenv(envReadyFD)
+	os.Unsetenv(envRecover)
 	signal.Ignore(syscall.SIGPIPE)
 	spec, err := parseAdd(args)
 	if err != nil {
@@ -399,7 +433,14 @@ func runServe(e *env, args []string) int {
 		return exitUsage
 	}
 	log := newLogger(e.stderr)
-	log.Infof("btrfsdio %s serving: add %s", version, strings.Join(args, " "))
+	verb := "add"
+	if recoverID != "" {
+		if spec.recoverID, err = strconv.Atoi(recoverID); err != nil {
+			return e.failf(exitUsage, "%s=%q: not a device id", envRecover, recoverID)
+		}
+		verb = fmt.Sprintf("recover -n %d: add", spec.recoverID)
+	}
+	log.Infof("btrfsdio %s serving: %s %s", version, verb, strings.Join(args, " "))
 	return serve(spec, &pipeReporter{f: ready}, log, logPath, true)
 }
 
@@ -442,6 +483,10 @@ type runInfo struct {
 	QueueTIDs []int          `json:"queue_tids"`
 	UserCopy  bool           `json:"user_copy"`
 	Log       string         `json:"log,omitempty"`
+	// Args and Dir are the add command line and its working directory:
+	// what `recover` starts a new server with.
+	Args []string `json:"args"`
+	Dir  string   `json:"dir"`
 	// Stats are the target's counters, refreshed every runStatsInterval
 	// (at StatsTime) while they change.
 	Stats     *btrfsdio.Stats `json:"stats,omitempty"`

@@ -147,7 +147,7 @@ func readRunInfo(id uint32, pid int32) *runInfo {
 // failure) and what it holds.
 func writeRunInfo(dev *ublk.Device, spec *addSpec, logPath string, tgt ublk.Target, log *logrus.Logger) (string, runInfo) {
 	ri := runInfo{DevID: dev.ID(), PID: os.Getpid(), Type: spec.typ, Target: spec.factory.Info(),
-		QueueTIDs: dev.QueueTIDs(), UserCopy: dev.UserCopy(), Log: logPath}
+		QueueTIDs: dev.QueueTIDs(), UserCopy: dev.UserCopy(), Log: logPath, Args: spec.args, Dir: spec.dir}
 	if st, ok := tgt.(statsTarget); ok {
 		s := st.Stats()
 		ri.Stats = &s

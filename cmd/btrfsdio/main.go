@@ -2,6 +2,7 @@
 //
 //	btrfsdio add -t TYPE [-n ID] [-q N] [-d DEPTH] [--foreground] [target flags...]
 //	btrfsdio del -n ID | -a
+//	btrfsdio recover -n ID
 //	btrfsdio list [-n ID] [-v]
 //	btrfsdio features | version | help
 //

@@ -66,6 +66,11 @@ func TestBadCommandLines(t *testing.T) {
 		{[]string{"add", "-t", "loop", "-f", file, "-n", "-7"}, exitUsage, "-n -7: a device id is a number >= 0"},
 		{[]string{"add", "-t", "loop", "-f", file, "-r", "2"}, exitUsage, "-r 2: must be 0 or 1"},
 		{[]string{"add", "-t", "loop", "-f", file, "--max-io", "1000"}, exitUsage, "--max-io 1000"},
+		{[]string{"add", "-t", "loop", "-f", file, "-i", "2"}, exitUsage, "-i 2: must be 0 or 1"},
+		{[]string{"add", "-t", "loop", "-f", file, "-i", "1"}, exitUsage, "-i 1 (reissue) needs -r 1"},
+		{[]string{"recover"}, exitUsage, "recover: missing -n ID"},
+		{[]string{"recover", "-n", "-2"}, exitUsage, "recover: missing -n ID"},
+		{[]string{"recover", "-n", "1", "x"}, exitUsage, `unexpected argument "x"`},
 		{[]string{"add", "-t", "loop", "-f", file, "--bogus"}, exitUsage, "flag provided but not defined: -bogus"},
 		{[]string{"add", "-t", "loop", "-f", file, "extra"}, exitUsage, `unexpected argument "extra"`},
 		{[]string{"add", "-t", "btrfsdio"}, exitUsage, "at least one -f IMG is required"},
@@ -101,6 +106,42 @@ func TestBadCommandLines(t *testing.T) {
 
 // Without the module every command that talks to the kernel says so and
 // fails; nothing is started.
+// recover finds what to start in the dead server's run file: without one,
+// or with one that is not a record of the device, it says so.
+func TestRecoverNeedsRunFile(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv(envRunDir, dir)
+	code, _, stderr := runCLI(t, nil, "recover", "-n", "7")
+	if code != exitFail || !strings.Contains(stderr, "no record of device 7") {
+		t.Errorf("no run file: exit %d, %q", code, stderr)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "ublk7.json"), []byte(`{"dev_id": 7}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr = runCLI(t, nil, "recover", "-n", "7")
+	if code != exitFail || !strings.Contains(stderr, "not the record of device 7's add command") {
+		t.Errorf("run file without args: exit %d, %q", code, stderr)
+	}
+	ri := runInfo{DevID: 7, PID: 1, Args: []string{"-t", "loop", "-f", "x"}}
+	b, _ := json.Marshal(ri)
+	if err := os.WriteFile(filepath.Join(dir, "ublk7.json"), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr = runCLI(t, nil, "recover", "-n", "7")
+	if code != exitFail || !strings.Contains(stderr, "device 7 is still served by pid 1") {
+		t.Errorf("live server: exit %d, %q", code, stderr)
+	}
+}
+
+func TestProcessAlive(t *testing.T) {
+	if !processAlive(os.Getpid()) {
+		t.Error("this process is not alive")
+	}
+	if processAlive(1 << 30) {
+		t.Error("pid 2^30 is alive")
+	}
+}
+
 func TestDriverNotLoaded(t *testing.T) {
 	file := backingFile(t)
 	for _, args := range [][]string{
