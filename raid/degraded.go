@@ -9,9 +9,8 @@ import (
 	"github.com/sirupsen/logrus"
 )
 
-// placeMembers is the devid half of open_ctree's device checks
-// (btrfs_read_chunk_tree's read_one_dev + btrfs_check_rw_degradable): it
-// puts the devices in devid order, refuses a devid seen twice or more
+// placeMembers is read_one_dev + btrfs_check_rw_degradable, the devid half
+// of open_ctree's device checks (btrfs_read_chunk_tree): it puts the devices in devid order, refuses a devid seen twice or more
 // devices than the volume has, and for each devid nobody brought either
 // refuses the open (naming the devid) or, when degraded, puts a missing
 // device in its place (add_missing_dev), as long as the profile tolerates

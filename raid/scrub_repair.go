@@ -22,6 +22,9 @@ type Repair struct {
 	// Why says what was wrong with the copy and how the good one was
 	// chosen.
 	Why string
+	// Guessed is set when the mirrors differed and no csum said which is
+	// right: the lowest mirror's copy was kept.
+	Guessed bool
 }
 
 // Unrepairable is a bad sector ScrubRepair could not fix.
@@ -69,7 +72,8 @@ func (sc *scrubCtx) unrepairable(logical uint64, format string, args ...any) {
 	sc.rep.Unrepairable = append(sc.rep.Unrepairable, Unrepairable{Logical: logical, Why: fmt.Sprintf(format, args...)})
 }
 
-// repairMirrors repairs one sector of a mirrored profile: views are the
+// repairMirrors is scrub_stripe_read_repair_worker + scrub_write_sectors
+// for one sector of a mirrored profile: views are the
 // readable copies, errs the read errors of ioc's stripes (mirror k+1 is
 // stripe k), off the sector's offset into the piece read.
 func (sc *scrubCtx) repairMirrors(ioc *IOContext, logical, off uint64, views []mirrorView, errs []error) {
@@ -124,11 +128,12 @@ func (sc *scrubCtx) repairMirrors(ioc *IOContext, logical, off uint64, views []m
 			sc.unrepairable(logical, "rewriting mirror %d: %v", b.mirror, err)
 			continue
 		}
-		sc.rep.Repaired = append(sc.rep.Repaired, Repair{Logical: logical, Mirror: b.mirror, From: good.mirror, Why: why})
+		sc.rep.Repaired = append(sc.rep.Repaired, Repair{Logical: logical, Mirror: b.mirror, From: good.mirror, Why: why, Guessed: guess})
 	}
 }
 
-// repairColumn repairs one sector column of a RAID5/6 full stripe, whose
+// repairColumn is scrub_raid56_parity_stripe's repair of one sector
+// column of a RAID5/6 full stripe, whose
 // stripes r read (failed: unreadable or missing). inRange tells the data
 // sectors the scrub covers; the column's parity covers them all.
 func (sc *scrubCtx) repairColumn(r *rbio, rg byteRange, failed []bool, inRange func(t int) bool) {

@@ -97,7 +97,7 @@ func TestScrubRepairNodatasumLowestMirror(t *testing.T) {
 			if len(rep.Differences) != 1 || len(rep.Repaired) != v.NumCopies(l, SectorSize)-1 || len(rep.Unrepairable) != 0 {
 				t.Fatalf("differences %+v, repaired %+v, unrepairable %+v", rep.Differences, rep.Repaired, rep.Unrepairable)
 			}
-			if !whyContains(rep, "no csum: kept mirror 1, the lowest") || rep.Repaired[0].From != 1 {
+			if !whyContains(rep, "no csum: kept mirror 1, the lowest") || rep.Repaired[0].From != 1 || !rep.Repaired[0].Guessed {
 				t.Errorf("repair does not say the lowest mirror won: %+v", rep.Repaired)
 			}
 			if rep := scrub(t, v, 0, v.Capacity(), nil); !rep.Clean() {

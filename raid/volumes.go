@@ -421,9 +421,9 @@ func (v *Volume) mapRaid56Full(ioc *IOContext, g *ioGeometry, offset uint64) {
 	}
 }
 
-// Flush is btrfs's barrier flush (REQ_PREFLUSH to every device, as
-// write_all_supers' barrier_all_devices): fdatasync of every backing, in
-// parallel. Missing devices are skipped but count as failed, and as in
+// Flush is barrier_all_devices, btrfs's barrier flush (REQ_PREFLUSH to
+// every device, as write_all_supers sends it): fdatasync of every backing,
+// in parallel. Missing devices are skipped but count as failed, and as in
 // check_barrier_error the barrier fails only when more devices failed
 // than the profile tolerates (btrfs_check_rw_degradable); then all errors
 // are joined.
