@@ -200,7 +200,7 @@ func (f *btrfsFactory) Build() (ublk.Target, ublk.TargetParams, error) {
 func (f *btrfsFactory) Info() map[string]any {
 	return map[string]any{
 		"profile": f.p.String(), "dio": f.mode.String(), "datasum": f.datasum,
-		"nocow": f.nocow, "faithful": f.faithful, "files": []string(f.files),
+		"nocow": f.nocow, "faithful": f.faithful, "files": []string(f.files), "degraded": f.degraded,
 		"detect_volatile": f.mode == btrfsdio.ZeroCopy && f.detectVolatile,
 	}
 }
