@@ -271,10 +271,13 @@ func subIter(bio *blk.Bio, iter blk.BvecIter, off, n uint32) blk.BvecIter {
 
 // submitDevBio is btrfs_submit_dev_bio + btrfs_simple_end_io: one device
 // I/O for the bio memory under iter, its error logged as
-// btrfs_log_dev_io_error does.
+// btrfs_log_dev_io_error does (not for a missing device, whose every I/O
+// fails: noteDegraded says it once).
 func (v *Volume) submitDevBio(bio *blk.Bio, iter blk.BvecIter, s IOStripe) blk.BlkStatus {
 	if err := s.Dev.rwSegs(bio.Opf.Op(), s.Physical, bioSegs(bio, iter)); err != nil {
-		v.log.Warnf("raid: %v", err)
+		if !s.Dev.Missing() {
+			v.log.Warnf("raid: %v", err)
+		}
 		return blk.StsIOErr
 	}
 	return blk.StsOK
@@ -285,7 +288,8 @@ func (v *Volume) submitDevBio(bio *blk.Bio, iter blk.BvecIter, s IOStripe) blk.B
 // when it gets to them (no shared copy: that is the kernel's behaviour and
 // why a buffer modified in flight leaves mirrors that differ). The write
 // fails only if more stripes fail than bioc->max_errors, as
-// btrfs_orig_write_end_io and btrfs_clone_write_end_io count.
+// btrfs_orig_write_end_io and btrfs_clone_write_end_io count; a write that
+// missed copies within max_errors is degraded (noteDegraded).
 func (v *Volume) submitMirrored(o *origBio, p piece) {
 	var failed, remaining atomic.Int32
 	remaining.Store(int32(len(p.ioc.Stripes)))
@@ -298,10 +302,13 @@ func (v *Volume) submitMirrored(o *origBio, p piece) {
 				return
 			}
 			st := blk.StsOK
-			if n := int(failed.Load()); n > p.ioc.MaxErrors {
+			switch n := int(failed.Load()); {
+			case n > p.ioc.MaxErrors:
 				v.log.Errorf("raid: write at %d: %d of %d stripes failed, max_errors %d",
 					p.ioc.Logical, n, len(p.ioc.Stripes), p.ioc.MaxErrors)
 				st = blk.StsIOErr
+			case n > 0:
+				v.noteDegraded("write", p.ioc.Logical, n, len(p.ioc.Stripes), p.ioc.MaxErrors)
 			}
 			o.pieceDone(p.bio, st)
 		}()

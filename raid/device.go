@@ -61,7 +61,9 @@ type Device struct {
 	direct   bool
 	readOnly bool
 	blockDev bool
-	log      logrus.FieldLogger
+	// missing is BTRFS_DEV_STATE_MISSING: no backing, every I/O fails.
+	missing bool
+	log     logrus.FieldLogger
 
 	// faults[op] is the number of further ops of that kind to fail (<0:
 	// all); see InjectFault.
@@ -211,6 +213,9 @@ func (d *Device) Direct() bool { return d.direct }
 // Close is btrfs_close_one_device. It is idempotent.
 func (d *Device) Close() error {
 	d.closeOnce.Do(func() {
+		if d.f == nil { // a missing device has no backing to close
+			return
+		}
 		if err := d.f.Close(); err != nil {
 			d.closeErr = fmt.Errorf("raid: closing device %s: %w", d.path, err)
 		}
@@ -273,6 +278,27 @@ func (d *Device) Stats() DeviceStats {
 // errInjected is what an injected fault fails with.
 var errInjected = fmt.Errorf("injected fault: %w", syscall.EIO)
 
+// errMissing is what every I/O to a missing device fails with, as
+// btrfs_submit_dev_bio ends a bio for a device without a bdev.
+var errMissing = fmt.Errorf("device missing: %w", syscall.EIO)
+
+// NewMissingDevice is add_missing_dev: a placeholder for devid, which the
+// volume lists but whose image is absent. It has the size the chunk uses
+// (so the layout stays as at format time) and fails every I/O with EIO, so
+// the max_errors logic of writes and the rebuilds of reads treat it as a
+// failed copy.
+func NewMissingDevice(devid, size uint64, log logrus.FieldLogger) *Device {
+	if log == nil {
+		log = logrus.StandardLogger()
+	}
+	path := fmt.Sprintf("<missing devid %d>", devid)
+	return &Device{path: path, size: size, missing: true, log: log.WithField("device", path)}
+}
+
+// Missing is the BTRFS_DEV_STATE_MISSING test: the device is a placeholder
+// from NewMissingDevice.
+func (d *Device) Missing() bool { return d.missing }
+
 // account wraps one device operation of n bytes: it applies fault
 // injection, counts the operation, and wraps the error with where it
 // happened (btrfs_log_dev_io_error's information).
@@ -287,6 +313,8 @@ func (d *Device) account(op blk.Op, off uint64, n int, io func() error) error {
 	ops.Add(1)
 	var err error
 	switch {
+	case d.missing:
+		err = errMissing
 	case d.takeFault(op):
 		d.injected.Add(1)
 		err = errInjected

@@ -7,7 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
-	"sort"
+
+	"github.com/sirupsen/logrus"
 
 	"github.com/btrfsdio/btrfsdio/blk"
 )
@@ -206,6 +207,10 @@ type OpenOptions struct {
 	// (Profile(-1): take the superblock's).
 	Profile Profile
 	Volume  VolumeOptions
+	// Degraded is mount -o degraded: devices the superblocks list but
+	// that were not given stand in as missing devices, as many as the
+	// profile tolerates (see placeMembers).
+	Degraded bool
 }
 
 // AnyProfile accepts whatever profile the superblocks record.
@@ -217,6 +222,9 @@ const AnyProfile Profile = -1
 // expected profile, put them in devid order and lay the chunk out as it was
 // at format time.
 func OpenVolume(devs []*Device, opts OpenOptions) (*Volume, *Superblock, error) {
+	if len(devs) == 0 {
+		return nil, nil, errors.New("raid: no devices to open")
+	}
 	sbs := make([]*Superblock, len(devs))
 	blank := 0
 	for i, d := range devs {
@@ -244,7 +252,7 @@ func OpenVolume(devs []*Device, opts OpenOptions) (*Volume, *Superblock, error) 
 	if blank > 0 {
 		return nil, nil, fmt.Errorf("raid: %d of %d devices are blank and the others hold a volume: refusing to mix them", blank, len(devs))
 	}
-	ordered, err := checkMembers(devs, sbs, opts.Profile)
+	ordered, err := checkMembers(devs, sbs, opts.Profile, opts.Degraded, opts.Volume.Logger)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -253,10 +261,10 @@ func OpenVolume(devs []*Device, opts OpenOptions) (*Volume, *Superblock, error) 
 	return v, sbs[0], err
 }
 
-// checkMembers is the fs_devices check of open_ctree: one fsid, every devid
-// once, the recorded count, the expected profile, no truncated device. It
-// returns the devices in devid order.
-func checkMembers(devs []*Device, sbs []*Superblock, want Profile) ([]*Device, error) {
+// checkMembers is the fs_devices check of open_ctree: one fsid, the
+// expected profile, no truncated device; placeMembers then puts them in
+// devid order and accounts for the missing ones.
+func checkMembers(devs []*Device, sbs []*Superblock, want Profile, degraded bool, log logrus.FieldLogger) ([]*Device, error) {
 	first := sbs[0]
 	for i, sb := range sbs {
 		switch {
@@ -272,20 +280,5 @@ func checkMembers(devs []*Device, sbs []*Superblock, want Profile) ([]*Device, e
 	if want != AnyProfile && first.Profile != want {
 		return nil, fmt.Errorf("raid: the devices hold a %s volume, not %s", first.Profile, want)
 	}
-	if uint64(len(devs)) != first.NumDevices {
-		return nil, fmt.Errorf("raid: the volume has %d devices, %d given", first.NumDevices, len(devs))
-	}
-	idx := make([]int, len(devs))
-	for i := range idx {
-		idx[i] = i
-	}
-	sort.Slice(idx, func(a, b int) bool { return sbs[idx[a]].Devid < sbs[idx[b]].Devid })
-	ordered := make([]*Device, len(devs))
-	for pos, i := range idx {
-		if sbs[i].Devid != uint64(pos+1) {
-			return nil, fmt.Errorf("raid: devid %d appears twice (%s): copied images?", sbs[i].Devid, devs[i].Path())
-		}
-		ordered[pos] = devs[i]
-	}
-	return ordered, nil
+	return placeMembers(devs, sbs, degraded, log)
 }

@@ -90,7 +90,7 @@ func TestOpenVolumeRefusesBadSets(t *testing.T) {
 	}{
 		{"mixed volumes", []string{a[0], b[1]}, Raid1, "refusing to mix volumes"},
 		{"wrong profile", a, Raid0, "hold a raid1 volume, not raid0"},
-		{"missing device", a[:1], AnyProfile, "has 2 devices, 1 given"},
+		{"missing device", a[:1], AnyProfile, "has 2 devices, 1 given: devid 2 missing"},
 		{"same image twice", []string{a[0], a[0]}, Raid1, "appears twice"},
 		{"blank and formatted", []string{a[0], blankPath}, Raid1, "refusing to mix them"},
 	}

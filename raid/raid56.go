@@ -116,7 +116,9 @@ func (r *rbio) readStripes(ranges []byteRange, failed []bool) []error {
 			defer wg.Done()
 			for _, rg := range ranges {
 				if err := s.Dev.readBuf(r.bufs[i][rg.lo:rg.hi], s.Physical+rg.lo); err != nil {
-					r.v.log.Warnf("raid: raid56 read of stripe %d of full stripe %d: %v", i, r.ioc.FullStripeLogical, err)
+					if !s.Dev.Missing() {
+						r.v.log.Warnf("raid: raid56 read of stripe %d of full stripe %d: %v", i, r.ioc.FullStripeLogical, err)
+					}
 					errs[i] = err
 					return
 				}
@@ -245,7 +247,8 @@ func (v *Volume) raid56Write(bio *blk.Bio, ioc *IOContext) blk.BlkStatus {
 
 // writeStripes is finish_rmw's submission: the covered data from the bio
 // pages, P/Q for the changed columns from the rbio buffers, one goroutine
-// per stripe; more failed stripes than max_errors fail the write.
+// per stripe; more failed stripes than max_errors fail the write, fewer
+// make it degraded. Stripes the write does not touch are not counted.
 func (r *rbio) writeStripes(bio *blk.Bio, pl writePlan) blk.BlkStatus {
 	failed := make([]bool, len(r.ioc.Stripes))
 	var wg sync.WaitGroup
@@ -272,7 +275,9 @@ func (r *rbio) writeStripes(bio *blk.Bio, pl writePlan) blk.BlkStatus {
 		go func() {
 			defer wg.Done()
 			if err := write(); err != nil {
-				r.v.log.Warnf("raid: %v", err)
+				if !s.Dev.Missing() {
+					r.v.log.Warnf("raid: %v", err)
+				}
 				failed[i] = true
 			}
 		}()
@@ -288,6 +293,9 @@ func (r *rbio) writeStripes(bio *blk.Bio, pl writePlan) blk.BlkStatus {
 		r.v.log.Errorf("raid: raid56 write to full stripe %d: %d stripes failed, max_errors %d",
 			r.ioc.FullStripeLogical, n, r.ioc.MaxErrors)
 		return blk.StsIOErr
+	}
+	if n > 0 {
+		r.v.noteDegraded("raid56 write", r.ioc.FullStripeLogical, n, len(failed), r.ioc.MaxErrors)
 	}
 	return blk.StsOK
 }

@@ -28,8 +28,13 @@ type ScrubReport struct {
 	// CsumErrors lists copies whose crc32c differs from the csum lookup
 	// (for RAID5/6 the stored data, or its rebuild when unreadable).
 	CsumErrors []CsumError
-	// ReadErrors lists device reads that failed.
+	// ReadErrors lists device reads that failed. Missing devices are not
+	// read, and not listed.
 	ReadErrors []ReadError
+	// Repaired lists the copies ScrubRepair rewrote; Unrepairable the
+	// sectors it found bad but could not fix. Scrub leaves both empty.
+	Repaired     []Repair
+	Unrepairable []Unrepairable
 }
 
 // Clean reports whether the scrub found nothing wrong: what btrfs scrub
@@ -83,14 +88,20 @@ const scrubChunk = 1 << 20
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // Scrub is scrub.c's scrub_stripe/scrub_raid56_parity_stripe for
-// [start, start+length): it reads every copy of every sector straight from
-// the devices (no read policy), compares them, verifies csums where the
-// lookup has one, and for RAID5/6 recomputes P/Q of every full stripe that
-// the range touches. It reports; it repairs nothing. An error means the
-// scrub itself could not run. Unlike the kernel's, it takes no extent
-// locks: writes racing with it can show up as differences, so scrub a
-// quiescent (or offline) volume.
+// [start, start+length) in readonly mode (btrfs scrub start -r): it reads
+// every copy of every sector straight from the devices (no read policy),
+// compares them, verifies csums where the lookup has one, and for RAID5/6
+// recomputes P/Q of every full stripe that the range touches. It reports;
+// it repairs nothing (ScrubRepair does). Copies on missing devices are
+// skipped. An error means the scrub itself could not run. Unlike the
+// kernel's, it takes no extent locks: writes racing with it can show up as
+// differences, so scrub a quiescent (or offline) volume.
 func (v *Volume) Scrub(start, length uint64, csum CsumLookup) (*ScrubReport, error) {
+	return v.scrub(start, length, csum, false)
+}
+
+// scrub runs Scrub, or ScrubRepair when repair is set.
+func (v *Volume) scrub(start, length uint64, csum CsumLookup, repair bool) (*ScrubReport, error) {
 	switch {
 	case length == 0 || start%SectorSize != 0 || length%SectorSize != 0:
 		return nil, fmt.Errorf("raid: scrub [%d,+%d): not a non-empty range of %d-byte sectors: %w", start, length, SectorSize, syscall.EINVAL)
@@ -101,13 +112,13 @@ func (v *Volume) Scrub(start, length uint64, csum CsumLookup) (*ScrubReport, err
 		return nil, fmt.Errorf("raid: scrub: volume closed: %w", syscall.EIO)
 	}
 	defer v.inflight.Done()
-	rep := &ScrubReport{Start: start, Length: length}
+	sc := &scrubCtx{rep: &ScrubReport{Start: start, Length: length}, csum: csum, repair: repair}
 	if v.profile.IsRaid56() {
-		v.scrubRaid56(rep, start, start+length, csum)
+		v.scrubRaid56(sc, start, start+length)
 	} else {
-		v.scrubMirrors(rep, start, start+length, csum)
+		v.scrubMirrors(sc, start, start+length)
 	}
-	return rep, nil
+	return sc.rep, nil
 }
 
 // mirrorView is one copy of a sector as a read of that mirror would see it.
@@ -164,7 +175,8 @@ func groupMirrors(views []mirrorView) [][]int {
 
 // scrubMirrors scrubs SINGLE, DUP, RAID0, RAID1* and RAID10: the write
 // mapping names every copy, and copy k is what a read of mirror k+1 returns.
-func (v *Volume) scrubMirrors(rep *ScrubReport, start, end uint64, csum CsumLookup) {
+func (v *Volume) scrubMirrors(sc *scrubCtx, start, end uint64) {
+	rep, csum := sc.rep, sc.csum
 	var bufs [][]byte
 	for cur := start; cur < end; {
 		ioc, n, err := v.MapBlock(blk.OpWrite, cur, min(end-cur, scrubChunk), 0)
@@ -178,7 +190,7 @@ func (v *Volume) scrubMirrors(rep *ScrubReport, start, end uint64, csum CsumLook
 		errs := readCopies(ioc, bufs, n)
 		var views []mirrorView
 		for k, s := range ioc.Stripes {
-			if errs[k] != nil {
+			if errs[k] != nil && !s.Dev.Missing() {
 				rep.ReadErrors = append(rep.ReadErrors, ReadError{Logical: cur, Length: n, Mirror: k + 1,
 					Device: s.Dev.Path(), Physical: s.Physical, Err: errs[k]})
 			}
@@ -192,6 +204,9 @@ func (v *Volume) scrubMirrors(rep *ScrubReport, start, end uint64, csum CsumLook
 			}
 			rep.SectorsChecked++
 			checkSector(rep, cur+off, views, csum)
+			if sc.repair {
+				sc.repairMirrors(ioc, cur+off, off, views, errs)
+			}
 		}
 		cur += n
 	}
@@ -214,8 +229,10 @@ func readCopies(ioc *IOContext, bufs [][]byte, n uint64) []error {
 
 // scrubRaid56 is scrub_raid56_parity_stripe for every full stripe touching
 // [start, end): read all stripes whole, check P/Q per column, and compare
-// each data sector with its rebuilds.
-func (v *Volume) scrubRaid56(rep *ScrubReport, start, end uint64, csum CsumLookup) {
+// each data sector with its rebuilds. A repairing scrub keeps the stripe
+// locked until its columns are repaired, so no write interleaves.
+func (v *Volume) scrubRaid56(sc *scrubCtx, start, end uint64) {
+	rep := sc.rep
 	full := v.FullStripeLen()
 	for fs := start / full * full; fs < end; fs += full {
 		ioc, _, err := v.MapBlock(blk.OpWrite, fs, full, 0)
@@ -227,10 +244,15 @@ func (v *Volume) scrubRaid56(rep *ScrubReport, start, end uint64, csum CsumLooku
 		failed := make([]bool, len(ioc.Stripes))
 		unlock := v.stripeLocks.lock(fs)
 		errs := r.readStripes([]byteRange{{0, StripeLen}}, failed)
-		unlock()
+		if !sc.repair {
+			unlock()
+		}
 		r.reportReadErrors(rep, errs)
 		for col := uint64(0); col < StripeLen; col += SectorSize {
-			r.scrubColumn(rep, byteRange{col, col + SectorSize}, failed, start, end, csum)
+			r.scrubColumn(sc, byteRange{col, col + SectorSize}, failed, start, end)
+		}
+		if sc.repair {
+			unlock()
 		}
 		r.free()
 	}
@@ -238,7 +260,7 @@ func (v *Volume) scrubRaid56(rep *ScrubReport, start, end uint64, csum CsumLooku
 
 func (r *rbio) reportReadErrors(rep *ScrubReport, errs []error) {
 	for i, err := range errs {
-		if err == nil {
+		if err == nil || r.ioc.Stripes[i].Dev.Missing() {
 			continue
 		}
 		re := ReadError{Logical: r.ioc.FullStripeLogical, Length: StripeLen, Device: r.ioc.Stripes[i].Dev.Path(),
@@ -256,8 +278,10 @@ func (r *rbio) reportReadErrors(rep *ScrubReport, errs []error) {
 }
 
 // scrubColumn checks one sector column of a full stripe: parity against
-// the data, then each in-range data sector against its rebuilds.
-func (r *rbio) scrubColumn(rep *ScrubReport, rg byteRange, failed []bool, start, end uint64, csum CsumLookup) {
+// the data, then each in-range data sector against its rebuilds; then
+// repairs the column if the scrub repairs.
+func (r *rbio) scrubColumn(sc *scrubCtx, rg byteRange, failed []bool, start, end uint64) {
+	rep, csum := sc.rep, sc.csum
 	inRange := func(t int) bool {
 		l := r.ioc.RaidMap[t] + rg.lo
 		return l >= start && l < end
@@ -299,6 +323,9 @@ func (r *rbio) scrubColumn(rep *ScrubReport, rg byteRange, failed []bool, start,
 		case len(rebuilds) > 0:
 			checkCsums(rep, logical, rebuilds[:1], csum)
 		}
+	}
+	if sc.repair {
+		sc.repairColumn(r, rg, failed, inRange)
 	}
 }
 

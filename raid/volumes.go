@@ -67,6 +67,9 @@ type Volume struct {
 	readRR      atomic.Uint64   // round-robin read policy cursor
 	stripeLocks stripeLockTable // raid56 stripe hash table
 
+	// degradedWrites counts writes that missed copies (noteDegraded).
+	degradedWrites atomic.Uint64
+
 	mu       sync.RWMutex
 	closed   bool
 	inflight sync.WaitGroup
@@ -261,6 +264,9 @@ func (v *Volume) MapBlock(op blk.Op, logical, length uint64, mirror int) (*IOCon
 	switch {
 	case v.profile.IsRaid56() && (op == blk.OpWrite || mirror > 1):
 		v.mapRaid56Full(ioc, &g, offset)
+	case v.profile.IsRaid56() && mirror == 0 && v.raid56DataMissing(offset):
+		g.mirror = 2 // rebuild from parity rather than ask a missing device
+		v.mapRaid56Full(ioc, &g, offset)
 	case v.profile.IsRaid56():
 		v.mapRaid56Read(&g)
 	case v.profile == Raid10:
@@ -323,9 +329,28 @@ func (v *Volume) maxIOLen(op blk.Op, offset uint64) uint64 {
 // readPolicyMirror is find_live_mirror with a round-robin policy instead of
 // the kernel's default pid-based one (BTRFS_READ_POLICY_PID): successive
 // reads go to successive copies, so that when copies differ, what a read
-// returns really depends on which copy answers.
-func (v *Volume) readPolicyMirror(copies int) int {
-	return int((v.readRR.Add(1)-1)%uint64(copies)) + 1
+// returns really depends on which copy answers. Like find_live_mirror it
+// skips copies on missing devices (chunk stripes first..first+copies-1);
+// when all are missing the policy's pick stands, and fails.
+func (v *Volume) readPolicyMirror(first, copies int) int {
+	m := int((v.readRR.Add(1)-1)%uint64(copies)) + 1
+	for i := 0; i < copies; i++ {
+		c := (m-1+i)%copies + 1
+		if !v.devs[v.chunk.stripes[first+c-1].dev].Missing() {
+			return c
+		}
+	}
+	return m
+}
+
+// raid56DataMissing reports whether the data stripe holding chunk offset
+// lives on a missing device (the placement of mapRaid56Read).
+func (v *Volume) raid56DataMissing(offset uint64) bool {
+	nd := uint64(v.DataStripes())
+	stripeNr := offset / StripeLen
+	full := stripeNr / nd
+	idx := (full + stripeNr%nd) % uint64(v.chunk.numStripes())
+	return v.devs[v.chunk.stripes[idx].dev].Missing()
 }
 
 // mapMirrored is map_blocks_dup / map_blocks_raid1.
@@ -337,7 +362,7 @@ func (v *Volume) mapMirrored(g *ioGeometry) {
 		return
 	}
 	if g.mirror == 0 {
-		g.mirror = v.readPolicyMirror(v.chunk.numStripes())
+		g.mirror = v.readPolicyMirror(0, v.chunk.numStripes())
 	}
 	g.stripeIndex = g.mirror - 1
 }
@@ -353,7 +378,7 @@ func (v *Volume) mapRaid10(g *ioGeometry) {
 		return
 	}
 	if g.mirror == 0 {
-		g.mirror = v.readPolicyMirror(sub)
+		g.mirror = v.readPolicyMirror(g.stripeIndex, sub)
 	}
 	g.stripeIndex += g.mirror - 1
 }
@@ -396,13 +421,20 @@ func (v *Volume) mapRaid56Full(ioc *IOContext, g *ioGeometry, offset uint64) {
 	}
 }
 
-// Flush is btrfs's barrier flush (REQ_PREFLUSH to every device, as
-// write_all_supers' barrier_all_devices): fdatasync of every backing, in
-// parallel, all errors joined.
+// Flush is barrier_all_devices, btrfs's barrier flush (REQ_PREFLUSH to
+// every device, as write_all_supers sends it): fdatasync of every backing,
+// in parallel. Missing devices are skipped but count as failed, and as in
+// check_barrier_error the barrier fails only when more devices failed
+// than the profile tolerates (btrfs_check_rw_degradable); then all errors
+// are joined.
 func (v *Volume) Flush() error {
 	errs := make([]error, len(v.devs))
 	var wg sync.WaitGroup
 	for i, d := range v.devs {
+		if d.Missing() {
+			errs[i] = fmt.Errorf("raid: flush: %s: %w", d.Path(), errMissing)
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -410,7 +442,22 @@ func (v *Volume) Flush() error {
 		}()
 	}
 	wg.Wait()
-	return errors.Join(errs...)
+	failed := 0
+	for i, err := range errs {
+		if err != nil {
+			failed++
+			if !v.devs[i].Missing() {
+				v.log.Warnf("raid: %v", err)
+			}
+		}
+	}
+	if failed > v.attr.toleratedFailures {
+		return errors.Join(errs...)
+	}
+	if failed > 0 {
+		v.noteDegraded("flush", 0, failed, len(v.devs), v.attr.toleratedFailures)
+	}
+	return nil
 }
 
 // Close is close_ctree's device half: wait for in-flight bios, then close

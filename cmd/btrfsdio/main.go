@@ -48,6 +48,7 @@ type command struct {
 	name    string
 	summary string // one line for `help`
 	usage   string // the synopsis after the command name
+	help    string // more for `help COMMAND`: options, exit status
 	hidden  bool   // internal commands, e.g. __serve
 	run     func(e *env, args []string) int
 }
@@ -113,6 +114,9 @@ func runHelp(e *env, args []string) int {
 		return e.failf(exitUsage, "no help for unknown command %q", args[0])
 	}
 	fmt.Fprintf(e.stdout, "usage: btrfsdio %s %s\n\n%s\n", c.name, c.usage, c.summary)
+	if c.help != "" {
+		fmt.Fprintf(e.stdout, "\n%s\n", c.help)
+	}
 	if c.name == "add" {
 		printTargetTypes(e.stdout)
 	}

@@ -353,7 +353,7 @@ func TestScrubImages(t *testing.T) {
 	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
 	log := logrus.New()
 	log.SetOutput(io.Discard)
-	vol, err := openVolume([]string{a, b}, raid.Raid1, 8<<20, false, log)
+	vol, err := openVolume([]string{a, b}, raid.Raid1, 8<<20, false, false, log)
 	if err != nil {
 		t.Fatal(err)
 	}

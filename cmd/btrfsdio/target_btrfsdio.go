@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -19,7 +20,7 @@ import (
 func init() {
 	registerTarget(targetType{
 		name:  "btrfsdio",
-		usage: "--profile P --dio bounce|zerocopy [--datasum] [--nocow] [--faithful] [--detect-volatile=false] [--size S] -f IMG [-f IMG...]",
+		usage: "--profile P --dio bounce|zerocopy [--datasum] [--nocow] [--faithful] [--detect-volatile=false] [--size S] [--degraded] -f IMG [-f IMG...]",
 		new:   func() TargetFactory { return &btrfsFactory{} },
 	})
 }
@@ -40,6 +41,7 @@ type btrfsFactory struct {
 	nocow    bool
 	faithful bool
 	size     string
+	degraded bool
 	// detectVolatile counts zero-copy writes whose buffer changes in flight.
 	detectVolatile bool
 
@@ -57,6 +59,8 @@ func (f *btrfsFactory) Flags(fs *flag.FlagSet) {
 	fs.BoolVar(&f.nocow, "nocow", false, "NODATACOW: overwrite extents in place")
 	fs.BoolVar(&f.faithful, "faithful", false, "reproduce the seed patch's flaws exactly")
 	fs.StringVar(&f.size, "size", "", "create missing images of this size (e.g. 256M, 1G)")
+	fs.BoolVar(&f.degraded, "degraded", false,
+		"run with devices missing (images absent or too few given), as many as the profile tolerates; writes go to the others")
 	fs.BoolVar(&f.detectVolatile, "detect-volatile", true,
 		"zerocopy: count and log writes whose buffer changes while in flight (reads each write's data twice more)")
 }
@@ -80,10 +84,18 @@ func (f *btrfsFactory) Validate() error {
 	if f.datasum && f.nocow {
 		return errors.New("btrfsdio: --datasum and --nocow exclude each other (NODATACOW implies NODATASUM)")
 	}
+	someExist := false
+	for _, p := range f.files {
+		if _, err := os.Stat(p); err == nil {
+			someExist = true
+		}
+	}
 	for _, p := range f.files {
 		st, err := os.Stat(p)
 		switch {
-		case errors.Is(err, os.ErrNotExist) && f.imgs > 0:
+		// Absent images are created with --size, or are the missing
+		// devices of the volume the others hold (openVolume decides).
+		case errors.Is(err, os.ErrNotExist) && (f.imgs > 0 || f.degraded || someExist):
 		case err != nil:
 			return fmt.Errorf("btrfsdio: %w (give --size to create it)", err)
 		case st.IsDir():
@@ -98,25 +110,54 @@ func (f *btrfsFactory) Validate() error {
 
 // openVolume opens the images as a raid volume: blank images are formatted
 // with profile p; formatted ones must form one complete volume (of profile
-// p unless p is raid.AnyProfile) and are put back in device order.
-func openVolume(files []string, p raid.Profile, create int64, readOnly bool, log logrus.FieldLogger) (*raid.Volume, error) {
+// p unless p is raid.AnyProfile) and are put back in device order. Images
+// that do not exist are created (create > 0 bytes) for a new volume; when
+// the others hold a volume they are its missing devices instead, which
+// only degraded accepts.
+func openVolume(files []string, p raid.Profile, create int64, readOnly, degraded bool, log logrus.FieldLogger) (*raid.Volume, error) {
 	var devs []*raid.Device
 	closeAll := func() {
 		for _, o := range devs {
 			o.Close()
 		}
 	}
-	for _, path := range files {
-		d, err := raid.OpenDevice(path, raid.DeviceOptions{Create: create > 0, Size: create, ReadOnly: readOnly, Logger: log})
+	slots := make([]*raid.Device, len(files))
+	var absent []string
+	for i, path := range files {
+		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+			absent = append(absent, path)
+			continue
+		}
+		d, err := raid.OpenDevice(path, raid.DeviceOptions{ReadOnly: readOnly, Logger: log})
 		if err != nil {
 			closeAll()
 			return nil, err
 		}
+		slots[i] = d
 		devs = append(devs, d)
 	}
-	vol, sb, err := raid.OpenVolume(devs, raid.OpenOptions{Profile: p, Volume: raid.VolumeOptions{Logger: log}})
+	if len(absent) > 0 && !holdsVolume(devs) {
+		absent = nil
+		for i, path := range files {
+			if slots[i] != nil {
+				continue
+			}
+			d, err := raid.OpenDevice(path, raid.DeviceOptions{Create: create > 0, Size: create, ReadOnly: readOnly, Logger: log})
+			if err != nil {
+				closeAll()
+				return nil, err
+			}
+			slots[i] = d
+			devs = append(devs, d)
+		}
+	}
+	ordered := slices.DeleteFunc(slots, func(d *raid.Device) bool { return d == nil })
+	vol, sb, err := raid.OpenVolume(ordered, raid.OpenOptions{Profile: p, Degraded: degraded, Volume: raid.VolumeOptions{Logger: log}})
 	if err != nil {
 		closeAll()
+		if len(absent) > 0 {
+			return nil, fmt.Errorf("%w (not found: %s)", err, strings.Join(absent, ", "))
+		}
 		return nil, err
 	}
 	if sb.Generation > 1 || !readOnly {
@@ -125,9 +166,20 @@ func openVolume(files []string, p raid.Profile, create int64, readOnly bool, log
 	return vol, nil
 }
 
+// holdsVolume reports whether any of devs has a superblock: then images
+// that do not exist are the volume's missing devices, not new ones.
+func holdsVolume(devs []*raid.Device) bool {
+	for _, d := range devs {
+		if _, err := d.ReadSuper(); err == nil {
+			return true
+		}
+	}
+	return false
+}
+
 func (f *btrfsFactory) Build() (ublk.Target, ublk.TargetParams, error) {
 	log := logrus.StandardLogger()
-	vol, err := openVolume(f.files, f.p, f.imgs, false, log)
+	vol, err := openVolume(f.files, f.p, f.imgs, false, f.degraded, log)
 	if err != nil {
 		return nil, ublk.TargetParams{}, err
 	}
@@ -148,7 +200,7 @@ func (f *btrfsFactory) Build() (ublk.Target, ublk.TargetParams, error) {
 func (f *btrfsFactory) Info() map[string]any {
 	return map[string]any{
 		"profile": f.p.String(), "dio": f.mode.String(), "datasum": f.datasum,
-		"nocow": f.nocow, "faithful": f.faithful, "files": []string(f.files),
+		"nocow": f.nocow, "faithful": f.faithful, "files": []string(f.files), "degraded": f.degraded,
 		"detect_volatile": f.mode == btrfsdio.ZeroCopy && f.detectVolatile,
 	}
 }
