@@ -4,7 +4,7 @@ BIN     ?= bin/btrfsdio
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build vet unit check check-full test demo bench review clean
+.PHONY: all build vet unit check check-full test demo bench bench-vm review clean
 
 all: build
 
@@ -49,9 +49,17 @@ bench: build
 	./$(BIN) bench --rounds 5 --json bench.json --svg bench.svg
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 5x ./btrfsdio
 
+# The same table on the real ublk device in the VM, with fio, next to the
+# backing file and the kernel loop device (scripts/guest/bench; BENCH_ROUNDS,
+# BENCH_SIZE). Results in .vm-bench/results/bench-vm.{txt,json}.
+BENCH_ROUNDS ?= 3
+bench-vm:
+	scripts/e2e.sh bench --module loop --workdir .vm-bench --timeout 5400 \
+		--env BENCH_ROUNDS=$(BENCH_ROUNDS) --env BENCH_SIZE=128M
+
 # Hold the Go against the seed patch, hunk by hunk (fails on drift).
 review:
 	scripts/review -q
 
 clean:
-	rm -rf $(BIN) .vm-work results bench.json bench.svg
+	rm -rf $(BIN) .vm-work .vm-bench results bench.json bench.svg

@@ -1,6 +1,8 @@
 package btrfsdio
 
 import (
+	"sync"
+
 	"github.com/btrfsdio/btrfsdio/blk"
 )
 
@@ -12,19 +14,28 @@ func (fs *FsInfo) checkReadBio(bbio *BtrfsBio, iter blk.BvecIter) {
 	bio := bbio.Bio
 	ioErr := bio.Status != blk.StsOK
 	logical := iter.Sector << blk.SectorShift
-	buf := make([]byte, SectorSize)
+	// The whole range is copied out once (kmap per sector in the kernel):
+	// for a ublk request's pages, one read instead of one per sector.
+	var data []byte
+	copied := false
+	if !ioErr && !bbio.Inode.NoDataSum {
+		bp := readCheckBuffers.Get().(*[]byte)
+		defer readCheckBuffers.Put(bp)
+		if cap(*bp) < int(iter.Size) {
+			*bp = make([]byte, iter.Size)
+		}
+		data = (*bp)[:iter.Size]
+		copied = blk.CopyFromBio(bio, iter, data) == nil
+	}
 	allGood := true
-	for iter.Size > 0 {
+	for pos := 0; iter.Size > 0; pos += SectorSize {
 		secIter := iter
 		secIter.Size = SectorSize
 		ok := !ioErr
 		if ok && !bbio.Inode.NoDataSum {
-			if want, has := fs.csums.lookup(logical); has {
-				tmp := secIter
-				if err := copyFromBio(bio, &tmp, buf); err != nil || csumData(buf) != want {
-					fs.stats.csumErrors.Add(1)
-					ok = false
-				}
+			if want, has := fs.csums.lookup(logical); has && (!copied || csumData(data[pos:pos+SectorSize]) != want) {
+				fs.stats.csumErrors.Add(1)
+				ok = false
 			}
 		}
 		if !ok && !fs.repairOneSector(bbio, logical, secIter) {
@@ -39,6 +50,9 @@ func (fs *FsInfo) checkReadBio(bbio *BtrfsBio, iter blk.BvecIter) {
 		bio.Status = blk.StsIOErr
 	}
 }
+
+// readCheckBuffers hold the data checkReadBio verifies.
+var readCheckBuffers = sync.Pool{New: func() any { return new([]byte) }}
 
 // repairOneSector is repair_one_sector + btrfs_repair_io_failure: read the
 // sector from each copy until one is good (its csum matches, or it simply

@@ -3,7 +3,6 @@ package btrfsdio
 import (
 	"fmt"
 	"hash/crc32"
-	"reflect"
 	"sync"
 	"time"
 
@@ -111,7 +110,7 @@ func (c *csummer) add(bv blk.BioVec) error {
 	rm, base := bv.Page.Remote()
 	off := base + int64(bv.Offset)
 	for left := int(bv.Len); left > 0; {
-		if c.n == csumChunk || !sameRemote(rm, c.mem) || off != c.off+int64(c.n) {
+		if c.n == csumChunk || !blk.SameRemote(rm, c.mem) || off != c.off+int64(c.n) {
 			if err := c.flush(); err != nil {
 				return err
 			}
@@ -146,12 +145,6 @@ func (c *csummer) release() {
 	if c.buf != nil {
 		csumBuffers.Put(c.buf)
 	}
-}
-
-// sameRemote reports whether a and b are the same remote memory; memory of
-// a type that cannot be compared never is.
-func sameRemote(a, b blk.RemoteMemory) bool {
-	return a != nil && reflect.TypeOf(a).Comparable() && a == b
 }
 
 // ratelimit is struct ratelimit_state with ___ratelimit: at most burst

@@ -162,8 +162,10 @@ func TestVolatileDetectorRemote(t *testing.T) {
 	if st := write(mem); st.VolatileChecked != 1 || st.VolatileWrites != 0 {
 		t.Fatalf("quiet remote write: checked %d changed %d, want 1 and 0", st.VolatileChecked, st.VolatileWrites)
 	}
-	pages := int64(mib / blk.PageSize)
-	if st := write(&shiftingMemory{fileMemory: mem, at: pages + 1}); st.VolatileChecked != 2 || st.VolatileWrites != 1 {
+	// The first checksum reads the request in csumChunk runs; the next read
+	// is the devices' first copy of it.
+	firstCopy := int64(mib/csumChunk) + 1
+	if st := write(&shiftingMemory{fileMemory: mem, at: firstCopy}); st.VolatileChecked != 2 || st.VolatileWrites != 1 {
 		t.Fatalf("remote write changed in flight: checked %d changed %d, want 2 and 1", st.VolatileChecked, st.VolatileWrites)
 	}
 }

@@ -521,6 +521,9 @@ func (e *memoryError) Error() string { return "bio memory: " + e.err.Error() }
 func (e *memoryError) Unwrap() error { return e.err }
 
 // segCursor walks bio memory sequentially (kmap + memcpy, page by page).
+// Remote pages that follow one another in the same remote memory are
+// copied with one call: for a ublk request that is one pread or pwrite on
+// /dev/ublkcN per contiguous run instead of one per 4 KiB page.
 type segCursor struct {
 	segs []seg
 	i    int
@@ -531,6 +534,8 @@ type segCursor struct {
 func (c *segCursor) copyOut(dst []byte) error {
 	return c.walk(len(dst), func(s seg, at, n, pos int) error {
 		return s.page.ReadAt(dst[pos:pos+n], s.off+at)
+	}, func(mem blk.RemoteMemory, off int64, n, pos int) error {
+		return remoteIO(mem.ReadAt, dst[pos:pos+n], off)
 	})
 }
 
@@ -538,25 +543,67 @@ func (c *segCursor) copyOut(dst []byte) error {
 func (c *segCursor) copyIn(src []byte) error {
 	return c.walk(len(src), func(s seg, at, n, pos int) error {
 		return s.page.WriteAt(src[pos:pos+n], s.off+at)
+	}, func(mem blk.RemoteMemory, off int64, n, pos int) error {
+		return remoteIO(mem.WriteAt, src[pos:pos+n], off)
 	})
 }
 
-func (c *segCursor) walk(total int, fn func(s seg, at, n, pos int) error) error {
+// remoteIO runs one ReadAt or WriteAt of remote memory, all of it or an error.
+func remoteIO(op func([]byte, int64) (int, error), b []byte, off int64) error {
+	n, err := op(b, off)
+	if n == len(b) {
+		return nil
+	}
+	if err == nil {
+		err = io.ErrShortWrite
+	}
+	return fmt.Errorf("%d of %d bytes of remote memory at %d: %w", n, len(b), off, err)
+}
+
+// walk hands total bytes of the segments to local (one page at a time) or
+// to remote (a run of contiguous remote memory at a time).
+func (c *segCursor) walk(total int, local func(s seg, at, n, pos int) error,
+	remote func(mem blk.RemoteMemory, off int64, n, pos int) error) error {
 	for pos := 0; pos < total; {
 		if c.i >= len(c.segs) {
 			return &memoryError{fmt.Errorf("ends %d bytes short", total-pos)}
 		}
 		s := c.segs[c.i]
-		n := min(s.n-c.off, total-pos)
-		if err := fn(s, c.off, n, pos); err != nil {
+		mem, base := s.page.Remote()
+		if mem == nil {
+			n := min(s.n-c.off, total-pos)
+			if err := local(s, c.off, n, pos); err != nil {
+				return &memoryError{err}
+			}
+			pos += n
+			c.advance(n)
+			continue
+		}
+		start := base + int64(s.off+c.off)
+		n := 0
+		for pos+n < total && c.i < len(c.segs) {
+			s := c.segs[c.i]
+			m, b := s.page.Remote()
+			if !blk.SameRemote(m, mem) || b+int64(s.off+c.off) != start+int64(n) {
+				break
+			}
+			k := min(s.n-c.off, total-pos-n)
+			n += k
+			c.advance(k)
+		}
+		if err := remote(mem, start, n, pos); err != nil {
 			return &memoryError{err}
 		}
 		pos += n
-		c.off += n
-		if c.off == s.n {
-			c.i++
-			c.off = 0
-		}
 	}
 	return nil
+}
+
+// advance consumes n bytes of the current segment.
+func (c *segCursor) advance(n int) {
+	c.off += n
+	if c.off == c.segs[c.i].n {
+		c.i++
+		c.off = 0
+	}
 }

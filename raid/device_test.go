@@ -1,12 +1,14 @@
 package raid
 
 import (
+	"bytes"
 	"errors"
 	"io/fs"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 
@@ -165,5 +167,55 @@ func TestMaxDeviceBytes(t *testing.T) {
 	defer v.Close()
 	if v.Capacity() != 4*S {
 		t.Fatalf("capacity %d, want %d", v.Capacity(), 4*S)
+	}
+}
+
+// callCountingRemote counts the calls made to remote memory.
+type callCountingRemote struct {
+	memRemote
+	reads, writes atomic.Int32
+}
+
+func (c *callCountingRemote) ReadAt(p []byte, off int64) (int, error) {
+	c.reads.Add(1)
+	return c.memRemote.ReadAt(p, off)
+}
+
+func (c *callCountingRemote) WriteAt(p []byte, off int64) (int, error) {
+	c.writes.Add(1)
+	return c.memRemote.WriteAt(p, off)
+}
+
+// A bio of contiguous 4 KiB remote pages (a ublk request) is copied in runs
+// of bounce-buffer size, not page by page: one pread/pwrite of the request
+// per run and per copy.
+func TestRemotePagesCopiedInRuns(t *testing.T) {
+	const n = 1 << 20
+	v := newVolume(t, Raid1, 32<<20)
+	mem := &callCountingRemote{memRemote: memRemote{b: randBytes(rand.New(rand.NewPCG(1, 2)), n)}}
+	want := append([]byte(nil), mem.b...)
+	bioOf := func(op blk.Op) *blk.Bio {
+		bio := blk.BioAllocBioset(nil, n/blk.PageSize, blk.Opf(op))
+		for off := 0; off < n; off += blk.PageSize {
+			bio.AddPage(blk.NewRemotePage(mem, int64(off), blk.PageSize), blk.PageSize, 0)
+		}
+		return bio
+	}
+	if st := submitWait(t, v, bioOf(blk.OpWrite), 0); st != blk.StsOK {
+		t.Fatalf("write: %v", st)
+	}
+	// Two copies, each read from the request by itself.
+	if got, wantReads := mem.reads.Load(), int32(2*n/bounceSize); got != wantReads {
+		t.Errorf("write: %d reads of remote memory, want %d", got, wantReads)
+	}
+	clear(mem.b)
+	if st := submitWait(t, v, bioOf(blk.OpRead), 1); st != blk.StsOK {
+		t.Fatalf("read: %v", st)
+	}
+	if got, wantWrites := mem.writes.Load(), int32(n/bounceSize); got != wantWrites {
+		t.Errorf("read: %d writes of remote memory, want %d", got, wantWrites)
+	}
+	if !bytes.Equal(mem.b, want) {
+		t.Error("the data read back differs")
 	}
 }
