@@ -7,7 +7,8 @@ import (
 	"github.com/btrfsdio/btrfsdio/raid"
 )
 
-// CheckReport is what Check found.
+// CheckReport is what Check found (no kernel counterpart: btrfs-progs'
+// check and scrub print theirs).
 type CheckReport struct {
 	Generation uint64
 	// MetaCopies is the status of every copy of the committed metadata.
@@ -22,7 +23,7 @@ type CheckReport struct {
 }
 
 // Clean reports whether every metadata copy is valid and the data scrubbed
-// clean.
+// clean (no kernel counterpart: btrfs check's and scrub's final verdicts).
 func (r *CheckReport) Clean() bool {
 	for _, c := range r.MetaCopies {
 		if c.Err != nil {

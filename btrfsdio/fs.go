@@ -305,8 +305,8 @@ func (fs *FsInfo) reserveData(length, hint uint64) (uint64, uint64, error) {
 	return fs.space.reserve(length, SectorSize, hint)
 }
 
-// freeData drops a data extent that no longer backs the file, and its
-// checksums (btrfs_free_extent -> btrfs_del_csums). With a metadata area the
+// freeData is btrfs_free_extent and btrfs_del_csums: drop a data extent that
+// no longer backs the file, and its checksums. With a metadata area the
 // extent is pinned until the next commit; in memory it is free at once.
 func (fs *FsInfo) freeData(start, length uint64) {
 	fs.csums.delete(start, length)

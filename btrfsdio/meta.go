@@ -51,7 +51,8 @@ const (
 	metaFlagsKnown = metaFlagNoDataSum | metaFlagNoDataCow
 )
 
-// ErrCorruptMeta wraps every reason decodeMeta refuses a copy.
+// ErrCorruptMeta wraps every reason decodeMeta refuses a copy (-EUCLEAN
+// from btrfs_validate_extent_buffer and the tree-checker).
 var ErrCorruptMeta = errors.New("corrupt metadata")
 
 // csumRun is a csum item: the checksums of consecutive sectors.

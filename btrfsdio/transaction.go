@@ -81,8 +81,9 @@ func (inode *Inode) inodeFlags() uint32 {
 	return f
 }
 
-// CommitTransaction is btrfs_commit_transaction: make every metadata
-// change made so far durable, together with the data it maps. Order: take
+// CommitTransaction is btrfs_commit_transaction and btrfs_unpin_extent_range:
+// make every metadata change made so far durable, together with the data it
+// maps. Order: take
 // a snapshot of the metadata; flush every device, so the data of every
 // write that completed before the snapshot is stable; write the snapshot to
 // the inactive slot of every copy and flush; write the superblocks naming
@@ -160,7 +161,7 @@ func (fs *FsInfo) snapshotMeta() *metaImage {
 func (fs *FsInfo) capacity() uint64 { return fs.Vol.Capacity() &^ (SectorSize - 1) }
 
 // MetaCopyStatus is what reading one copy of the committed metadata found
-// (no kernel counterpart: btrfs check prints the like).
+// (no kernel counterpart: btrfs-progs' check prints the like).
 type MetaCopyStatus struct {
 	Where string
 	Err   error // nil: the copy is valid

@@ -59,7 +59,8 @@ type Superblock struct {
 	RootBytes uint64
 }
 
-// MetaAreaBytes is how much of each device the metadata area takes.
+// MetaAreaBytes is how much of each device the metadata area takes (no
+// kernel counterpart: btrfs allocates metadata chunks like data chunks).
 func (sb *Superblock) MetaAreaBytes() uint64 { return 2 * uint64(sb.MetaCopies) * sb.MetaSlotBytes }
 
 // Encode is write_dev_supers' serialisation: the block with its csum.

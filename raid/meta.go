@@ -35,8 +35,8 @@ type MetaCopy struct {
 	Err   error
 }
 
-// OpenMetaArea is open_ctree's btrfs_read_dev_super on every device of v:
-// the root is the one of the newest superblock. A commit writes the
+// OpenMetaArea is btrfs_read_dev_super for every device of v, as open_ctree
+// calls it: the root is the one of the newest superblock. A commit writes the
 // metadata to every device before any superblock, so a crash between two
 // superblocks leaves the newest one pointing to metadata that is whole.
 func OpenMetaArea(v *Volume) (*MetaArea, error) {
@@ -57,14 +57,16 @@ func OpenMetaArea(v *Volume) (*MetaArea, error) {
 	return m, nil
 }
 
-// Root is the committed metadata (btrfs_super_block's root and generation).
+// Root is the committed metadata: btrfs_super_root and
+// btrfs_super_generation of the newest superblock.
 func (m *MetaArea) Root() MetaRoot { return m.root }
 
-// Fsid is the volume's fsid, which the metadata records to prove it
-// belongs here.
+// Fsid is the volume's fsid (fs_devices->fsid), which the metadata records
+// to prove it belongs here, as btrfs_header_fsid does.
 func (m *MetaArea) Fsid() [16]byte { return m.sbs[0].Fsid }
 
-// SlotBytes is the most one commit may write.
+// SlotBytes is the most one commit may write (no kernel counterpart: btrfs
+// metadata grows by allocating chunks).
 func (m *MetaArea) SlotBytes() uint64 { return m.sbs[0].MetaSlotBytes }
 
 // copyOffsets lists (device, offset) of every copy of slot.
