@@ -17,11 +17,11 @@ const exitDamaged = 3
 func init() {
 	registerCommand(&command{
 		name: "check",
-		summary: "offline: validate a volume's superblocks and metadata and scrub its allocated data;\n" +
-			"            exit 0 clean, 3 damage found (a metadata copy, a mirror or a csum; no valid\n" +
-			"            metadata copy at all), 1 when the images cannot be opened, 2 usage",
-		usage: "[--profile P] -f IMG [-f IMG...] [-v]",
-		run:   runCheck,
+		// Exit 3 covers a bad metadata copy, a differing mirror, a csum
+		// error, and no valid metadata copy at all.
+		summary: "offline: validate the metadata, every csum and every mirror; exit 0 clean, 3 damage found, 1 cannot open, 2 usage",
+		usage:   "[--profile P] -f IMG [-f IMG...] [-v]",
+		run:     runCheck,
 	})
 }
 
