@@ -89,7 +89,8 @@ type Options struct {
 	// NoCow sets NODATACOW (which implies NODATASUM, as in btrfs).
 	NoCow bool
 	// Size is the inode's i_size; 0 picks the largest size that leaves
-	// room for copy-on-write (see DefaultSize).
+	// room for copy-on-write (see DefaultSize). Size, DataSum and NoCow
+	// are recorded by the first commit: OpenFsInfo takes them from there.
 	Size uint64
 	Log  logrus.FieldLogger
 }
