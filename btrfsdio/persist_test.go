@@ -179,24 +179,30 @@ func stamp(b []byte, id uint64, off int64) {
 // commits aborted between the metadata and the superblocks, and crashes
 // (no commit) at random points; after each reopen every sector holds what
 // the last acknowledged FLUSH saw or something written since, intact, and
-// check is clean.
+// check is clean. NODATACOW overwrites in place: the same holds per sector.
 func TestCrashConsistency(t *testing.T) {
 	for _, p := range []raid.Profile{raid.Single, raid.Dup, raid.Raid1, raid.Raid10, raid.Raid5, raid.Raid6} {
-		for _, opts := range []Options{{Mode: Bounce, DataSum: true}, {Mode: Bounce}} {
-			t.Run(fmt.Sprintf("%s/datasum=%v", p, opts.DataSum), func(t *testing.T) {
-				testCrashConsistency(t, p, opts)
-			})
+		for _, opts := range []Options{{Mode: Bounce, DataSum: true}, {Mode: Bounce}, {Mode: Bounce, NoCow: true}} {
+			seeds := 3
+			if testing.Short() {
+				seeds = 1
+			}
+			for seed := range uint64(seeds) {
+				t.Run(fmt.Sprintf("%s/datasum=%v/nocow=%v/seed=%d", p, opts.DataSum, opts.NoCow, seed), func(t *testing.T) {
+					testCrashConsistency(t, p, opts, seed)
+				})
+			}
 		}
 	}
 }
 
-func testCrashConsistency(t *testing.T, p raid.Profile, opts Options) {
+func testCrashConsistency(t *testing.T, p raid.Profile, opts Options, seed uint64) {
 	pf := newPersistFS(t, p, 4<<20, opts)
 	size := pf.Inode().ISize()
 	nsec := int(size / SectorSize)
 	durable := make([]uint64, nsec) // write id per sector at the last FLUSH (0: zeroes)
 	since := make([]map[uint64]bool, nsec)
-	rng := rand.New(rand.NewPCG(uint64(p), 99))
+	rng := rand.New(rand.NewPCG(uint64(p), 99+seed))
 	id := uint64(0)
 	for cycle := 0; cycle < 6; cycle++ {
 		steps := 5 + rng.IntN(40)
