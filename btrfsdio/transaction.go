@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -207,12 +208,12 @@ func loadRoot(meta *raid.MetaArea, capacity uint64) (*metaImage, []MetaCopyStatu
 	if img != nil {
 		return img, status, nil
 	}
-	var errs []error
+	var why []string
 	for _, s := range status {
-		errs = append(errs, fmt.Errorf("%s: %w", s.Where, s.Err))
+		why = append(why, fmt.Sprintf("%s: %v", s.Where, s.Err))
 	}
-	return nil, status, fmt.Errorf("btrfsdio: %w of generation %d (%v): refusing to open the volume; the images are left untouched",
-		errNoValidRoot, meta.Root().Generation, errors.Join(errs...))
+	return nil, status, fmt.Errorf("btrfsdio: %w of generation %d (%s): refusing to open the volume; the images are left untouched",
+		errNoValidRoot, meta.Root().Generation, strings.Join(why, "; "))
 }
 
 // OpenFsInfo is open_ctree: mount the filesystem on vol, a volume with
