@@ -204,17 +204,16 @@ func (inode *Inode) PunchHole(pos, length uint64) error {
 	defer inode.ilock.Unlock()
 	end := pos + length - 1
 	inode.lockAndFlushOrderedRange(pos, end)
+	inode.fs.trans.mu.RLock()
 	for _, s := range inode.extents.replace(pos, length, holeAddr) {
 		inode.fs.freeData(s.start, s.len)
 	}
+	inode.fs.trans.mu.RUnlock()
 	inode.IOTree.UnlockExtent(pos, end)
 	return nil
 }
 
-// Flush is a REQ_PREFLUSH on every device (btrfs_sync_file's barrier).
-func (fs *FsInfo) Flush() error {
-	if err := fs.Vol.Flush(); err != nil {
-		return fmt.Errorf("btrfsdio: flush: %w", err)
-	}
-	return nil
-}
+// Flush is btrfs_sync_file: every write completed before it, and every
+// hole punched, is durable when it returns, data and the metadata that maps
+// it (a transaction commit, which flushes every device first).
+func (fs *FsInfo) Flush() error { return fs.CommitTransaction() }

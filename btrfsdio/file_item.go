@@ -2,6 +2,7 @@ package btrfsdio
 
 import (
 	"hash/crc32"
+	"slices"
 	"sync"
 )
 
@@ -45,5 +46,33 @@ func (c *csumTree) delete(logical, length uint64) {
 	defer c.mu.Unlock()
 	for off := uint64(0); off < length; off += SectorSize {
 		delete(c.sums, logical+off)
+	}
+}
+
+// runs lists the checksums as runs of consecutive sectors, sorted (the csum
+// items a commit writes).
+func (c *csumTree) runs() []csumRun {
+	c.mu.RLock()
+	keys := make([]uint64, 0, len(c.sums))
+	for k := range c.sums {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	var out []csumRun
+	for _, k := range keys {
+		if n := len(out); n > 0 && out[n-1].logical+uint64(len(out[n-1].sums))*SectorSize == k {
+			out[n-1].sums = append(out[n-1].sums, c.sums[k])
+			continue
+		}
+		out = append(out, csumRun{logical: k, sums: []uint32{c.sums[k]}})
+	}
+	c.mu.RUnlock()
+	return out
+}
+
+// load inserts committed csum runs.
+func (c *csumTree) load(runs []csumRun) {
+	for _, r := range runs {
+		c.insert(r.logical, r.sums)
 	}
 }

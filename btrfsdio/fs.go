@@ -89,7 +89,8 @@ type Options struct {
 	// NoCow sets NODATACOW (which implies NODATASUM, as in btrfs).
 	NoCow bool
 	// Size is the inode's i_size; 0 picks the largest size that leaves
-	// room for copy-on-write (see DefaultSize).
+	// room for copy-on-write (see DefaultSize). Size, DataSum and NoCow
+	// are recorded by the first commit: OpenFsInfo takes them from there.
 	Size uint64
 	Log  logrus.FieldLogger
 }
@@ -123,6 +124,9 @@ type Faults struct {
 	OrderedAlloc atomic.Int64
 	// OrderedSplit fails btrfs_split_ordered_extent.
 	OrderedSplit atomic.Int64
+	// CommitAbort aborts transaction commits after their metadata write,
+	// before the superblocks (with EIO): a crash in mid-commit.
+	CommitAbort atomic.Int64
 }
 
 func (f *Faults) take(c *atomic.Int64) error {
@@ -161,6 +165,9 @@ type Stats struct {
 	// in flight, out of VolatileChecked checked (see volatile.go).
 	VolatileWrites  int64 `json:"volatile_writes"`
 	VolatileChecked int64 `json:"volatile_checked"`
+	// Commits and CommitFailures count transaction commits.
+	Commits        int64 `json:"commits"`
+	CommitFailures int64 `json:"commit_failures"`
 }
 
 type stats struct {
@@ -171,6 +178,7 @@ type stats struct {
 	bounceBbios, emptyBbios, leakedPages            atomic.Int64
 	readRepairs, csumErrors, bufferedWrites         atomic.Int64
 	volatileWrites, volatileChecked                 atomic.Int64
+	commits, commitFailures                         atomic.Int64
 }
 
 // FsInfo is struct btrfs_fs_info, reduced to one data chunk and one inode.
@@ -194,6 +202,9 @@ type FsInfo struct {
 	inode     *Inode
 	// volatileLimit rate-limits the volatile write detector's warnings.
 	volatileLimit ratelimit
+	// meta is where commits go; nil for an in-memory filesystem.
+	meta  *raid.MetaArea
+	trans transaction
 }
 
 // Inode is struct btrfs_inode for the one file the device exposes.
@@ -212,7 +223,8 @@ type Inode struct {
 }
 
 // NewFsInfo is open_ctree, reduced: mount vol as an empty filesystem holding
-// one inode.
+// one inode, kept in memory only (OpenFsInfo is the persistent mount): a
+// commit is a device flush and freed extents are reusable at once.
 func NewFsInfo(vol *raid.Volume, opts Options) (*FsInfo, error) {
 	if vol == nil {
 		return nil, errors.New("btrfsdio: no volume")
@@ -256,10 +268,12 @@ func (fs *FsInfo) Stats() Stats {
 		ReadRepairs: s.readRepairs.Load(), CsumErrors: s.csumErrors.Load(),
 		BufferedWrites: s.bufferedWrites.Load(),
 		VolatileWrites: s.volatileWrites.Load(), VolatileChecked: s.volatileChecked.Load(),
+		Commits: s.commits.Load(), CommitFailures: s.commitFailures.Load(),
 	}
 }
 
-// UsedBytes is the data space_info's bytes_used.
+// UsedBytes is the data space_info's bytes_used + bytes_pinned +
+// bytes_reserved.
 func (fs *FsInfo) UsedBytes() uint64 { return fs.space.usedBytes() }
 
 // Csum is btrfs_lookup_csum: the stored checksum of the data sector at
@@ -278,16 +292,30 @@ func (fs *FsInfo) AllocatedExtents() [][2]uint64 {
 
 func (fs *FsInfo) warnf(format string, args ...any) { fs.log.Warnf("BTRFS warning: "+format, args...) }
 
-// reserveData is btrfs_reserve_extent for data.
+// reserveData is btrfs_reserve_extent for data. When space runs out while
+// extents are pinned it commits the transaction, which unpins them, and
+// tries again (flush_space's COMMIT_TRANS).
 func (fs *FsInfo) reserveData(length, hint uint64) (uint64, uint64, error) {
+	start, got, err := fs.space.reserve(length, SectorSize, hint)
+	if !errors.Is(err, syscall.ENOSPC) || !fs.trans.hasPinned() {
+		return start, got, err
+	}
+	if cerr := fs.CommitTransaction(); cerr != nil {
+		return 0, 0, fmt.Errorf("btrfsdio: committing to unpin space: %w", errors.Join(err, cerr))
+	}
 	return fs.space.reserve(length, SectorSize, hint)
 }
 
-// freeData frees a data extent and its checksums (btrfs_free_extent ->
-// btrfs_del_csums).
+// freeData is btrfs_free_extent and btrfs_del_csums: drop a data extent that
+// no longer backs the file, and its checksums. With a metadata area the
+// extent is pinned until the next commit; in memory it is free at once.
 func (fs *FsInfo) freeData(start, length uint64) {
 	fs.csums.delete(start, length)
-	fs.space.release(start, length)
+	if fs.meta == nil {
+		fs.space.release(start, length)
+		return
+	}
+	fs.trans.pin(start, length)
 }
 
 // ISize is i_size_read.

@@ -239,9 +239,12 @@ func (inode *Inode) finishOrderedIO(oe *OrderedExtent) {
 	ioerr := oe.flags&OrderedIOErr != 0
 	nocow := oe.flags&OrderedNocow != 0
 	inode.orderedMu.Unlock()
+	// The metadata changes below belong to the running transaction.
+	fs.trans.mu.RLock()
 	switch {
 	case ioerr && !nocow:
-		fs.freeData(oe.DiskBytenr, oe.DiskNumBytes)
+		// Never mapped: btrfs_free_reserved_extent, no pinning.
+		fs.space.release(oe.DiskBytenr, oe.DiskNumBytes)
 		fs.stats.orderedFailed.Add(1)
 	case ioerr:
 		fs.stats.orderedFailed.Add(1)
@@ -254,6 +257,7 @@ func (inode *Inode) finishOrderedIO(oe *OrderedExtent) {
 		}
 		inode.insertSums(oe)
 	}
+	fs.trans.mu.RUnlock()
 	inode.orderedMu.Lock()
 	oe.flags |= OrderedComplete
 	inode.removeOrderedLocked(oe)

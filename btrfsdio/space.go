@@ -1,6 +1,7 @@
 package btrfsdio
 
 import (
+	"slices"
 	"sort"
 	"sync"
 	"syscall"
@@ -19,6 +20,27 @@ type span struct{ start, len uint64 }
 
 func newFreeSpace(start, length uint64) *freeSpace {
 	return &freeSpace{free: []span{{start, length}}}
+}
+
+// newFreeSpaceExcept is the free space of [0, capacity) once the disjoint
+// used ranges are taken (what caching the block group from the extent
+// tree finds).
+func newFreeSpaceExcept(capacity uint64, used []span) *freeSpace {
+	used = slices.Clone(used)
+	slices.SortFunc(used, func(a, b span) int { return cmpU64(a.start, b.start) })
+	f := &freeSpace{}
+	at := uint64(0)
+	for _, u := range used {
+		if u.start > at {
+			f.free = append(f.free, span{at, u.start - at})
+		}
+		at = u.start + u.len
+		f.used += u.len
+	}
+	if at < capacity {
+		f.free = append(f.free, span{at, capacity - at})
+	}
+	return f
 }
 
 // reserve is btrfs_reserve_extent: find up to want bytes (at least minLen)

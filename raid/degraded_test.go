@@ -16,7 +16,7 @@ import (
 var redundantProfiles = []Profile{Raid1, Raid1C3, Raid1C4, Raid10, Raid5, Raid6}
 
 // degradedImageSize gives every test device 4 stripes after the reserved MiB.
-const degradedImageSize = R + 4*S
+const degradedImageSize = 2 << 20
 
 // formatModel formats n fresh images with p, fills the whole chunk with
 // random data (the model) and closes the volume. It returns the image paths.

@@ -20,9 +20,13 @@ const (
 	SuperInfoSize = 4096
 	superCsumSize = 32
 	// SuperMagic identifies a btrfsdio device ("_BHRfS_M" is btrfs's).
-	SuperMagic      = "BTRFSDIO"
-	superVersion    = 1
+	SuperMagic = "BTRFSDIO"
+	// superVersion 2 added the metadata area and its root (version 1
+	// kept the file's mapping in memory only).
+	superVersion    = 2
 	superMirrorsMax = 3
+	// superUsedBytes is where the encoded fields end.
+	superUsedBytes = 160
 )
 
 // superOffsets are the copies: btrfs_sb_offset's 64 KiB primary, and two
@@ -45,7 +49,20 @@ type Superblock struct {
 	// device growing later.
 	TotalBytes    uint64
 	ChunkDevBytes uint64
+	// MetaSlotBytes and MetaCopies size the metadata area that follows
+	// the chunk on every device: two alternating slots of MetaSlotBytes,
+	// MetaCopies times (2 on a single device: DUP, else 1 per device).
+	MetaSlotBytes uint64
+	MetaCopies    uint32
+	// RootSlot and RootBytes locate the metadata committed at Generation
+	// (btrfs_super_block.root); RootBytes 0 means nothing committed yet.
+	RootSlot  uint32
+	RootBytes uint64
 }
+
+// MetaAreaBytes is how much of each device the metadata area takes (no
+// kernel counterpart: btrfs allocates metadata chunks like data chunks).
+func (sb *Superblock) MetaAreaBytes() uint64 { return 2 * uint64(sb.MetaCopies) * sb.MetaSlotBytes }
 
 // Encode is write_dev_supers' serialisation: the block with its csum.
 func (sb *Superblock) Encode() []byte {
@@ -62,6 +79,10 @@ func (sb *Superblock) Encode() []byte {
 	copy(b[104:120], sb.DevUUID[:])
 	le.PutUint64(b[120:], sb.TotalBytes)
 	le.PutUint64(b[128:], sb.ChunkDevBytes)
+	le.PutUint64(b[136:], sb.MetaSlotBytes)
+	le.PutUint32(b[144:], sb.MetaCopies)
+	le.PutUint32(b[148:], sb.RootSlot)
+	le.PutUint64(b[152:], sb.RootBytes)
 	le.PutUint32(b[0:], crc32.Checksum(b[superCsumSize:], castagnoli))
 	return b
 }
@@ -92,12 +113,16 @@ func DecodeSuperblock(b []byte, bytenr uint64) (*Superblock, error) {
 		Bytenr: le.Uint64(b[48:]), Generation: le.Uint64(b[72:]), Version: le.Uint32(b[80:]),
 		Profile: Profile(le.Uint32(b[84:])), NumDevices: le.Uint64(b[88:]), Devid: le.Uint64(b[96:]),
 		TotalBytes: le.Uint64(b[120:]), ChunkDevBytes: le.Uint64(b[128:]),
+		MetaSlotBytes: le.Uint64(b[136:]), MetaCopies: le.Uint32(b[144:]),
+		RootSlot: le.Uint32(b[148:]), RootBytes: le.Uint64(b[152:]),
 	}
 	copy(sb.Fsid[:], b[32:48])
 	copy(sb.DevUUID[:], b[104:120])
 	switch {
 	case sb.Bytenr != bytenr:
 		return nil, fmt.Errorf("%w: copy at %d says it lives at %d", ErrCorruptSuper, bytenr, sb.Bytenr)
+	case sb.Version == 1:
+		return nil, fmt.Errorf("%w: format version 1 kept the file's mapping in memory only, so the image holds no reachable data: recreate it", ErrCorruptSuper)
 	case sb.Version != superVersion:
 		return nil, fmt.Errorf("%w: version %d, this program knows %d", ErrCorruptSuper, sb.Version, superVersion)
 	case !sb.Profile.valid():
@@ -110,6 +135,12 @@ func DecodeSuperblock(b []byte, bytenr uint64) (*Superblock, error) {
 		return nil, fmt.Errorf("%w: chunk uses %d of %d device bytes", ErrCorruptSuper, sb.ChunkDevBytes, sb.TotalBytes)
 	case sb.Generation == 0:
 		return nil, fmt.Errorf("%w: generation 0", ErrCorruptSuper)
+	case sb.MetaCopies < 1 || sb.MetaCopies > 2 || sb.MetaSlotBytes == 0 || sb.MetaSlotBytes%SectorSize != 0 ||
+		sb.MetaSlotBytes > sb.TotalBytes || sb.ChunkDevBytes+sb.MetaAreaBytes() > sb.TotalBytes:
+		return nil, fmt.Errorf("%w: metadata area of %d x 2 x %d bytes after %d does not fit %d device bytes",
+			ErrCorruptSuper, sb.MetaCopies, sb.MetaSlotBytes, sb.ChunkDevBytes, sb.TotalBytes)
+	case sb.RootSlot > 1 || sb.RootBytes > sb.MetaSlotBytes || sb.RootBytes%SectorSize != 0:
+		return nil, fmt.Errorf("%w: metadata root of %d bytes in slot %d", ErrCorruptSuper, sb.RootBytes, sb.RootSlot)
 	}
 	return sb, nil
 }
@@ -170,8 +201,19 @@ func (d *Device) WriteSuper(sb *Superblock) error {
 	return nil
 }
 
+// metaSlotBytes sizes one metadata slot for a volume of ndevs devices of
+// size bytes: the data capacity is at most ndevs*size, and its metadata at
+// most 1/146 of it (a 24-byte file extent and a 4-byte csum per 4 KiB
+// sector, plus block headers), so 1/128 and 64 KiB more always fit.
+func metaSlotBytes(ndevs int, size uint64) uint64 {
+	return (uint64(ndevs)*size/128 + 2*metaSlotAlign - 1) / metaSlotAlign * metaSlotAlign
+}
+
+const metaSlotAlign = 64 << 10
+
 // Format is mkfs.btrfs for one data chunk: give every device a superblock
-// naming the new volume, its profile and the device's place in it.
+// naming the new volume, its profile and the device's place in it, and
+// set aside the metadata area at the end of every device.
 func Format(devs []*Device, p Profile) (*Superblock, error) {
 	if err := checkDeviceCount(devs, p); err != nil {
 		return nil, err
@@ -180,6 +222,16 @@ func Format(devs []*Device, p Profile) (*Superblock, error) {
 	for _, d := range devs[1:] {
 		size = min(size, d.Size())
 	}
+	copies := uint32(1)
+	if len(devs) == 1 {
+		copies = 2
+	}
+	slot := metaSlotBytes(len(devs), size)
+	area := 2 * uint64(copies) * slot
+	if size < MinDeviceSize+area {
+		return nil, fmt.Errorf("raid: format: devices of %d bytes are too small for a %d-byte metadata area and %d bytes of data",
+			size, area, MinDeviceSize)
+	}
 	var fsid [16]byte
 	if _, err := rand.Read(fsid[:]); err != nil {
 		return nil, fmt.Errorf("raid: format: %w", err)
@@ -187,7 +239,8 @@ func Format(devs []*Device, p Profile) (*Superblock, error) {
 	var first *Superblock
 	for i, d := range devs {
 		sb := &Superblock{Fsid: fsid, Generation: 1, Version: superVersion, Profile: p,
-			NumDevices: uint64(len(devs)), Devid: uint64(i + 1), TotalBytes: d.Size(), ChunkDevBytes: size}
+			NumDevices: uint64(len(devs)), Devid: uint64(i + 1), TotalBytes: d.Size(), ChunkDevBytes: size - area,
+			MetaSlotBytes: slot, MetaCopies: copies}
 		if _, err := rand.Read(sb.DevUUID[:]); err != nil {
 			return nil, fmt.Errorf("raid: format: %w", err)
 		}
@@ -271,10 +324,11 @@ func checkMembers(devs []*Device, sbs []*Superblock, want Profile, degraded bool
 		case sb.Fsid != first.Fsid:
 			return nil, fmt.Errorf("raid: %s belongs to volume %x, %s to %x: refusing to mix volumes",
 				devs[i].Path(), sb.Fsid[:4], devs[0].Path(), first.Fsid[:4])
-		case sb.Profile != first.Profile || sb.NumDevices != first.NumDevices || sb.ChunkDevBytes != first.ChunkDevBytes:
+		case sb.Profile != first.Profile || sb.NumDevices != first.NumDevices || sb.ChunkDevBytes != first.ChunkDevBytes ||
+			sb.MetaSlotBytes != first.MetaSlotBytes || sb.MetaCopies != first.MetaCopies:
 			return nil, fmt.Errorf("raid: %s disagrees with %s about the volume (profile, device count or size)", devs[i].Path(), devs[0].Path())
-		case devs[i].Size() < sb.ChunkDevBytes:
-			return nil, fmt.Errorf("raid: %s is %d bytes, the volume uses %d of it: truncated image", devs[i].Path(), devs[i].Size(), sb.ChunkDevBytes)
+		case devs[i].Size() < sb.ChunkDevBytes+sb.MetaAreaBytes():
+			return nil, fmt.Errorf("raid: %s is %d bytes, the volume uses %d of it: truncated image", devs[i].Path(), devs[i].Size(), sb.ChunkDevBytes+sb.MetaAreaBytes())
 		}
 	}
 	if want != AnyProfile && first.Profile != want {

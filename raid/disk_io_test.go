@@ -146,7 +146,8 @@ func TestCorruptPrimaryFallsBackToBackup(t *testing.T) {
 // csum right) and expects a clear refusal.
 func TestDecodeRejectsEachBadField(t *testing.T) {
 	good := &Superblock{Bytenr: superOffsets[0], Generation: 3, Version: superVersion, Profile: Raid1,
-		NumDevices: 2, Devid: 1, TotalBytes: 8 << 20, ChunkDevBytes: 8 << 20}
+		NumDevices: 2, Devid: 1, TotalBytes: 8 << 20, ChunkDevBytes: 7 << 20,
+		MetaSlotBytes: 128 << 10, MetaCopies: 1, RootSlot: 1, RootBytes: 8 << 10}
 	if _, err := DecodeSuperblock(good.Encode(), superOffsets[0]); err != nil {
 		t.Fatalf("good superblock refused: %v", err)
 	}
@@ -159,6 +160,10 @@ func TestDecodeRejectsEachBadField(t *testing.T) {
 		"numdevices": func(b []byte) { le.PutUint64(b[88:], 0) },
 		"devid":      func(b []byte) { le.PutUint64(b[96:], 3) },
 		"chunkbytes": func(b []byte) { le.PutUint64(b[128:], 9<<20) },
+		"metaslot":   func(b []byte) { le.PutUint64(b[136:], 4<<20) },
+		"metacopies": func(b []byte) { le.PutUint32(b[144:], 3) },
+		"rootslot":   func(b []byte) { le.PutUint32(b[148:], 2) },
+		"rootbytes":  func(b []byte) { le.PutUint64(b[152:], 100) },
 	}
 	for name, mutate := range cases {
 		b := good.Encode()
@@ -184,7 +189,8 @@ func TestDecodeRejectsEachBadField(t *testing.T) {
 // accepts encodes back to the same bytes.
 func FuzzDecodeSuperblock(f *testing.F) {
 	good := &Superblock{Bytenr: superOffsets[0], Generation: 1, Version: superVersion, Profile: Raid6,
-		NumDevices: 4, Devid: 2, TotalBytes: 1 << 30, ChunkDevBytes: 1 << 29}
+		NumDevices: 4, Devid: 2, TotalBytes: 1 << 30, ChunkDevBytes: 1 << 29,
+		MetaSlotBytes: 32 << 20, MetaCopies: 1, RootBytes: 64 << 10}
 	f.Add(good.Encode())
 	f.Add(make([]byte, SuperInfoSize))
 	f.Add([]byte("short"))
@@ -193,7 +199,7 @@ func FuzzDecodeSuperblock(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if !bytes.Equal(sb.Encode()[superCsumSize:136], b[superCsumSize:136]) {
+		if !bytes.Equal(sb.Encode()[superCsumSize:superUsedBytes], b[superCsumSize:superUsedBytes]) {
 			t.Fatal("accepted superblock does not encode back to its bytes")
 		}
 	})

@@ -19,7 +19,10 @@ type Btrfs struct {
 
 // Params are the device parameters this target offers: 4 KiB logical
 // blocks (the btrfs sector size, so direct IO never falls back), a volatile
-// cache with FUA, and discard / write-zeroes as hole punching.
+// cache with FUA, and discard / write-zeroes as hole punching. The cache is
+// volatile because a completed write is durable only after the next
+// transaction commit: FLUSH commits (Flush), and a FUA write commits before
+// it completes.
 func (t *Btrfs) Params() ublk.TargetParams {
 	return ublk.TargetParams{
 		Size:             uint64(t.FS.Inode().ISize()),
@@ -71,11 +74,6 @@ func (t *Btrfs) Handle(r *ublk.Request) int32 {
 // counterpart).
 func (t *Btrfs) Stats() btrfsdio.Stats { return t.FS.Stats() }
 
-// Close flushes and closes the volume.
-func (t *Btrfs) Close() error {
-	ferr := t.FS.Flush()
-	if err := t.FS.Vol.Close(); err != nil {
-		return err
-	}
-	return ferr
-}
+// Close commits the transaction and closes the volume (close_ctree), on
+// `del` and on SIGTERM alike.
+func (t *Btrfs) Close() error { return t.FS.Close() }

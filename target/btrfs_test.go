@@ -100,3 +100,69 @@ func TestHandleEveryOp(t *testing.T) {
 		}
 	}
 }
+
+// TestFlushAndFUAAreDurable: on formatted images, what a FUA write or a
+// FLUSH acknowledged survives a crash (the volume closed without commit),
+// and a discard acknowledged by a later FLUSH does too.
+func TestFlushAndFUAAreDurable(t *testing.T) {
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	dir := t.TempDir()
+	paths := []string{filepath.Join(dir, "a"), filepath.Join(dir, "b")}
+	open := func(create int64) *Btrfs {
+		var devs []*raid.Device
+		for _, p := range paths {
+			d, err := raid.OpenDevice(p, raid.DeviceOptions{Create: create > 0, Size: create, Logger: log})
+			if err != nil {
+				t.Fatal(err)
+			}
+			devs = append(devs, d)
+		}
+		vol, _, err := raid.OpenVolume(devs, raid.OpenOptions{Profile: raid.Raid1, Volume: raid.VolumeOptions{Logger: log}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		fs, err := btrfsdio.OpenFsInfo(vol, btrfsdio.Options{Mode: btrfsdio.Bounce, DataSum: true, Log: log})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &Btrfs{FS: fs}
+	}
+	tg := open(16 << 20)
+	a, b := bytes.Repeat([]byte("fua!"), 16<<10), bytes.Repeat([]byte("flsh"), 16<<10)
+	if got := tg.Handle(req(ublk.OpWrite, 0, a, ublk.ReqFUA)); got != int32(len(a)) {
+		t.Fatalf("FUA write returned %d", got)
+	}
+	if got := tg.Handle(req(ublk.OpWrite, 1<<20, b, 0)); got != int32(len(b)) {
+		t.Fatalf("write returned %d", got)
+	}
+	if got := tg.Handle(req(ublk.OpDiscard, 0, make([]byte, 4096), 0)); got != 0 {
+		t.Fatalf("discard returned %d", got)
+	}
+	if got := tg.Handle(&ublk.Request{Op: ublk.OpFlush}); got != 0 {
+		t.Fatalf("flush returned %d", got)
+	}
+	tg.FS.Vol.Close() // crash: no commit
+	tg = open(0)
+	want := append(make([]byte, 4096), a[4096:]...)
+	for _, c := range []struct {
+		off  int64
+		want []byte
+	}{{0, want}, {1 << 20, b}} {
+		out := make([]byte, len(c.want))
+		if got := tg.Handle(req(ublk.OpRead, c.off, out, 0)); got != int32(len(out)) || !bytes.Equal(out, c.want) {
+			t.Fatalf("at %d after the crash: %d, equal %v", c.off, got, bytes.Equal(out, c.want))
+		}
+	}
+	// A FUA write alone, then a crash.
+	if got := tg.Handle(req(ublk.OpWrite, 2<<20, b, ublk.ReqFUA)); got != int32(len(b)) {
+		t.Fatalf("FUA write returned %d", got)
+	}
+	tg.FS.Vol.Close()
+	tg = open(0)
+	defer tg.Close()
+	out := make([]byte, len(b))
+	if got := tg.Handle(req(ublk.OpRead, 2<<20, out, 0)); got != int32(len(out)) || !bytes.Equal(out, b) {
+		t.Fatalf("FUA write lost in a crash: %d", got)
+	}
+}

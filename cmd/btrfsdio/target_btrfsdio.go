@@ -183,7 +183,9 @@ func (f *btrfsFactory) Build() (ublk.Target, ublk.TargetParams, error) {
 	if err != nil {
 		return nil, ublk.TargetParams{}, err
 	}
-	fs, err := btrfsdio.NewFsInfo(vol, btrfsdio.Options{
+	// Existing images are mounted with their data; a volume whose
+	// metadata has no valid copy is refused, never reformatted.
+	fs, err := btrfsdio.OpenFsInfo(vol, btrfsdio.Options{
 		Mode: f.mode, Faithful: f.faithful, DataSum: f.datasum, NoCow: f.nocow, Log: log,
 		NoVolatileDetect: !f.detectVolatile,
 	})
@@ -192,8 +194,9 @@ func (f *btrfsFactory) Build() (ublk.Target, ublk.TargetParams, error) {
 		return nil, ublk.TargetParams{}, err
 	}
 	t := &target.Btrfs{FS: fs}
-	log.Infof("btrfsdio: profile %s, dio %s, datasum %v, nocow %v, %d devices, %d bytes",
-		f.p, f.mode, f.datasum, f.nocow, len(f.files), fs.Inode().ISize())
+	inode := fs.Inode()
+	log.Infof("btrfsdio: profile %s, dio %s, datasum %v, nocow %v, %d devices, %d bytes, generation %d",
+		vol.Profile(), f.mode, !inode.NoDataSum, inode.NoDataCow, len(f.files), inode.ISize(), fs.Generation())
 	return t, t.Params(), nil
 }
 

@@ -1,0 +1,297 @@
+package btrfsdio
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/btrfsdio/btrfsdio/raid"
+)
+
+// transaction is the running transaction (struct btrfs_transaction and the
+// fs_info fields a commit uses). Crash safety rests on two rules:
+//
+//   - A commit writes the metadata to the slot the committed root does not
+//     use and flushes it before any superblock names it, so a crash leaves
+//     either the old or the new root whole.
+//   - A data extent that stops backing the file (overwritten by COW,
+//     punched) is pinned, not freed: the committed root may still map it,
+//     so it must not be reallocated and overwritten until a commit that no
+//     longer maps it is on disk (btrfs_pin_extent, then
+//     btrfs_unpin_extent_range after the commit).
+//
+// NODATACOW overwrites in place, as btrfs's nodatacow does: a crash may
+// leave a mix of old and new data in such an extent, and only the order of
+// FLUSH against the writes says what is durable.
+type transaction struct {
+	// mu orders metadata changes against a commit's snapshot: changes
+	// (ordered extent completion, hole punching) hold it shared, the
+	// snapshot holds it exclusive.
+	mu sync.RWMutex
+	// commitMu lets one commit run at a time.
+	commitMu sync.Mutex
+	pinMu    sync.Mutex
+	pinned   []span // freed since the snapshot of the last commit
+	// generation is the last committed (or, after a half-written set of
+	// superblocks, possibly committed) generation.
+	generation uint64
+}
+
+// pin is btrfs_pin_extent: keep a freed range from reallocation until
+// the next commit is on disk.
+func (t *transaction) pin(start, length uint64) {
+	t.pinMu.Lock()
+	t.pinned = append(t.pinned, span{start, length})
+	t.pinMu.Unlock()
+}
+
+// takePinned returns the pinned ranges and starts a new list.
+func (t *transaction) takePinned() []span {
+	t.pinMu.Lock()
+	defer t.pinMu.Unlock()
+	p := t.pinned
+	t.pinned = nil
+	return p
+}
+
+// repin gives back ranges a failed commit could not unpin.
+func (t *transaction) repin(p []span) {
+	t.pinMu.Lock()
+	t.pinned = append(t.pinned, p...)
+	t.pinMu.Unlock()
+}
+
+func (t *transaction) hasPinned() bool {
+	t.pinMu.Lock()
+	defer t.pinMu.Unlock()
+	return len(t.pinned) > 0
+}
+
+// inodeFlags are the stored inode flags.
+func (inode *Inode) inodeFlags() uint32 {
+	var f uint32
+	if inode.NoDataSum {
+		f |= metaFlagNoDataSum
+	}
+	if inode.NoDataCow {
+		f |= metaFlagNoDataCow
+	}
+	return f
+}
+
+// CommitTransaction is btrfs_commit_transaction and btrfs_unpin_extent_range:
+// make every metadata change made so far durable, together with the data it
+// maps. Order: take
+// a snapshot of the metadata; flush every device, so the data of every
+// write that completed before the snapshot is stable; write the snapshot to
+// the inactive slot of every copy and flush; write the superblocks naming
+// it (each device flushed); then unpin what the snapshot no longer maps
+// (btrfs_finish_extent_commit). Without a metadata area (NewFsInfo) it is
+// the device flush alone.
+func (fs *FsInfo) CommitTransaction() error {
+	if fs.meta == nil {
+		if err := fs.Vol.Flush(); err != nil {
+			return fmt.Errorf("btrfsdio: flush: %w", err)
+		}
+		return nil
+	}
+	t := &fs.trans
+	t.commitMu.Lock()
+	defer t.commitMu.Unlock()
+	t.mu.Lock()
+	img := fs.snapshotMeta()
+	pinned := t.takePinned()
+	t.mu.Unlock()
+	img.generation = t.generation + 1
+	root := raid.MetaRoot{Generation: img.generation, Slot: int(img.generation % 2)}
+	err := fs.writeRoot(img, &root)
+	if err == nil {
+		err = fs.meta.WriteSupers(root)
+		if err != nil {
+			// Some superblocks may name the new root: never write its
+			// slot again, and keep the pins, which it may still need.
+			t.generation = root.Generation
+		}
+	}
+	if err != nil {
+		t.repin(pinned)
+		fs.stats.commitFailures.Add(1)
+		return fmt.Errorf("btrfsdio: commit of generation %d: %w", root.Generation, err)
+	}
+	t.generation = root.Generation
+	for _, s := range pinned {
+		fs.space.release(s.start, s.len) // btrfs_unpin_extent_range
+	}
+	fs.stats.commits.Add(1)
+	return nil
+}
+
+// writeRoot is btrfs_write_and_wait_transaction with the barrier before
+// it: flush the data, then write and flush img's encoding in root's slot.
+// Faults.CommitAbort stops it there, before the superblocks.
+func (fs *FsInfo) writeRoot(img *metaImage, root *raid.MetaRoot) error {
+	b := encodeMeta(img)
+	root.Bytes = uint64(len(b))
+	if root.Bytes > fs.meta.SlotBytes() {
+		return fmt.Errorf("metadata of %d bytes exceeds the %d-byte slot: %w", len(b), fs.meta.SlotBytes(), syscall.ENOSPC)
+	}
+	if err := fs.Vol.Flush(); err != nil {
+		return fmt.Errorf("flushing data: %w", err)
+	}
+	if err := fs.meta.WriteSlot(root.Slot, b); err != nil {
+		return err
+	}
+	if fs.Faults.take(&fs.Faults.CommitAbort) != nil {
+		return fmt.Errorf("aborted before the superblocks (fault injected): %w", syscall.EIO)
+	}
+	return nil
+}
+
+// snapshotMeta copies the metadata; the caller holds trans.mu exclusive.
+func (fs *FsInfo) snapshotMeta() *metaImage {
+	return &metaImage{
+		fsid: fs.meta.Fsid(), size: fs.inode.size, flags: fs.inode.inodeFlags(),
+		capacity: fs.capacity(), extents: fs.inode.extents.snapshot(), csums: fs.csums.runs(),
+	}
+}
+
+// capacity is the data chunk's length in whole sectors.
+func (fs *FsInfo) capacity() uint64 { return fs.Vol.Capacity() &^ (SectorSize - 1) }
+
+// MetaCopyStatus is what reading one copy of the committed metadata found
+// (no kernel counterpart: btrfs-progs' check prints the like).
+type MetaCopyStatus struct {
+	Where string
+	Err   error // nil: the copy is valid
+}
+
+// readRoot is btrfs_read_tree_root with read_extent_buffer's mirror loop:
+// the first copy of the committed root that decodes, validates, and
+// belongs to this volume and generation, and the status of every copy.
+func readRoot(meta *raid.MetaArea, capacity uint64) (*metaImage, []MetaCopyStatus) {
+	root := meta.Root()
+	var good *metaImage
+	var status []MetaCopyStatus
+	for _, c := range meta.ReadSlot(root.Slot, root.Bytes) {
+		img, err := c.Data, c.Err
+		var dec *metaImage
+		if err == nil {
+			dec, err = decodeMeta(img)
+		}
+		switch {
+		case err != nil:
+		case dec.generation != root.Generation:
+			err = fmt.Errorf("%w: generation %d, the superblock commits %d", ErrCorruptMeta, dec.generation, root.Generation)
+		case dec.fsid != meta.Fsid():
+			err = fmt.Errorf("%w: written for volume %x", ErrCorruptMeta, dec.fsid[:4])
+		case dec.capacity != capacity:
+			err = fmt.Errorf("%w: for a %d-byte chunk, this one has %d", ErrCorruptMeta, dec.capacity, capacity)
+		}
+		status = append(status, MetaCopyStatus{Where: c.Where, Err: err})
+		if err == nil && good == nil {
+			good = dec
+		}
+	}
+	return good, status
+}
+
+// errNoValidRoot wraps the refusal to open a volume without valid metadata.
+var errNoValidRoot = errors.New("no valid copy of the committed metadata")
+
+// loadRoot reads the committed root and refuses when no copy is valid,
+// listing why each was refused.
+func loadRoot(meta *raid.MetaArea, capacity uint64) (*metaImage, []MetaCopyStatus, error) {
+	img, status := readRoot(meta, capacity)
+	if img != nil {
+		return img, status, nil
+	}
+	var why []string
+	for _, s := range status {
+		why = append(why, fmt.Sprintf("%s: %v", s.Where, s.Err))
+	}
+	return nil, status, fmt.Errorf("btrfsdio: %w of generation %d (%s): refusing to open the volume; the images are left untouched",
+		errNoValidRoot, meta.Root().Generation, strings.Join(why, "; "))
+}
+
+// OpenFsInfo is open_ctree: mount the filesystem on vol, a volume with
+// superblocks (raid.OpenVolume). A volume that never committed starts empty
+// with opts' size and flags, committed at once; otherwise the committed
+// metadata is loaded, its i_size and inode flags win over opts (a differing
+// opts.Size is refused), and the allocator is rebuilt from the file
+// extents. Corrupt copies fall back to the others; with none valid the
+// open is refused and nothing is written.
+func OpenFsInfo(vol *raid.Volume, opts Options) (*FsInfo, error) {
+	if vol == nil {
+		return nil, errors.New("btrfsdio: no volume")
+	}
+	meta, err := raid.OpenMetaArea(vol)
+	if err != nil {
+		return nil, fmt.Errorf("btrfsdio: open_ctree: %w", err)
+	}
+	root := meta.Root()
+	if root.Bytes == 0 {
+		fs, err := NewFsInfo(vol, opts)
+		if err != nil {
+			return nil, err
+		}
+		fs.meta, fs.trans.generation = meta, root.Generation
+		if err := fs.CommitTransaction(); err != nil {
+			return nil, fmt.Errorf("btrfsdio: open_ctree: first commit: %w", err)
+		}
+		return fs, nil
+	}
+	img, status, err := loadRoot(meta, vol.Capacity()&^(SectorSize-1))
+	if err != nil {
+		return nil, err
+	}
+	if opts.Size != 0 && opts.Size != img.size {
+		return nil, fmt.Errorf("btrfsdio: the volume's file is %d bytes, not %d", img.size, opts.Size)
+	}
+	opts.Size = img.size
+	fs, err := NewFsInfo(vol, opts)
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range status {
+		if s.Err != nil {
+			fs.warnf("metadata copy %s: %v (using another copy)", s.Where, s.Err)
+		}
+	}
+	if want := fs.inode.inodeFlags(); want != img.flags {
+		fs.warnf("inode flags %#x recorded at creation override the options' %#x", img.flags, want)
+	}
+	fs.inode.NoDataSum = img.flags&metaFlagNoDataSum != 0
+	fs.inode.NoDataCow = img.flags&metaFlagNoDataCow != 0
+	fs.inode.extents.extents = img.extents
+	fs.csums.load(img.csums)
+	used := make([]span, len(img.extents))
+	for i, e := range img.extents {
+		used[i] = span{e.diskBytenr, e.len}
+	}
+	fs.space = newFreeSpaceExcept(fs.capacity(), used)
+	if len(used) > 0 {
+		last := slices.MaxFunc(used, func(a, b span) int { return cmpU64(a.start, b.start) })
+		fs.allocHint.Store(last.start + last.len)
+	}
+	fs.meta, fs.trans.generation = meta, img.generation
+	return fs, nil
+}
+
+// Generation is the last committed generation (fs_info->last_trans_committed).
+func (fs *FsInfo) Generation() uint64 {
+	fs.trans.commitMu.Lock()
+	defer fs.trans.commitMu.Unlock()
+	return fs.trans.generation
+}
+
+// Close is close_ctree: commit, then close the volume.
+func (fs *FsInfo) Close() error {
+	cerr := fs.CommitTransaction()
+	if err := fs.Vol.Close(); err != nil {
+		return errors.Join(cerr, fmt.Errorf("btrfsdio: close: %w", err))
+	}
+	return cerr
+}

@@ -1,0 +1,101 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/btrfsdio/btrfsdio/btrfsdio"
+	"github.com/btrfsdio/btrfsdio/raid"
+)
+
+// exitDamaged is check's (and scrub's) answer when it found damage.
+const exitDamaged = 3
+
+func init() {
+	registerCommand(&command{
+		name: "check",
+		// Exit 3 covers a bad metadata copy, a differing mirror, a csum
+		// error, and no valid metadata copy at all.
+		summary: "offline: validate the metadata, every csum and every mirror; exit 0 clean, 3 damage found, 1 cannot open, 2 usage",
+		usage:   "[--profile P] [--degraded] -f IMG [-f IMG...] [-v]",
+		run:     runCheck,
+	})
+}
+
+func runCheck(e *env, args []string) int {
+	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	var files fileList
+	profile := fs.String("profile", "", "data profile the images must hold (default: what their superblocks say)")
+	verbose := fs.Bool("v", false, "list every damaged sector")
+	degraded := fs.Bool("degraded", false, "accept missing images, as many as the profile tolerates")
+	fs.Var(&files, "f", "image or block device (repeat, in device order)")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if fs.NArg() > 0 {
+		return e.failf(exitUsage, "check: unexpected argument %q", fs.Arg(0))
+	}
+	p := raid.AnyProfile
+	if *profile != "" {
+		var err error
+		if p, err = raid.ParseProfile(*profile); err != nil {
+			return e.failf(exitUsage, "check: --profile: %v", err)
+		}
+	}
+	if len(files) == 0 {
+		return e.failf(exitUsage, "check: at least one -f IMG is required")
+	}
+	log := logrus.New()
+	log.SetOutput(e.stderr)
+	// AnyProfile: never format, whatever the images hold.
+	vol, err := openVolume(files, raid.AnyProfile, 0, true, *degraded, log)
+	if err != nil {
+		return e.failf(exitFail, "check: %v", err)
+	}
+	defer vol.Close()
+	if p != raid.AnyProfile && vol.Profile() != p {
+		return e.failf(exitFail, "check: the images hold a %s volume, not %s", vol.Profile(), p)
+	}
+	rep, err := btrfsdio.Check(vol)
+	if rep != nil {
+		printCheck(e.stdout, vol, rep, *verbose)
+	}
+	switch {
+	case err != nil && rep != nil && len(rep.MetaCopies) > 0: // no valid copy
+		return e.failf(exitDamaged, "check: %v", err)
+	case err != nil:
+		return e.failf(exitFail, "check: %v", err)
+	case !rep.Clean():
+		return exitDamaged
+	}
+	return exitOK
+}
+
+func printCheck(w io.Writer, vol *raid.Volume, rep *btrfsdio.CheckReport, verbose bool) {
+	p := vol.Profile()
+	bad := 0
+	for _, c := range rep.MetaCopies {
+		if c.Err != nil {
+			bad++
+			fmt.Fprintf(w, "metadata copy %s: %v\n", c.Where, c.Err)
+		}
+	}
+	fmt.Fprintf(w, "check %s: generation %d, %d of %d metadata copies valid, %d extents, %d bytes mapped, %d csums\n",
+		p, rep.Generation, len(rep.MetaCopies)-bad, len(rep.MetaCopies), rep.Extents, rep.MappedBytes, rep.CsumSectors)
+	s := &rep.Scrub
+	fmt.Fprintf(w, "data: %d sectors scrubbed, %d differing, %d parity mismatches, %d csum errors, %d read errors\n",
+		s.SectorsChecked, len(s.Differences), len(s.ParityMismatches), len(s.CsumErrors), len(s.ReadErrors))
+	if verbose {
+		printScrub(w, vol, s, false, true)
+		for _, c := range s.CsumErrors {
+			fmt.Fprintf(w, "  csum error at logical %d mirror %d: %#08x, want %#08x\n", c.Logical, c.Mirror, c.Got, c.Want)
+		}
+	}
+	if rep.Clean() {
+		fmt.Fprintln(w, "no errors found")
+	}
+}

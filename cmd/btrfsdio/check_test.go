@@ -1,0 +1,119 @@
+package main
+
+import (
+	"bytes"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/btrfsdio/btrfsdio/blk"
+	"github.com/btrfsdio/btrfsdio/iomap"
+	"github.com/btrfsdio/btrfsdio/raid"
+	"github.com/btrfsdio/btrfsdio/target"
+)
+
+// buildBtrfs runs the btrfsdio target's Build as `add` does.
+func buildBtrfs(t *testing.T, args ...string) (*target.Btrfs, error) {
+	t.Helper()
+	f := &btrfsFactory{}
+	fs := flag.NewFlagSet("add", flag.ContinueOnError)
+	f.Flags(fs)
+	if err := fs.Parse(args); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	tg, _, err := f.Build()
+	if err != nil {
+		return nil, err
+	}
+	return tg.(*target.Btrfs), nil
+}
+
+// TestAddReopensAndCheck: a second add on the same images finds the data
+// the first wrote; check is clean, then finds a damaged copy (exit 3), then
+// no valid metadata (exit 3, and add refuses).
+func TestAddReopensAndCheck(t *testing.T) {
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	args := []string{"--profile", "raid1", "--datasum", "--size", "8M", "-f", a, "-f", b}
+	tg, err := buildBtrfs(t, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := blk.AlignedBuffer(64 << 10)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	if _, err := tg.FS.Inode().DirectWrite(&iomap.Kiocb{Pos: 1 << 20}, iomap.NewIovIter(data, 0)); err != nil {
+		t.Fatal(err)
+	}
+	if err := tg.Close(); err != nil { // what del and SIGTERM do
+		t.Fatal(err)
+	}
+	if tg, err = buildBtrfs(t, args...); err != nil {
+		t.Fatal(err)
+	}
+	got := blk.AlignedBuffer(len(data))
+	if _, err := tg.FS.Inode().DirectRead(&iomap.Kiocb{Pos: 1 << 20}, iomap.NewIovIter(got, 0)); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("data not found on the second add: %v", err)
+	}
+	extent := tg.FS.AllocatedExtents()[0]
+	if err := tg.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	var out, errb bytes.Buffer
+	e := &env{stdout: &out, stderr: &errb}
+	if code := run(e, []string{"check", "-f", a, "-f", b}); code != exitOK || !strings.Contains(out.String(), "no errors found") {
+		t.Fatalf("clean check: %d %q %q", code, out.String(), errb.String())
+	}
+	if code := run(e, []string{"check", "--profile", "raid9", "-f", a}); code != exitUsage {
+		t.Fatalf("bad profile: %d", code)
+	}
+	if code := run(e, []string{"check"}); code != exitUsage {
+		t.Fatalf("no images: %d", code)
+	}
+	// One copy of a data sector damaged: a differing mirror and a csum error.
+	scribble(t, b, int64(raid.ReservedBytes+extent[0])+100)
+	out.Reset()
+	if code := run(e, []string{"check", "-f", a, "-f", b}); code != exitDamaged || !strings.Contains(out.String(), "1 csum errors") {
+		t.Fatalf("damaged check: %d %q %q", code, out.String(), errb.String())
+	}
+	// Every metadata copy damaged: check and add refuse, nothing changes.
+	for _, img := range []string{a, b} {
+		d, err := raid.OpenDevice(img, raid.DeviceOptions{ReadOnly: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sb, err := d.ReadSuper()
+		d.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		scribble(t, img, int64(sb.ChunkDevBytes+uint64(sb.RootSlot)*sb.MetaSlotBytes)+64)
+	}
+	out.Reset()
+	errb.Reset()
+	if code := run(e, []string{"check", "-f", a, "-f", b}); code != exitDamaged || !strings.Contains(errb.String(), "no valid copy") {
+		t.Fatalf("check without valid metadata: %d %q %q", code, out.String(), errb.String())
+	}
+	if _, err := buildBtrfs(t, args...); err == nil || !strings.Contains(err.Error(), "refusing to open") {
+		t.Fatalf("add without valid metadata: %v", err)
+	}
+}
+
+func scribble(t *testing.T, path string, off int64) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt([]byte("scribbled over"), off); err != nil {
+		t.Fatal(err)
+	}
+}

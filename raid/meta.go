@@ -1,0 +1,174 @@
+package raid
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/btrfsdio/btrfsdio/blk"
+)
+
+// MetaArea is where a filesystem above commits its metadata, and the
+// superblocks that point to it: the raid half of btrfs_commit_transaction
+// (writing the tree blocks, then write_all_supers) and of open_ctree
+// (reading the root the superblock names). Every device holds the area
+// after its share of the data chunk: two slots that commits alternate
+// between, so the committed one is never overwritten, and one copy of each
+// per device (two on a single device, like the DUP metadata profile). The
+// content is opaque here.
+type MetaArea struct {
+	devs []*Device        // the devices present (a degraded volume's missing ones hold nothing)
+	sbs  []*Superblock    // devs[i]'s newest superblock
+	bad  map[*Device]bool // devices whose copy of the slot being committed failed
+	root MetaRoot
+}
+
+// MetaRoot is the committed metadata: its generation and where it lies.
+type MetaRoot struct {
+	Generation uint64
+	Slot       int
+	Bytes      uint64 // 0: nothing committed yet
+}
+
+// MetaCopy is one copy of a slot as read from one device.
+type MetaCopy struct {
+	Where string // "path@offset"
+	Data  []byte
+	Err   error
+}
+
+// OpenMetaArea is btrfs_read_dev_super for every device of v, as open_ctree
+// calls it: the root is the one of the newest superblock. A commit writes the
+// metadata to every device before any superblock, so a crash between two
+// superblocks leaves the newest one pointing to metadata that is whole.
+func OpenMetaArea(v *Volume) (*MetaArea, error) {
+	m := &MetaArea{}
+	for _, d := range v.Devices() {
+		if !d.Missing() {
+			m.devs = append(m.devs, d)
+		}
+	}
+	if len(m.devs) == 0 {
+		return nil, errors.New("raid: metadata area: no device present")
+	}
+	for _, d := range m.devs {
+		sb, err := d.ReadSuper()
+		if err != nil {
+			return nil, fmt.Errorf("raid: metadata area: %w", err)
+		}
+		if len(m.sbs) > 0 && sb.Fsid != m.sbs[0].Fsid {
+			return nil, fmt.Errorf("raid: metadata area: %s belongs to another volume", d.Path())
+		}
+		m.sbs = append(m.sbs, sb)
+		if sb.Generation > m.root.Generation {
+			m.root = MetaRoot{Generation: sb.Generation, Slot: int(sb.RootSlot), Bytes: sb.RootBytes}
+		}
+	}
+	return m, nil
+}
+
+// Root is the committed metadata: btrfs_super_root and
+// btrfs_super_generation of the newest superblock.
+func (m *MetaArea) Root() MetaRoot { return m.root }
+
+// Fsid is the volume's fsid (fs_devices->fsid), which the metadata records
+// to prove it belongs here, as btrfs_header_fsid does.
+func (m *MetaArea) Fsid() [16]byte { return m.sbs[0].Fsid }
+
+// SlotBytes is the most one commit may write (no kernel counterpart: btrfs
+// metadata grows by allocating chunks).
+func (m *MetaArea) SlotBytes() uint64 { return m.sbs[0].MetaSlotBytes }
+
+// copyOffsets lists (device, offset) of every copy of slot.
+func (m *MetaArea) copyOffsets(slot int) ([]*Device, []uint64) {
+	var devs []*Device
+	var offs []uint64
+	sb := m.sbs[0]
+	for _, d := range m.devs {
+		for c := uint64(0); c < uint64(sb.MetaCopies); c++ {
+			devs = append(devs, d)
+			offs = append(offs, sb.ChunkDevBytes+(2*c+uint64(slot))*sb.MetaSlotBytes)
+		}
+	}
+	return devs, offs
+}
+
+// ReadSlot reads the first n bytes of every copy of slot
+// (read_extent_buffer trying each mirror); each copy carries its own error.
+func (m *MetaArea) ReadSlot(slot int, n uint64) []MetaCopy {
+	devs, offs := m.copyOffsets(slot)
+	out := make([]MetaCopy, len(devs))
+	for i, d := range devs {
+		out[i].Where = fmt.Sprintf("%s@%d", d.Path(), offs[i])
+		if n > m.SlotBytes() {
+			out[i].Err = fmt.Errorf("raid: metadata of %d bytes exceeds the %d-byte slot", n, m.SlotBytes())
+			continue
+		}
+		buf := blk.AlignedBuffer(int(n))
+		if err := d.readBuf(buf, offs[i]); err != nil {
+			out[i].Err = fmt.Errorf("raid: reading metadata copy: %w", err)
+			continue
+		}
+		out[i].Data = buf
+	}
+	return out
+}
+
+// WriteSlot is btrfs_write_and_wait_transaction: write b to every copy of
+// slot, then flush every device. A device whose copy fails to write or
+// flush gets no new superblock either (WriteSupers), so it keeps naming its
+// older root; the commit fails only when no device took a whole copy, as
+// btrfs goes on with the mirrors of a tree block that remain.
+func (m *MetaArea) WriteSlot(slot int, b []byte) error {
+	if uint64(len(b)) > m.SlotBytes() || len(b)%SectorSize != 0 {
+		return fmt.Errorf("raid: metadata of %d bytes does not fit the %d-byte slot in whole sectors", len(b), m.SlotBytes())
+	}
+	buf := blk.AlignedBuffer(len(b))
+	copy(buf, b)
+	devs, offs := m.copyOffsets(slot)
+	m.bad = map[*Device]bool{}
+	var errs []error
+	for i, d := range devs {
+		if err := d.writeBuf(buf, offs[i]); err != nil {
+			m.bad[d] = true
+			errs = append(errs, fmt.Errorf("raid: writing metadata copy: %w", err))
+		}
+	}
+	for _, d := range m.devs {
+		if err := d.flush(); err != nil {
+			m.bad[d] = true
+			errs = append(errs, fmt.Errorf("raid: flushing metadata: %w", err))
+		}
+	}
+	if len(m.bad) == len(m.devs) {
+		return errors.Join(errs...)
+	}
+	return nil
+}
+
+// WriteSupers is write_all_supers: every device's superblock copies now
+// name root, each device flushed after its own. Devices whose metadata copy
+// failed in WriteSlot, or whose superblock write fails, keep their older
+// root; like write_all_supers (max_errors = devices - 1), the commit stands
+// once one superblock holds the new root.
+func (m *MetaArea) WriteSupers(root MetaRoot) error {
+	var errs []error
+	written := 0
+	for i, d := range m.devs {
+		if m.bad[d] {
+			continue
+		}
+		sb := *m.sbs[i]
+		sb.Generation, sb.RootSlot, sb.RootBytes = root.Generation, uint32(root.Slot), root.Bytes
+		if err := d.WriteSuper(&sb); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		m.sbs[i] = &sb
+		written++
+	}
+	if written == 0 {
+		return fmt.Errorf("raid: committing generation %d: no superblock written: %w", root.Generation, errors.Join(errs...))
+	}
+	m.root = root
+	return nil
+}
