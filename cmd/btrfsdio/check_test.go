@@ -117,3 +117,34 @@ func scribble(t *testing.T, path string, off int64) {
 		t.Fatal(err)
 	}
 }
+
+// The inode flags stored with the volume win over a later add's flags, and
+// the target info list shows is what is in force.
+func TestStoredFlagsWin(t *testing.T) {
+	dir := t.TempDir()
+	files := []string{"-f", filepath.Join(dir, "a"), "-f", filepath.Join(dir, "b")}
+	tg, err := buildBtrfs(t, append([]string{"--profile", "raid1", "--size", "8M"}, files...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tg.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f := &btrfsFactory{}
+	fs := flag.NewFlagSet("add", flag.ContinueOnError)
+	f.Flags(fs)
+	if err := fs.Parse(append([]string{"--profile", "raid1", "--datasum"}, files...)); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	tgt, _, err := f.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tgt.(*target.Btrfs).Close()
+	if !tgt.(*target.Btrfs).FS.Inode().NoDataSum || f.Info()["datasum"] != false {
+		t.Errorf("--datasum on a nodatasum volume: inode NoDataSum %v, info %v", tgt.(*target.Btrfs).FS.Inode().NoDataSum, f.Info()["datasum"])
+	}
+}

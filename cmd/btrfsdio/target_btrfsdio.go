@@ -195,6 +195,13 @@ func (f *btrfsFactory) Build() (ublk.Target, ublk.TargetParams, error) {
 	}
 	t := &target.Btrfs{FS: fs}
 	inode := fs.Inode()
+	// The inode's flags were fixed when the images were made: they win
+	// over the command line, and list shows what is in force.
+	if f.datasum != !inode.NoDataSum || f.nocow != inode.NoDataCow {
+		log.Warnf("btrfsdio: the volume was made with datasum %v, nocow %v: --datasum/--nocow of this add ignored",
+			!inode.NoDataSum, inode.NoDataCow)
+	}
+	f.datasum, f.nocow = !inode.NoDataSum, inode.NoDataCow
 	log.Infof("btrfsdio: profile %s, dio %s, datasum %v, nocow %v, %d devices, %d bytes, generation %d",
 		vol.Profile(), f.mode, !inode.NoDataSum, inode.NoDataCow, len(f.files), inode.ISize(), fs.Generation())
 	return t, t.Params(), nil
