@@ -4,7 +4,7 @@ BIN     ?= bin/btrfsdio
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build vet unit check check-full test demo bench bench-vm review clean
+.PHONY: all build vet unit fuzz check check-full test demo bench bench-vm review clean
 
 all: build
 
@@ -18,6 +18,13 @@ vet:
 # Unit and in-process tests, race detector on.
 unit:
 	$(GO) test -race -timeout 45m ./...
+
+# The on-disk parsers under the fuzzer, briefly (their seed corpora also run
+# as plain tests in unit). FUZZTIME=5m for a longer hunt.
+FUZZTIME ?= 15s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeSuperblock$$' -fuzztime $(FUZZTIME) ./raid
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeMeta$$' -fuzztime $(FUZZTIME) ./btrfsdio
 
 # The real device: the xfstests-style suite (tests/README.md), natively when
 # this host has /dev/ublk-control, else in the VM (Debian's 6.12 kernel under
@@ -37,7 +44,7 @@ check-full:
 	$(MAKE) check CHECK_ARGS="-c full.config -g auto" CHECK_TIMEOUT=172800
 
 # The README's test command.
-test: vet unit check
+test: vet unit fuzz check
 
 # The README's main command: the bug and the fix on a real ublk device.
 demo:

@@ -80,6 +80,7 @@ func TestBadCommandLines(t *testing.T) {
 		{[]string{"add", "-t", "btrfsdio", "--datasum", "--nocow", "-f", file, "-f", file}, exitUsage, "exclude each other"},
 		{[]string{"add", "-t", "btrfsdio", "-f", "/nonexistent/a", "-f", "/nonexistent/b"}, exitUsage, "give --size to create it"},
 		{[]string{"add", "-t", "btrfsdio", "--size", "12Q", "-f", file, "-f", file}, exitUsage, "--size: bad size"},
+		{[]string{"add", "-t", "btrfsdio", "--profile", "single", "-f", "/dev/null"}, exitUsage, "/dev/null is a character device, not a regular file or block device"},
 		{[]string{"scrub", "--profile", "raid9", "-f", file}, exitUsage, "scrub: --profile"},
 		{[]string{"scrub", "-f", file}, exitFail, "is too small"},
 		{[]string{"scrub", "--profile", "raid1"}, exitUsage, "at least one -f IMG"},

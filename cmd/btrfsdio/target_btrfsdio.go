@@ -100,12 +100,29 @@ func (f *btrfsFactory) Validate() error {
 			return fmt.Errorf("btrfsdio: %w (give --size to create it)", err)
 		case st.IsDir():
 			return fmt.Errorf("btrfsdio: %s is a directory", p)
+		case !st.Mode().IsRegular() && (st.Mode()&os.ModeDevice == 0 || st.Mode()&os.ModeCharDevice != 0):
+			return fmt.Errorf("btrfsdio: %s is %s, not a regular file or block device", p, fileKind(st.Mode()))
 		}
 	}
 	if min := f.p.MinDevices(); len(f.files) < min {
 		return fmt.Errorf("btrfsdio: profile %s needs at least %d devices, got %d", f.p, min, len(f.files))
 	}
 	return nil
+}
+
+// fileKind names what a non-regular file is.
+func fileKind(m os.FileMode) string {
+	switch {
+	case m&os.ModeCharDevice != 0:
+		return "a character device"
+	case m&os.ModeNamedPipe != 0:
+		return "a named pipe"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	case m&os.ModeSymlink != 0:
+		return "a symbolic link"
+	}
+	return "a special file"
 }
 
 // openVolume opens the images as a raid volume: blank images are formatted
@@ -160,7 +177,7 @@ func openVolume(files []string, p raid.Profile, create int64, readOnly, degraded
 		}
 		return nil, err
 	}
-	if sb.Generation > 1 || !readOnly {
+	if !readOnly {
 		log.Infof("volume %x: %s, %d devices, generation %d", sb.Fsid[:4], sb.Profile, sb.NumDevices, sb.Generation)
 	}
 	return vol, nil
