@@ -19,7 +19,7 @@ import (
 func init() {
 	registerTarget(targetType{
 		name:  "btrfsdio",
-		usage: "--profile P --dio bounce|zerocopy [--datasum] [--nocow] [--faithful] [--detect-volatile=false] [--size S] -f IMG [-f IMG...]",
+		usage: "--profile P --dio bounce|zerocopy [--datasum] [--nocow] [--faithful] [--bounce-pool SIZE|off] [--detect-volatile=false] [--size S] -f IMG [-f IMG...]",
 		new:   func() TargetFactory { return &btrfsFactory{} },
 	})
 }
@@ -40,6 +40,9 @@ type btrfsFactory struct {
 	nocow    bool
 	faithful bool
 	size     string
+	// bouncePool is --bounce-pool as given; pool is its value in bytes.
+	bouncePool string
+	pool       int64
 	// detectVolatile counts zero-copy writes whose buffer changes in flight.
 	detectVolatile bool
 
@@ -56,6 +59,7 @@ func (f *btrfsFactory) Flags(fs *flag.FlagSet) {
 	fs.BoolVar(&f.datasum, "datasum", false, "data checksums (direct writes fall back to stable buffered writes)")
 	fs.BoolVar(&f.nocow, "nocow", false, "NODATACOW: overwrite extents in place")
 	fs.BoolVar(&f.faithful, "faithful", false, "reproduce the seed patch's flaws exactly")
+	fs.StringVar(&f.bouncePool, "bounce-pool", "32M", bouncePoolUsage)
 	fs.StringVar(&f.size, "size", "", "create missing images of this size (e.g. 256M, 1G)")
 	fs.BoolVar(&f.detectVolatile, "detect-volatile", true,
 		"zerocopy: count and log writes whose buffer changes while in flight (reads each write's data twice more)")
@@ -71,6 +75,9 @@ func (f *btrfsFactory) Validate() error {
 	}
 	if len(f.files) == 0 {
 		return errors.New("btrfsdio: at least one -f IMG is required")
+	}
+	if f.pool, err = parseBouncePool(f.bouncePool); err != nil {
+		return fmt.Errorf("btrfsdio: %w", err)
 	}
 	if f.size != "" {
 		if f.imgs, err = parseSize(f.size); err != nil {
@@ -133,7 +140,7 @@ func (f *btrfsFactory) Build() (ublk.Target, ublk.TargetParams, error) {
 	}
 	fs, err := btrfsdio.NewFsInfo(vol, btrfsdio.Options{
 		Mode: f.mode, Faithful: f.faithful, DataSum: f.datasum, NoCow: f.nocow, Log: log,
-		NoVolatileDetect: !f.detectVolatile,
+		NoVolatileDetect: !f.detectVolatile, BouncePool: f.pool,
 	})
 	if err != nil {
 		vol.Close()
@@ -149,12 +156,35 @@ func (f *btrfsFactory) Info() map[string]any {
 	return map[string]any{
 		"profile": f.p.String(), "dio": f.mode.String(), "datasum": f.datasum,
 		"nocow": f.nocow, "faithful": f.faithful, "files": []string(f.files),
+		"bounce_pool":     f.bouncePool,
 		"detect_volatile": f.mode == btrfsdio.ZeroCopy && f.detectVolatile,
 	}
 }
 
+const bouncePoolUsage = "bounce mode: bytes of bounce memory held at once (default 32M, at least 1M), " +
+	"or off to allocate page by page as the seed does (--faithful always does)"
+
+// parseBouncePool reads --bounce-pool: a size of at least 1 MiB in whole
+// pages, or off.
+func parseBouncePool(s string) (int64, error) {
+	if s == "off" {
+		return btrfsdio.NoBouncePool, nil
+	}
+	n, err := parseSize(s)
+	if err == nil {
+		err = btrfsdio.CheckBouncePool(n)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("--bounce-pool %q: %w (want a size such as 32M, at least 1M, or off)", s, err)
+	}
+	return n, nil
+}
+
 // parseSize reads 4096, 64K, 256M, 1G, 2T.
 func parseSize(s string) (int64, error) {
+	if s == "" {
+		return 0, errors.New("empty size")
+	}
 	mult := int64(1)
 	switch strings.ToUpper(s[len(s)-1:]) {
 	case "K":
