@@ -275,7 +275,9 @@ func (b *Bio) ForEachBvec(iter BvecIter, fn func(bv BioVec) error) error {
 // so we copy whole multi-page segments: one copy (or one pread/pwrite of
 // remote memory) per stretch that is contiguous on both sides.
 func CopyDataIter(dst *Bio, dstIter *BvecIter, src *Bio, srcIter *BvecIter) error {
-	var scratch [PageSize]byte
+	// scratch is only needed from remote to remote memory; it would escape
+	// (remote memory is an interface), so it is made only then.
+	var scratch []byte
 	for srcIter.Size > 0 && dstIter.Size > 0 {
 		sbv := src.MultiPageSegment(*srcIter)
 		dbv := dst.MultiPageSegment(*dstIter)
@@ -283,8 +285,11 @@ func CopyDataIter(dst *Bio, dstIter *BvecIter, src *Bio, srcIter *BvecIter) erro
 		if sbv.Page.mem == nil && dbv.Page.mem == nil {
 			// Remote to remote goes through the scratch page.
 			n = min(n, PageSize)
+			if scratch == nil {
+				scratch = make([]byte, PageSize)
+			}
 		}
-		if err := copySegment(dbv.Page, int(dbv.Offset), sbv.Page, int(sbv.Offset), int(n), scratch[:]); err != nil {
+		if err := copySegment(dbv.Page, int(dbv.Offset), sbv.Page, int(sbv.Offset), int(n), scratch); err != nil {
 			return err
 		}
 		src.AdvanceIter(srcIter, n)
