@@ -35,9 +35,9 @@ type Page struct {
 // what pin_user_pages hands iomap for a user buffer.
 func NewPage(mem []byte) *Page { return &Page{mem: mem, size: len(mem)} }
 
-// NewPages wraps mem as consecutive folios of folioSize bytes (the last may
-// be shorter), in one allocation: the pages pin_user_pages hands iomap for
-// a whole user buffer.
+// NewPages is pin_user_pages over a whole buffer, reduced: mem as
+// consecutive folios of folioSize bytes (the last may be shorter), made in
+// one allocation.
 func NewPages(mem []byte, folioSize int) []Page {
 	n := (len(mem) + folioSize - 1) / folioSize
 	pages := make([]Page, n)
@@ -48,7 +48,8 @@ func NewPages(mem []byte, folioSize int) []Page {
 	return pages
 }
 
-// NewRemotePages is NewPages over size bytes of remote memory at off.
+// NewRemotePages is NewPages over size bytes of remote memory at off (no
+// kernel counterpart: the kernel maps every page it pins).
 func NewRemotePages(remote RemoteMemory, off int64, size, folioSize int) []Page {
 	n := (size + folioSize - 1) / folioSize
 	pages := make([]Page, n)

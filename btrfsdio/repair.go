@@ -11,8 +11,11 @@ import (
 func (fs *FsInfo) checkReadBio(bbio *BtrfsBio, iter blk.BvecIter) {
 	bio := bbio.Bio
 	ioErr := bio.Status != blk.StsOK
+	if !ioErr && bbio.Inode.NoDataSum {
+		return // nothing to verify, nothing to repair
+	}
 	logical := iter.Sector << blk.SectorShift
-	buf := make([]byte, SectorSize)
+	var buf []byte // made for the first checksum to verify
 	allGood := true
 	for iter.Size > 0 {
 		secIter := iter
@@ -20,6 +23,9 @@ func (fs *FsInfo) checkReadBio(bbio *BtrfsBio, iter blk.BvecIter) {
 		ok := !ioErr
 		if ok && !bbio.Inode.NoDataSum {
 			if want, has := fs.csums.lookup(logical); has {
+				if buf == nil {
+					buf = make([]byte, SectorSize)
+				}
 				tmp := secIter
 				if err := copyFromBio(bio, &tmp, buf); err != nil || csumData(buf) != want {
 					fs.stats.csumErrors.Add(1)
