@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"encoding/json"
+	"math"
 	"strings"
 	"testing"
 
@@ -69,5 +70,11 @@ func TestRunRejectsBadConfig(t *testing.T) {
 func TestDiff(t *testing.T) {
 	if d := diff(75, 100); d != -25 {
 		t.Fatalf("diff %v", d)
+	}
+	// Round 2 ran on a busy machine for both: the paired diff ignores it.
+	b := &Cell{MiBs: []float64{90, 45, 95}}
+	z := &Cell{MiBs: []float64{100, 50, 100}}
+	if d := pairedDiff(b, z); math.Abs(d+10) > 1e-9 {
+		t.Fatalf("paired diff %v", d)
 	}
 }
