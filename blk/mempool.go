@@ -110,17 +110,20 @@ func (mp *Mempool) release(size int64) {
 	mp.freed.Broadcast()
 }
 
-// Limit is the pool's bound in bytes (no kernel counterpart).
+// Limit is the pool's bound in bytes (no kernel counterpart: mempool_t
+// counts elements, and nothing outside it reads min_nr).
 func (mp *Mempool) Limit() int64 { return mp.limit }
 
-// MempoolStats is what a Mempool counts (no kernel counterpart).
+// MempoolStats is what a Mempool counts, for tests and the benchmark (no
+// kernel counterpart: mempool_t keeps no statistics).
 type MempoolStats struct {
 	InUse int64 // bytes handed out now
 	Peak  int64 // most bytes handed out at once
 	Waits int64 // allocations that had to wait for room
 }
 
-// Stats returns the pool's counters (no kernel counterpart).
+// Stats returns the pool's counters (no kernel counterpart: mempool_t keeps
+// no statistics; tests and the benchmark read them).
 func (mp *Mempool) Stats() MempoolStats {
 	mp.mu.Lock()
 	defer mp.mu.Unlock()
