@@ -163,11 +163,18 @@ func (b *Bio) AddPage(page *Page, length, off uint32) uint32 {
 }
 
 // BioFreePages is bio_free_pages: give every page of the bio back to the
-// allocator it came from.
+// allocator it came from, or to its Mempool (mempool_free) when one handed
+// it out.
 func BioFreePages(b *Bio) error {
 	var firstErr error
 	for i := range b.IoVec {
 		p := b.IoVec[i].Page
+		if p.pool != nil {
+			if err := p.pool.Free(p); err != nil && firstErr == nil {
+				firstErr = err
+			}
+			continue
+		}
 		if p.owner == nil {
 			if firstErr == nil {
 				firstErr = fmt.Errorf("blk: bio_free_pages on a page with no allocator")
@@ -263,14 +270,26 @@ func (b *Bio) ForEachBvec(iter BvecIter, fn func(bv BioVec) error) error {
 // CopyDataIter is bio_copy_data_iter: copy from src at srcIter to dst at
 // dstIter until either runs out, consuming both iterators as the kernel does
 // (the caller sees them advanced). It fails only when a remote page cannot be
-// reached; the kernel's memcpy cannot fail.
+// reached; the kernel's memcpy cannot fail. The kernel copies one page at a
+// time because each page must be kmapped; process memory needs no mapping,
+// so we copy whole multi-page segments: one copy (or one pread/pwrite of
+// remote memory) per stretch that is contiguous on both sides.
 func CopyDataIter(dst *Bio, dstIter *BvecIter, src *Bio, srcIter *BvecIter) error {
-	var scratch [PageSize]byte
+	// scratch is only needed from remote to remote memory; it would escape
+	// (remote memory is an interface), so it is made only then.
+	var scratch []byte
 	for srcIter.Size > 0 && dstIter.Size > 0 {
-		sbv := src.Segment(*srcIter)
-		dbv := dst.Segment(*dstIter)
+		sbv := src.MultiPageSegment(*srcIter)
+		dbv := dst.MultiPageSegment(*dstIter)
 		n := min(sbv.Len, dbv.Len)
-		if err := copySegment(dbv.Page, int(dbv.Offset), sbv.Page, int(sbv.Offset), int(n), scratch[:]); err != nil {
+		if sbv.Page.mem == nil && dbv.Page.mem == nil {
+			// Remote to remote goes through the scratch page.
+			n = min(n, PageSize)
+			if scratch == nil {
+				scratch = make([]byte, PageSize)
+			}
+		}
+		if err := copySegment(dbv.Page, int(dbv.Offset), sbv.Page, int(sbv.Offset), int(n), scratch); err != nil {
 			return err
 		}
 		src.AdvanceIter(srcIter, n)

@@ -27,11 +27,38 @@ type Page struct {
 	remoteOff int64
 	size      int
 	owner     *PageAllocator
+	// pool is the Mempool that handed the page out, until it is freed.
+	pool *Mempool
 }
 
 // NewPage wraps process memory as a page (or folio) a bio can point at:
 // what pin_user_pages hands iomap for a user buffer.
 func NewPage(mem []byte) *Page { return &Page{mem: mem, size: len(mem)} }
+
+// NewPages is pin_user_pages over a whole buffer, reduced: mem as
+// consecutive folios of folioSize bytes (the last may be shorter), made in
+// one allocation.
+func NewPages(mem []byte, folioSize int) []Page {
+	n := (len(mem) + folioSize - 1) / folioSize
+	pages := make([]Page, n)
+	for i := range pages {
+		end := min((i+1)*folioSize, len(mem))
+		pages[i] = Page{mem: mem[i*folioSize : end : end], size: end - i*folioSize}
+	}
+	return pages
+}
+
+// NewRemotePages is NewPages over size bytes of remote memory at off (no
+// kernel counterpart: the kernel maps every page it pins).
+func NewRemotePages(remote RemoteMemory, off int64, size, folioSize int) []Page {
+	n := (size + folioSize - 1) / folioSize
+	pages := make([]Page, n)
+	for i := range pages {
+		start := i * folioSize
+		pages[i] = Page{remote: remote, remoteOff: off + int64(start), size: min(folioSize, size-start)}
+	}
+	return pages
+}
 
 // NewRemotePage is a page of size bytes at off in remote memory (no kernel
 // counterpart: the kernel maps every page it pins).

@@ -65,17 +65,28 @@ func BenchmarkDio1MiB(b *testing.B) {
 }
 
 // BenchmarkRequest is one direct IO per iteration, so -benchmem's allocs/op
-// and B/op are per request; profile it with -cpuprofile/-memprofile.
+// and B/op are per request; profile it with -cpuprofile/-memprofile. The
+// modes are zero-copy, pooled bounce and the seed's page-by-page bounce.
 func BenchmarkRequest(b *testing.B) {
+	modes := []struct {
+		name string
+		opts Options
+	}{
+		{"zerocopy", Options{Mode: ZeroCopy}},
+		{"bounce", Options{Mode: Bounce}},
+		{"faithful", Options{Mode: Bounce, Faithful: true}},
+	}
 	for _, size := range []int{4096, mib} {
-		for _, mode := range []DioMode{ZeroCopy, Bounce} {
+		for _, mode := range modes {
 			for _, write := range []bool{true, false} {
 				op := "read"
 				if write {
 					op = "write"
 				}
-				b.Run(fmt.Sprintf("%dK/%s/%s", size>>10, mode, op), func(b *testing.B) {
-					fs := newTestFS(b, raid.Raid1, 64*mib, Options{Mode: mode, NoVolatileDetect: true})
+				b.Run(fmt.Sprintf("%dK/%s/%s", size>>10, mode.name, op), func(b *testing.B) {
+					opts := mode.opts
+					opts.NoVolatileDetect = true
+					fs := newTestFS(b, raid.Raid1, 64*mib, opts)
 					buf := blk.AlignedBuffer(size)
 					const span = 16 * mib
 					for off := 0; off < span; off += size {

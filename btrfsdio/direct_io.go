@@ -442,6 +442,12 @@ func (fs *FsInfo) freeBouncePages(bio *blk.Bio) {
 // part of src starting at logical/fileOffset, counted in ctl.pending.
 func (fs *FsInfo) allocBounceBbio(src *blk.Bio, ctl *BounceCtl, endIO func(*BtrfsBio), logical, fileOffset uint64) *BtrfsBio {
 	vcnt := min((int(src.Size())+blk.PageSize-1)>>blk.PageShift, blk.BioMaxVecs)
+	return fs.newBounceBbio(vcnt, src, ctl, endIO, logical, fileOffset)
+}
+
+// newBounceBbio is alloc_bounce_bbio's body with room for vcnt bvecs; the
+// pooled path needs one.
+func (fs *FsInfo) newBounceBbio(vcnt int, src *blk.Bio, ctl *BounceCtl, endIO func(*BtrfsBio), logical, fileOffset uint64) *BtrfsBio {
 	bio := fs.newDioPrivateBio(vcnt, src.Opf)
 	bio.Iter.Sector = logical >> blk.SectorShift
 	dip := bio.Container.(*DioPrivate)
@@ -493,27 +499,46 @@ func (fs *FsInfo) submitBounceBbio(dioData *DioData, bbio *BtrfsBio, src *blk.Bi
 	fs.SubmitBbio(bbio, 0)
 }
 
-// submitIOBounce is btrfs_dio_submit_io after the patch: carry src in bounce
-// bbios of private pages, as many as bio_add_page's limit requires.
-func (fs *FsInfo) submitIOBounce(it *iomap.Iter, src *blk.Bio, fileOffset int64) {
-	dioData := it.Private.(*DioData)
-	isWrite := src.Opf.Op() == blk.OpWrite
-	srcSize := src.Size()
-	logical := src.Iter.Sector << blk.SectorShift
-	endIO := fs.dioEndReadCopiedBio
-	if isWrite {
-		endIO = fs.dioEndWriteCopiedBio
-	}
+// newBounceCtl is btrfs_dio_submit_io's kzalloc of the bounce_ctl after the
+// patch, and its setup. On failure (injected with Faults.BounceCtlAlloc) src
+// is completed with the error and nil returned.
+func (fs *FsInfo) newBounceCtl(src *blk.Bio) *BounceCtl {
 	if err := fs.Faults.take(&fs.Faults.BounceCtlAlloc); err != nil {
 		src.Status = blk.ErrnoToStatus(blk.ErrnoOf(err))
 		iomap.BioEndIO(src)
-		return
+		return nil
 	}
 	ctl := &BounceCtl{Src: src, cmpxchg: fs.Opts.cmpxchgFirstError()}
 	fs.stats.bounceCtls.Add(1)
 	// Start at one so the iomap bio cannot finish before every bounce bbio
 	// has been submitted.
 	ctl.pending.Store(1)
+	return ctl
+}
+
+// bounceEndIO is btrfs_dio_submit_io after the patch, its choice of end_io:
+// dio_end_write_copied_bio or dio_end_read_copied_bio.
+func (fs *FsInfo) bounceEndIO(isWrite bool) func(*BtrfsBio) {
+	if isWrite {
+		return fs.dioEndWriteCopiedBio
+	}
+	return fs.dioEndReadCopiedBio
+}
+
+// submitIOBounce is btrfs_dio_submit_io after the patch: carry src in bounce
+// bbios of private pages, as many as bio_add_page's limit requires. This is
+// the seed's allocation, one alloc_page per page, used with Faithful and
+// NoBouncePool; submitIOBouncePooled is the default.
+func (fs *FsInfo) submitIOBounce(it *iomap.Iter, src *blk.Bio, fileOffset int64) {
+	dioData := it.Private.(*DioData)
+	isWrite := src.Opf.Op() == blk.OpWrite
+	srcSize := src.Size()
+	logical := src.Iter.Sector << blk.SectorShift
+	endIO := fs.bounceEndIO(isWrite)
+	ctl := fs.newBounceCtl(src)
+	if ctl == nil {
+		return
+	}
 
 	var bbio *BtrfsBio
 	cur := uint32(0)
@@ -540,6 +565,47 @@ func (fs *FsInfo) submitIOBounce(it *iomap.Iter, src *blk.Bio, fileOffset int64)
 	}
 	if bbio != nil {
 		fs.submitBounceBbio(dioData, bbio, src)
+	}
+	fs.putBounceBioCtl(ctl, 0)
+}
+
+// bounceChunk is the most one pooled bounce bbio carries: one folio of
+// MaxFolioOrder, what a bbio of BIO_MAX_VECS single pages carries in the
+// seed.
+const bounceChunk = blk.PageSize << blk.MaxFolioOrder
+
+// submitIOBouncePooled is btrfs_dio_submit_io after the patch with its
+// allocation changed (D26): each bounce bbio carries one folio of up to
+// 1 MiB from the filesystem's bounce mempool, added with bio_add_page as a
+// single multi-page bvec, so a write is copied in one pass per contiguous
+// source segment. The pool waits for room instead of failing; a failure of
+// the page allocator under it takes the seed's ENOMEM path. Every bbio is
+// submitted (SubmitBbio returns once the devices have it, without waiting)
+// before the next chunk is copied, so copying overlaps the IO of the chunk
+// before.
+func (fs *FsInfo) submitIOBouncePooled(it *iomap.Iter, src *blk.Bio, fileOffset int64) {
+	dioData := it.Private.(*DioData)
+	isWrite := src.Opf.Op() == blk.OpWrite
+	srcSize := src.Size()
+	logical := src.Iter.Sector << blk.SectorShift
+	endIO := fs.bounceEndIO(isWrite)
+	ctl := fs.newBounceCtl(src)
+	if ctl == nil {
+		return
+	}
+	for cur := uint32(0); cur < srcSize; {
+		size := min(srcSize-cur, bounceChunk)
+		bbio := fs.newBounceBbio(1, src, ctl, endIO, logical+uint64(cur), uint64(fileOffset)+uint64(cur))
+		folio := fs.BouncePool.Alloc(blk.FolioOrder(size))
+		if folio == nil {
+			fs.submitOrDropBounceBbio(dioData, bbio, src, ctl)
+			fs.bounceError(dioData, ctl, isWrite, uint64(fileOffset), cur, srcSize, -int(syscall.ENOMEM))
+			return
+		}
+		// A new bbio with one free bvec takes the folio whole.
+		bbio.Bio.AddPage(folio, size, 0)
+		fs.submitBounceBbio(dioData, bbio, src)
+		cur += size
 	}
 	fs.putBounceBioCtl(ctl, 0)
 }
@@ -592,7 +658,10 @@ func (fs *FsInfo) bounceError(dioData *DioData, ctl *BounceCtl, isWrite bool, fi
 // from btrfs_dio_bioset; the patch drops .bio_set, since the iomap bio is
 // never submitted itself.
 func (fs *FsInfo) dioOps() *iomap.DioOps {
-	if fs.Opts.Mode == Bounce {
+	switch {
+	case fs.Opts.Mode == Bounce && fs.BouncePool != nil:
+		return &iomap.DioOps{SubmitIO: fs.submitIOBouncePooled}
+	case fs.Opts.Mode == Bounce:
 		return &iomap.DioOps{SubmitIO: fs.submitIOBounce}
 	}
 	return &iomap.DioOps{SubmitIO: fs.submitIOZeroCopy, AllocBio: fs.newDioPrivateBio}

@@ -144,51 +144,102 @@ func TestBounceSplitsLargeSourceBio(t *testing.T) {
 	}
 }
 
-// TestBounceENOMEMAtEveryPage fails the page allocation at every index of a
-// 2 MiB request (two bounce bbios), for writes and reads: the request fails,
-// every byte of the ordered extent is accounted exactly once, every lock is
-// released, every page freed.
+// TestBounceENOMEMAtEveryPage fails each page allocation a request makes,
+// one at a time, for writes and reads: the request fails, every byte of the
+// ordered extent is accounted exactly once, every lock is released, every
+// page freed. The pooled path allocates one 1 MiB folio per bounce bbio;
+// the seed's path, kept with NoBouncePool, one page per page.
 func TestBounceENOMEMAtEveryPage(t *testing.T) {
 	const size = 2 * mib
-	fs := newTestFS(t, raid.Raid1, 64*mib, Options{Mode: Bounce})
-	data := blk.AlignedBuffer(size)
-	fillPattern(data, 7)
-	if _, err := fs.write(0, data, 2*mib); err != nil {
-		t.Fatal(err)
-	}
-	pages := size / blk.PageSize
-	for _, write := range []bool{true, false} {
-		for i := 1; i <= pages+1; i++ {
-			before := fs.Stats()
-			fs.Pages.FailAt(int64(i))
-			buf := blk.AlignedBuffer(size)
-			copy(buf, data)
-			var err error
-			if write {
-				_, err = fs.write(0, buf, 2*mib)
-			} else {
-				_, err = fs.read(0, buf, 2*mib)
+	for _, c := range []struct {
+		name   string
+		pool   int64
+		allocs int
+	}{
+		{"pooled", 0, 2},
+		{"small-pool", blk.MinMempoolBytes, 2},
+		{"page-by-page", NoBouncePool, size / blk.PageSize},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			fs := newTestFS(t, raid.Raid1, 64*mib, Options{Mode: Bounce, BouncePool: c.pool})
+			data := blk.AlignedBuffer(size)
+			fillPattern(data, 7)
+			if _, err := fs.write(0, data, 2*mib); err != nil {
+				t.Fatal(err)
 			}
-			fs.Pages.FailAt(0)
-			if i <= pages && !errors.Is(err, syscall.ENOMEM) {
-				t.Fatalf("write=%v fail at page %d: err %v, want ENOMEM", write, i, err)
-			}
-			if i > pages && err != nil {
-				t.Fatalf("write=%v no failure: %v", write, err)
-			}
-			if write {
-				after := fs.Stats()
-				if got := after.OrderedBytesFinished - before.OrderedBytesFinished; got != size {
-					t.Fatalf("fail at page %d: %d ordered bytes finished, want %d", i, got, size)
+			for _, write := range []bool{true, false} {
+				for i := 1; i <= c.allocs+1; i++ {
+					before := fs.Stats()
+					_, _, failedBefore := fs.Pages.Stats()
+					fs.Pages.FailAt(int64(i))
+					buf := blk.AlignedBuffer(size)
+					copy(buf, data)
+					var err error
+					if write {
+						_, err = fs.write(0, buf, 2*mib)
+					} else {
+						_, err = fs.read(0, buf, 2*mib)
+					}
+					fs.Pages.FailAt(0)
+					_, _, failed := fs.Pages.Stats()
+					if i <= c.allocs && (!errors.Is(err, syscall.ENOMEM) || failed != failedBefore+1) {
+						t.Fatalf("write=%v fail at allocation %d: err %v, %d injected, want ENOMEM", write, i, err, failed-failedBefore)
+					}
+					if i > c.allocs && (err != nil || failed != failedBefore) {
+						t.Fatalf("write=%v: %d allocations, want %d (%v)", write, i, c.allocs, err)
+					}
+					if write {
+						after := fs.Stats()
+						if got := after.OrderedBytesFinished - before.OrderedBytesFinished; got != size {
+							t.Fatalf("fail at allocation %d: %d ordered bytes finished, want %d", i, got, size)
+						}
+					}
+					fs.checkQuiescent(t)
 				}
 			}
-			fs.checkQuiescent(t)
+			out := blk.AlignedBuffer(size)
+			if _, err := fs.read(0, out, 0); err != nil || !bytes.Equal(out, data) {
+				t.Fatalf("data changed by failed writes: %v", err)
+			}
+		})
+	}
+	// The seed itself (Faithful) allocates page by page too; a write makes
+	// one more allocation, for the page it leaks when its first bbio is full
+	// (reads are mapped 1 MiB at a time and fill no bbio past its end). Its
+	// flaws leave each filesystem unusable, so each case gets a fresh one
+	// and only the bbio boundaries and a few pages are tried; what the
+	// flaws leave behind is TestFaithfulFlaws.
+	t.Run("faithful", func(t *testing.T) {
+		for _, write := range []bool{true, false} {
+			allocs := size / blk.PageSize
+			if write {
+				allocs++
+			}
+			for _, i := range []int{1, 2, 100, 256, 257, 258, 400, allocs, allocs + 1} {
+				fs := newTestFS(t, raid.Raid1, 64*mib, Options{Mode: Bounce, Faithful: true})
+				buf := blk.AlignedBuffer(size)
+				if !write {
+					if _, err := fs.write(0, buf, 2*mib); err != nil {
+						t.Fatal(err)
+					}
+				}
+				fs.Pages.FailAt(int64(i))
+				var err error
+				if write {
+					_, err = fs.write(0, buf, 2*mib)
+				} else {
+					_, err = fs.read(0, buf, 2*mib)
+				}
+				fs.Pages.FailAt(0)
+				if i <= allocs && err == nil {
+					t.Fatalf("write=%v fail at allocation %d: no error", write, i)
+				}
+				if i > allocs && err != nil {
+					t.Fatalf("write=%v no failure: %v", write, err)
+				}
+			}
 		}
-	}
-	out := blk.AlignedBuffer(size)
-	if _, err := fs.read(0, out, 0); err != nil || !bytes.Equal(out, data) {
-		t.Fatalf("data changed by failed writes: %v", err)
-	}
+	})
 }
 
 // TestFaithfulFlaws runs the seed exactly as posted and shows the review's
@@ -208,8 +259,10 @@ func TestBounceENOMEMAtEveryPage(t *testing.T) {
 // it wanted replaced by cmpxchg, is TestBounceCtlKeepsFirstError.
 func TestFaithfulFlaws(t *testing.T) {
 	const size = 2 * mib
+	// The flaws are in the seed's page-by-page allocation, so the fixed
+	// port runs it too (NoBouncePool); the pooled path is checked after.
 	run := func(faithful bool, failAt int64) Stats {
-		fs := newTestFS(t, raid.Raid1, 64*mib, Options{Mode: Bounce, Faithful: faithful})
+		fs := newTestFS(t, raid.Raid1, 64*mib, Options{Mode: Bounce, Faithful: faithful, BouncePool: NoBouncePool})
 		buf := blk.AlignedBuffer(size)
 		fs.Pages.FailAt(failAt)
 		fs.write(0, buf, 2*mib)
@@ -221,7 +274,7 @@ func TestFaithfulFlaws(t *testing.T) {
 	// readBadUnlocks reads with the allocation failAt failing and returns
 	// how many unlocks hit ranges that were no longer locked.
 	readBadUnlocks := func(faithful bool, failAt int64) int {
-		fs := newTestFS(t, raid.Raid1, 64*mib, Options{Mode: Bounce, Faithful: faithful})
+		fs := newTestFS(t, raid.Raid1, 64*mib, Options{Mode: Bounce, Faithful: faithful, BouncePool: NoBouncePool})
 		buf := blk.AlignedBuffer(size)
 		if _, err := fs.write(0, buf, 2*mib); err != nil {
 			t.Fatal(err)
@@ -260,6 +313,19 @@ func TestFaithfulFlaws(t *testing.T) {
 	if st := run(false, 100); st.AccountingBugs != 0 {
 		t.Fatalf("fixed: %d accounting errors", st.AccountingBugs)
 	}
+	// The pooled path also allocates a bbio and then its folio: failing the
+	// second folio leaves an empty bbio in hand, which it drops, and a tail
+	// it accounts once.
+	fs := newTestFS(t, raid.Raid1, 64*mib, Options{Mode: Bounce})
+	fs.Pages.FailAt(2)
+	if _, err := fs.write(0, blk.AlignedBuffer(size), 2*mib); !errors.Is(err, syscall.ENOMEM) {
+		t.Fatalf("pooled: %v, want ENOMEM", err)
+	}
+	fs.Pages.FailAt(0)
+	if st := fs.Stats(); st.EmptyBbios != 0 || st.BounceBbios != 2 {
+		t.Fatalf("pooled: %d bbios, %d empty submitted; want 2 made, none empty submitted", st.BounceBbios, st.EmptyBbios)
+	}
+	fs.checkQuiescent(t)
 }
 
 // TestBounceCtlAllocFailure injects the kzalloc(bounce_ctl) failure.

@@ -81,6 +81,11 @@ type Options struct {
 	Faithful bool
 	// FirstError overrides how bounce_ctl records its first error.
 	FirstError FirstError
+	// BouncePool bounds, in bytes, the bounce memory bounce mode holds at
+	// once (a mempool of folios; see submitIOBouncePooled): 0 picks
+	// DefaultBouncePool, NoBouncePool allocates page by page with
+	// alloc_page as the seed does. Faithful always allocates page by page.
+	BouncePool int64
 	// NoVolatileDetect turns off the detector of zero-copy write buffers
 	// changed in flight (see volatile.go), on by default in zero-copy mode.
 	NoVolatileDetect bool
@@ -93,6 +98,27 @@ type Options struct {
 	// are recorded by the first commit: OpenFsInfo takes them from there.
 	Size uint64
 	Log  logrus.FieldLogger
+}
+
+// DefaultBouncePool is the bounce pool's default size: one 1 MiB bounce
+// folio for each of 32 requests in flight.
+const DefaultBouncePool = 32 << 20
+
+// NoBouncePool as Options.BouncePool turns the pool off: bounce pages come
+// from alloc_page one at a time, the seed's way.
+const NoBouncePool = -1
+
+// CheckBouncePool validates an Options.BouncePool value (no kernel
+// counterpart: the seed has no pool).
+func CheckBouncePool(n int64) error {
+	if n == 0 || n == NoBouncePool {
+		return nil
+	}
+	if n < blk.MinMempoolBytes || n%blk.PageSize != 0 {
+		return fmt.Errorf("bounce pool of %d bytes: want 0 (default), NoBouncePool (off), or a multiple of %d of at least %d (one 1 MiB bounce folio)",
+			n, blk.PageSize, blk.MinMempoolBytes)
+	}
+	return nil
 }
 
 // cmpxchgFirstError reports whether bounce_ctl records its first error with
@@ -183,10 +209,13 @@ type stats struct {
 
 // FsInfo is struct btrfs_fs_info, reduced to one data chunk and one inode.
 type FsInfo struct {
-	Vol    *raid.Volume
-	Opts   Options
-	Pages  *blk.PageAllocator
-	Faults Faults
+	Vol   *raid.Volume
+	Opts  Options
+	Pages *blk.PageAllocator
+	// BouncePool is the bounce mempool over Pages, nil when bounce pages
+	// are allocated page by page (zero-copy mode, Faithful, NoBouncePool).
+	BouncePool *blk.Mempool
+	Faults     Faults
 	// DioBioset is btrfs_dio_bioset.
 	DioBioset blk.BioSet
 	// BioBioset is btrfs_bioset (buffered writeback, repair).
@@ -237,6 +266,9 @@ func NewFsInfo(vol *raid.Volume, opts Options) (*FsInfo, error) {
 	if size == 0 || size%SectorSize != 0 || size > capacity {
 		return nil, fmt.Errorf("btrfsdio: file size %d does not fit a %d-byte data chunk in whole sectors", size, capacity)
 	}
+	if err := CheckBouncePool(opts.BouncePool); err != nil {
+		return nil, fmt.Errorf("btrfsdio: %w", err)
+	}
 	log := opts.Log
 	if log == nil {
 		log = logrus.StandardLogger()
@@ -245,6 +277,17 @@ func NewFsInfo(vol *raid.Volume, opts Options) (*FsInfo, error) {
 		Vol: vol, Opts: opts, Pages: &blk.PageAllocator{},
 		space: newFreeSpace(0, capacity&^(SectorSize-1)),
 		csums: newCsumTree(), log: log,
+	}
+	if opts.Mode == Bounce && !opts.Faithful && opts.BouncePool != NoBouncePool {
+		limit := opts.BouncePool
+		if limit == 0 {
+			limit = DefaultBouncePool
+		}
+		pool, err := blk.NewMempool(fs.Pages, limit)
+		if err != nil {
+			return nil, fmt.Errorf("btrfsdio: bounce pool: %w", err)
+		}
+		fs.BouncePool = pool
 	}
 	fs.inode = &Inode{
 		fs: fs, size: size, IOTree: NewExtentIOTree(),

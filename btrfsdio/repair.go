@@ -13,6 +13,9 @@ import (
 func (fs *FsInfo) checkReadBio(bbio *BtrfsBio, iter blk.BvecIter) {
 	bio := bbio.Bio
 	ioErr := bio.Status != blk.StsOK
+	if !ioErr && bbio.Inode.NoDataSum {
+		return // nothing to verify, nothing to repair
+	}
 	logical := iter.Sector << blk.SectorShift
 	// The whole range is copied out once (kmap per sector in the kernel):
 	// for a ublk request's pages, one read instead of one per sector.

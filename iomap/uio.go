@@ -21,9 +21,10 @@ type IovIter struct {
 	off       int   // bytes consumed (iov_offset)
 	count     int   // bytes left (iov_iter_count)
 	folioSize int
-	// folios caches one *blk.Page per folio so that adjacent pages of a folio
-	// are recognised as contiguous by bio_add_page.
-	folios map[int]*blk.Page
+	// folios holds one blk.Page per folio of the buffer, made on first use
+	// in one allocation, so that adjacent pages of a folio are recognised
+	// as contiguous by bio_add_page.
+	folios []blk.Page
 	total  int
 }
 
@@ -99,22 +100,15 @@ func (it *IovIter) Zero(n int) (int, error) {
 // folio returns the page object covering the folio that holds byte off of
 // the buffer, and off's position inside it.
 func (it *IovIter) folio(off int) (*blk.Page, int) {
-	idx := off / it.folioSize
-	start := idx * it.folioSize
 	if it.folios == nil {
-		it.folios = make(map[int]*blk.Page)
-	}
-	p, ok := it.folios[idx]
-	if !ok {
-		size := min(it.folioSize, it.total-start)
 		if it.mem != nil {
-			p = blk.NewPage(it.mem[start : start+size : start+size])
+			it.folios = blk.NewPages(it.mem[:it.total], it.folioSize)
 		} else {
-			p = blk.NewRemotePage(it.remote, it.base+int64(start), size)
+			it.folios = blk.NewRemotePages(it.remote, it.base, it.total, it.folioSize)
 		}
-		it.folios[idx] = p
 	}
-	return p, off - start
+	idx := off / it.folioSize
+	return &it.folios[idx], off - idx*it.folioSize
 }
 
 // BioIovIterGetPages is bio_iov_iter_get_pages: pin the user pages under the

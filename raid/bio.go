@@ -253,7 +253,8 @@ func (v *Volume) submitPiece(o *origBio, p piece) {
 
 // bioSegs lists the bio memory under iter (bio_for_each_bvec).
 func bioSegs(bio *blk.Bio, iter blk.BvecIter) []seg {
-	var segs []seg
+	// At most one segment per bvec left: sized once, not grown by append.
+	segs := make([]seg, 0, max(len(bio.IoVec)-int(iter.Idx), 0))
 	_ = bio.ForEachBvec(iter, func(bv blk.BioVec) error {
 		segs = append(segs, seg{page: bv.Page, off: int(bv.Offset), n: int(bv.Len)})
 		return nil

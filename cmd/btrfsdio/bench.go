@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/btrfsdio/btrfsdio/btrfsdio"
 	"github.com/btrfsdio/btrfsdio/internal/bench"
 	"github.com/btrfsdio/btrfsdio/raid"
 )
@@ -12,8 +13,8 @@ import (
 func init() {
 	registerCommand(&command{
 		name:    "bench",
-		summary: "in-process benchmark: the seed's table (zero-copy vs bounce, nodatasum vs datasum) next to the raw backing file",
-		usage:   "[--profile P] [--size BYTES] [--bs BYTES] [--rounds N] [--dir DIR] [--json FILE] [--svg FILE] [--faithful]",
+		summary: "in-process benchmark: the seed's table (zero-copy, pooled bounce, the seed's bounce; nodatasum vs datasum) next to the raw backing file, then peak RSS and allocations under a QD32 load",
+		usage:   "[--profile P] [--size BYTES] [--bs BYTES] [--rounds N] [--bounce-pool SIZE] [--qd N] [--qd-size BYTES] [--dir DIR] [--json FILE] [--svg FILE]",
 		run:     runBench,
 	})
 }
@@ -28,7 +29,9 @@ func runBench(e *env, args []string) int {
 	dir := fs.String("dir", defaultBenchDir(), "directory for the backing images")
 	jsonOut := fs.String("json", "", "write the result as JSON to FILE")
 	svgOut := fs.String("svg", "", "write a bar chart to FILE")
-	faithful := fs.Bool("faithful", false, "run the seed's bounce path exactly")
+	pool := fs.String("bounce-pool", "32M", "pooled bounce mode: bytes of bounce memory held at once (at least 1M)")
+	qd := fs.Int("qd", 32, "submitters of the memory load (0: skip it)")
+	qdSize := fs.String("qd-size", "256M", "bytes written and read per mode under the memory load")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -44,9 +47,21 @@ func runBench(e *env, args []string) int {
 	if err != nil {
 		return e.failf(exitUsage, "bench: --bs: %v", err)
 	}
-	cfg := bench.Config{Dir: *dir, Profile: p, Bytes: n, BS: int(b), Rounds: *rounds, Faithful: *faithful}
+	poolBytes, err := parseSize(*pool)
+	if err == nil {
+		err = btrfsdio.CheckBouncePool(poolBytes)
+	}
+	if err != nil {
+		return e.failf(exitUsage, "bench: --bounce-pool %q: %v (want a size such as 32M, at least 1M)", *pool, err)
+	}
+	qdBytes, err := parseSize(*qdSize)
+	if err != nil {
+		return e.failf(exitUsage, "bench: --qd-size: %v", err)
+	}
+	cfg := bench.Config{Dir: *dir, Profile: p, Bytes: n, BS: int(b), Rounds: *rounds,
+		BouncePool: poolBytes, QD: *qd, QDBytes: qdBytes}
 	res, err := bench.Run(cfg, func(round, rounds int, what string) {
-		fmt.Fprintf(e.stderr, "\rbench: round %d/%d: %-24s", round, rounds, what)
+		fmt.Fprintf(e.stderr, "\rbench: round %d/%d: %-32s", round, rounds, what)
 	})
 	fmt.Fprintln(e.stderr)
 	if err != nil {

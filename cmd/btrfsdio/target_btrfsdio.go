@@ -20,7 +20,7 @@ import (
 func init() {
 	registerTarget(targetType{
 		name:  "btrfsdio",
-		usage: "--profile P --dio bounce|zerocopy [--datasum] [--nocow] [--faithful] [--detect-volatile=false] [--size S] [--degraded] -f IMG [-f IMG...]",
+		usage: "--profile P --dio bounce|zerocopy [--datasum] [--nocow] [--faithful] [--bounce-pool SIZE|off] [--detect-volatile=false] [--size S] [--degraded] -f IMG [-f IMG...]",
 		new:   func() TargetFactory { return &btrfsFactory{} },
 	})
 }
@@ -42,6 +42,9 @@ type btrfsFactory struct {
 	faithful bool
 	size     string
 	degraded bool
+	// bouncePool is --bounce-pool as given; pool is its value in bytes.
+	bouncePool string
+	pool       int64
 	// detectVolatile counts zero-copy writes whose buffer changes in flight.
 	detectVolatile bool
 
@@ -58,6 +61,7 @@ func (f *btrfsFactory) Flags(fs *flag.FlagSet) {
 	fs.BoolVar(&f.datasum, "datasum", false, "data checksums (direct writes fall back to stable buffered writes)")
 	fs.BoolVar(&f.nocow, "nocow", false, "NODATACOW: overwrite extents in place")
 	fs.BoolVar(&f.faithful, "faithful", false, "reproduce the seed patch's flaws exactly")
+	fs.StringVar(&f.bouncePool, "bounce-pool", "32M", bouncePoolUsage)
 	fs.StringVar(&f.size, "size", "", "create missing images of this size (e.g. 256M, 1G)")
 	fs.BoolVar(&f.degraded, "degraded", false,
 		"run with devices missing (images absent or too few given), as many as the profile tolerates; writes go to the others")
@@ -75,6 +79,9 @@ func (f *btrfsFactory) Validate() error {
 	}
 	if len(f.files) == 0 {
 		return errors.New("btrfsdio: at least one -f IMG is required")
+	}
+	if f.pool, err = parseBouncePool(f.bouncePool); err != nil {
+		return fmt.Errorf("btrfsdio: %w", err)
 	}
 	if f.size != "" {
 		if f.imgs, err = parseSize(f.size); err != nil {
@@ -204,7 +211,7 @@ func (f *btrfsFactory) Build() (ublk.Target, ublk.TargetParams, error) {
 	// metadata has no valid copy is refused, never reformatted.
 	fs, err := btrfsdio.OpenFsInfo(vol, btrfsdio.Options{
 		Mode: f.mode, Faithful: f.faithful, DataSum: f.datasum, NoCow: f.nocow, Log: log,
-		NoVolatileDetect: !f.detectVolatile,
+		NoVolatileDetect: !f.detectVolatile, BouncePool: f.pool,
 	})
 	if err != nil {
 		vol.Close()
@@ -228,12 +235,35 @@ func (f *btrfsFactory) Info() map[string]any {
 	return map[string]any{
 		"profile": f.p.String(), "dio": f.mode.String(), "datasum": f.datasum,
 		"nocow": f.nocow, "faithful": f.faithful, "files": []string(f.files), "degraded": f.degraded,
+		"bounce_pool":     f.bouncePool,
 		"detect_volatile": f.mode == btrfsdio.ZeroCopy && f.detectVolatile,
 	}
 }
 
+const bouncePoolUsage = "bounce mode: bytes of bounce memory held at once (default 32M, at least 1M), " +
+	"or off to allocate page by page as the seed does (--faithful always does)"
+
+// parseBouncePool reads --bounce-pool: a size of at least 1 MiB in whole
+// pages, or off.
+func parseBouncePool(s string) (int64, error) {
+	if s == "off" {
+		return btrfsdio.NoBouncePool, nil
+	}
+	n, err := parseSize(s)
+	if err == nil {
+		err = btrfsdio.CheckBouncePool(n)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("--bounce-pool %q: %w (want a size such as 32M, at least 1M, or off)", s, err)
+	}
+	return n, nil
+}
+
 // parseSize reads 4096, 64K, 256M, 1G, 2T.
 func parseSize(s string) (int64, error) {
+	if s == "" {
+		return 0, errors.New("empty size")
+	}
 	mult := int64(1)
 	switch strings.ToUpper(s[len(s)-1:]) {
 	case "K":

@@ -1,7 +1,10 @@
 // Package bench measures the btrfs direct IO port the way the seed patch's
 // benchmark table does: sequential direct reads and writes of one block size
-// over a file, zero-copy against bounce, without and with data checksums,
-// all measured side by side in one run, next to the raw backing file.
+// over a file, zero-copy against bounce (pooled, and the seed's page-by-page
+// allocation with --faithful), without and with data checksums, all measured
+// side by side in one run, next to the raw backing file. A second part runs
+// each mode under a QD32 load of 1 MiB requests and reports the process's
+// peak RSS and the allocations per request.
 package bench
 
 import (
@@ -23,19 +26,28 @@ import (
 
 // Config says what to measure.
 type Config struct {
-	Dir      string       // where the backing images go
-	Profile  raid.Profile // data profile
-	Devices  int          // backing devices (0: the profile's minimum, at least 2 for RAID1)
-	Bytes    int64        // bytes per measurement
-	BS       int          // IO size
-	Rounds   int          // repetitions of the whole matrix
-	Faithful bool         // run the seed's bounce path exactly
+	Dir     string       // where the backing images go
+	Profile raid.Profile // data profile
+	Devices int          // backing devices (0: the profile's minimum, at least 2 for RAID1)
+	Bytes   int64        // bytes per measurement
+	BS      int          // IO size
+	Rounds  int          // repetitions of the whole matrix
+	// BouncePool is the pooled bounce mode's pool size (btrfsdio.Options).
+	BouncePool int64
+	// QD is how many submitters the memory load runs (0: no memory load);
+	// QDBytes how many bytes each mode writes and reads under it.
+	QD      int
+	QDBytes int64
 }
+
+// Modes are the direct IO paths measured: zero-copy (before the patch),
+// bounce with the pool, and the seed's bounce exactly (--faithful).
+var Modes = []string{"zerocopy", "bounce", "faithful"}
 
 // Cell is one configuration of the matrix.
 type Cell struct {
 	Op      string `json:"op"`   // "read" or "write"
-	Mode    string `json:"mode"` // "zerocopy", "bounce" or "raw"
+	Mode    string `json:"mode"` // one of Modes, or "raw"
 	DataSum bool   `json:"datasum"`
 	// MiBs holds one throughput per round.
 	MiBs []float64 `json:"mib_s"`
@@ -59,6 +71,11 @@ func (c *Cell) sorted() []float64 {
 type Result struct {
 	Config Config  `json:"config"`
 	Cells  []*Cell `json:"cells"`
+	// RawDirect says the raw reference used O_DIRECT (the backing
+	// filesystem allowed it); else it is buffered IO.
+	RawDirect bool `json:"raw_direct"`
+	// Load holds the QD load per mode, nodatasum.
+	Load []*Load `json:"load,omitempty"`
 }
 
 // Cell finds a cell of the result.
@@ -80,11 +97,14 @@ func Run(cfg Config, progress Progress) (*Result, error) {
 	if cfg.BS <= 0 || cfg.BS%btrfsdio.SectorSize != 0 || cfg.Bytes < int64(cfg.BS) || cfg.Rounds <= 0 {
 		return nil, fmt.Errorf("bench: need bs a multiple of %d, bytes >= bs, rounds > 0", btrfsdio.SectorSize)
 	}
+	if cfg.QD < 0 || (cfg.QD > 0 && cfg.QDBytes < int64(cfg.QD)<<20) {
+		return nil, fmt.Errorf("bench: the QD load needs at least one 1 MiB request per submitter")
+	}
 	res := &Result{Config: cfg}
 	for _, op := range []string{"read", "write"} {
 		res.Cells = append(res.Cells, &Cell{Op: op, Mode: "raw"})
 		for _, sum := range []bool{false, true} {
-			for _, mode := range []string{"zerocopy", "bounce"} {
+			for _, mode := range Modes {
 				res.Cells = append(res.Cells, &Cell{Op: op, Mode: mode, DataSum: sum})
 			}
 		}
@@ -98,13 +118,27 @@ func Run(cfg Config, progress Progress) (*Result, error) {
 			if progress != nil {
 				progress(round, cfg.Rounds, describe(c))
 			}
-			run := runPort
+			var err error
 			if c.Mode == "raw" {
-				run = runRaw
+				res.RawDirect, err = runRaw(cfg, res.Cell("read", c.Mode, c.DataSum), c)
+			} else {
+				err = runPort(cfg, res.Cell("read", c.Mode, c.DataSum), c)
 			}
-			if err := run(cfg, res.Cell("read", c.Mode, c.DataSum), c); err != nil {
+			if err != nil {
 				return nil, err
 			}
+		}
+	}
+	if cfg.QD > 0 {
+		for _, mode := range Modes {
+			if progress != nil {
+				progress(cfg.Rounds, cfg.Rounds, fmt.Sprintf("QD%d %s", cfg.QD, mode))
+			}
+			l, err := runLoad(cfg, mode)
+			if err != nil {
+				return nil, err
+			}
+			res.Load = append(res.Load, l)
 		}
 	}
 	return res, nil
@@ -114,11 +148,15 @@ func describe(c *Cell) string {
 	if c.Mode == "raw" {
 		return "raw backing file"
 	}
+	mode := c.Mode
+	if mode == "faithful" {
+		mode = "bounce --faithful"
+	}
 	sum := "nodatasum"
 	if c.DataSum {
 		sum = "datasum"
 	}
-	return fmt.Sprintf("%s %s", c.Mode, sum)
+	return fmt.Sprintf("%s %s", mode, sum)
 }
 
 func mibs(n int64, d time.Duration) float64 { return float64(n) / (1 << 20) / d.Seconds() }
@@ -130,7 +168,7 @@ func runPort(cfg Config, read, write *Cell) error {
 		return fmt.Errorf("bench: %w", err)
 	}
 	defer os.RemoveAll(dir)
-	fs, err := newFS(cfg, dir, write.Mode, write.DataSum)
+	fs, err := newFS(cfg, dir, cfg.Bytes, write.Mode, write.DataSum)
 	if err != nil {
 		return err
 	}
@@ -159,7 +197,7 @@ func runPort(cfg Config, read, write *Cell) error {
 	return nil
 }
 
-func newFS(cfg Config, dir, mode string, datasum bool) (*btrfsdio.FsInfo, error) {
+func newFS(cfg Config, dir string, fileBytes int64, mode string, datasum bool) (*btrfsdio.FsInfo, error) {
 	log := logrus.New()
 	log.SetOutput(io.Discard)
 	n := cfg.Devices
@@ -170,7 +208,7 @@ func newFS(cfg Config, dir, mode string, datasum bool) (*btrfsdio.FsInfo, error)
 		}
 	}
 	// Room for the file plus copy-on-write headroom on every profile.
-	devSize := (cfg.Bytes*int64(cfg.Profile.Copies())*2/int64(n) + 64<<20) &^ (1<<20 - 1)
+	devSize := (fileBytes*int64(cfg.Profile.Copies())*2/int64(n) + 64<<20) &^ (1<<20 - 1)
 	var devs []*raid.Device
 	for i := 0; i < n; i++ {
 		d, err := raid.OpenDevice(filepath.Join(dir, fmt.Sprintf("d%d.img", i)), raid.DeviceOptions{Create: true, Size: devSize, Logger: log})
@@ -183,12 +221,14 @@ func newFS(cfg Config, dir, mode string, datasum bool) (*btrfsdio.FsInfo, error)
 	if err != nil {
 		return nil, err
 	}
-	m, err := btrfsdio.ParseDioMode(mode)
-	if err != nil {
-		vol.Close()
-		return nil, err
+	opts := btrfsdio.Options{Mode: btrfsdio.Bounce, DataSum: datasum, BouncePool: cfg.BouncePool, NoVolatileDetect: true, Log: log}
+	switch mode {
+	case "zerocopy":
+		opts.Mode = btrfsdio.ZeroCopy
+	case "faithful":
+		opts.Faithful = true
 	}
-	fs, err := btrfsdio.NewFsInfo(vol, btrfsdio.Options{Mode: m, DataSum: datasum, Faithful: cfg.Faithful, NoVolatileDetect: true, Log: log})
+	fs, err := btrfsdio.NewFsInfo(vol, opts)
 	if err != nil {
 		vol.Close()
 		return nil, err
@@ -197,14 +237,16 @@ func newFS(cfg Config, dir, mode string, datasum bool) (*btrfsdio.FsInfo, error)
 }
 
 // runRaw is the reference: the same IO straight to one backing file, with
-// O_DIRECT when the filesystem under it allows.
-func runRaw(cfg Config, read, write *Cell) error {
+// O_DIRECT when the filesystem under it allows (reported).
+func runRaw(cfg Config, read, write *Cell) (bool, error) {
 	path := filepath.Join(cfg.Dir, "bench-raw.img")
 	defer os.Remove(path)
+	direct := true
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC|unix.O_DIRECT, 0o600)
 	if err != nil {
+		direct = false
 		if f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600); err != nil {
-			return fmt.Errorf("bench: raw file: %w", err)
+			return false, fmt.Errorf("bench: raw file: %w", err)
 		}
 	}
 	defer f.Close()
@@ -218,10 +260,10 @@ func runRaw(cfg Config, read, write *Cell) error {
 				_, err = f.ReadAt(buf, off)
 			}
 			if err != nil {
-				return fmt.Errorf("bench: raw %s: %w", c.Op, err)
+				return false, fmt.Errorf("bench: raw %s: %w", c.Op, err)
 			}
 		}
 		c.MiBs = append(c.MiBs, mibs(cfg.Bytes, time.Since(start)))
 	}
-	return nil
+	return direct, nil
 }

@@ -15,41 +15,96 @@ func diff(bounce, zerocopy float64) float64 {
 	return (bounce/zerocopy - 1) * 100
 }
 
-// WriteTable prints the seed's table: rows Read/Write x {zerocopy, bounce}
-// and their diff, columns nodatasum and datasum, median MiB/s with the
-// min-max range of the rounds, then the raw backing file.
+// pairedDiff is the median over rounds of each round's diff: both cells
+// of a round ran one after the other, so this cancels most of what other
+// load on the machine does to a whole round.
+func pairedDiff(c, zerocopy *Cell) float64 {
+	d := &Cell{}
+	for i := range min(len(c.MiBs), len(zerocopy.MiBs)) {
+		d.MiBs = append(d.MiBs, diff(c.MiBs[i], zerocopy.MiBs[i]))
+	}
+	return d.Median()
+}
+
+// modeTitle is how the table names a mode.
+func modeTitle(mode string) string {
+	switch mode {
+	case "bounce":
+		return "bounce (pooled)"
+	case "faithful":
+		return "bounce --faithful"
+	}
+	return mode
+}
+
+// WriteTable prints the seed's table: rows Read/Write x {zerocopy, bounce
+// (pooled), bounce --faithful}, columns nodatasum and datasum, each cell the
+// median MiB/s with the min-max range of the rounds, its diff against
+// zero-copy and its ratio to the raw backing file; then the raw file and
+// the QD load.
 func (r *Result) WriteTable(w io.Writer) {
 	cfg := r.Config
-	fmt.Fprintf(w, "%s, %d x %d KiB direct IO, %d rounds (median [min-max] MiB/s)\n",
-		cfg.Profile, cfg.Bytes/int64(cfg.BS), cfg.BS>>10, cfg.Rounds)
-	fmt.Fprintf(w, "%-17s| %-26s| %-26s|\n", "", "Nodatasum", "Datasum")
-	line := strings.Repeat("-", 17) + "+" + strings.Repeat("-", 27) + "+" + strings.Repeat("-", 27) + "+"
+	raw := "buffered"
+	if r.RawDirect {
+		raw = "O_DIRECT"
+	}
+	fmt.Fprintf(w, "%s, %d x %d KiB direct IO, %d rounds: median [min-max] MiB/s, median of the rounds' diffs vs zerocopy, x raw file (%s)\n",
+		cfg.Profile, cfg.Bytes/int64(cfg.BS), cfg.BS>>10, cfg.Rounds, raw)
+	const first, col = 26, 40
+	fmt.Fprintf(w, "%-*s| %-*s| %-*s|\n", first, "", col, "Nodatasum", col, "Datasum")
+	line := strings.Repeat("-", first) + "+" + strings.Repeat("-", col+1) + "+" + strings.Repeat("-", col+1) + "+"
 	for _, op := range []string{"read", "write"} {
 		fmt.Fprintln(w, line)
 		title := strings.ToUpper(op[:1]) + op[1:]
-		for _, mode := range []string{"zerocopy", "bounce"} {
-			fmt.Fprintf(w, "%-17s|", fmt.Sprintf("%s (%s)", title, mode))
+		rawMed := r.Cell(op, "raw", false).Median()
+		for _, mode := range Modes {
+			fmt.Fprintf(w, "%-*s|", first, fmt.Sprintf("%s (%s)", title, modeTitle(mode)))
 			for _, sum := range []bool{false, true} {
 				c := r.Cell(op, mode, sum)
-				fmt.Fprintf(w, " %-26s|", fmt.Sprintf("%.1f [%.1f-%.1f]", c.Median(), c.Min(), c.Max()))
+				cell := fmt.Sprintf("%.0f [%.0f-%.0f]", c.Median(), c.Min(), c.Max())
+				if mode != "zerocopy" {
+					cell += fmt.Sprintf(" %+.1f%%", pairedDiff(c, r.Cell(op, "zerocopy", sum)))
+				}
+				if rawMed > 0 {
+					cell += fmt.Sprintf(" %.2fx", c.Median()/rawMed)
+				}
+				fmt.Fprintf(w, " %-*s|", col, cell)
 			}
 			fmt.Fprintln(w)
 		}
-		fmt.Fprintf(w, "%-17s|", "Diff")
-		for _, sum := range []bool{false, true} {
-			d := diff(r.Cell(op, "bounce", sum).Median(), r.Cell(op, "zerocopy", sum).Median())
-			fmt.Fprintf(w, " %-26s|", fmt.Sprintf("%+.1f %%", d))
-		}
-		fmt.Fprintln(w)
+		c := r.Cell(op, "raw", false)
+		fmt.Fprintf(w, "%-*s| %-*s| %-*s|\n", first, fmt.Sprintf("%s (raw file)", title), col,
+			fmt.Sprintf("%.0f [%.0f-%.0f] 1.00x", c.Median(), c.Min(), c.Max()), col, "")
 	}
 	fmt.Fprintln(w, line)
-	for _, op := range []string{"read", "write"} {
-		raw := r.Cell(op, "raw", false)
-		zc := r.Cell(op, "zerocopy", false).Median()
-		bo := r.Cell(op, "bounce", false).Median()
-		fmt.Fprintf(w, "raw file %-5s   %.1f MiB/s; nodatasum zerocopy %.2fx, bounce %.2fx of it\n",
-			op, raw.Median(), zc/raw.Median(), bo/raw.Median())
+	r.writeLoad(w)
+}
+
+// writeLoad prints the QD load: throughput, peak RSS and allocations per
+// request of each mode.
+func (r *Result) writeLoad(w io.Writer) {
+	if len(r.Load) == 0 {
+		return
 	}
+	l0 := r.Load[0]
+	fmt.Fprintf(w, "\nQD%d x 1 MiB, %s nodatasum, each mode on a fresh filesystem:\n", l0.QD, r.Config.Profile)
+	fmt.Fprintf(w, "%-19s %9s %9s %10s %10s %9s %10s %s\n",
+		"mode", "write", "read", "base RSS", "peak RSS", "allocs/rq", "bytes/rq", "bounce pool")
+	for _, l := range r.Load {
+		pool := "-"
+		if l.PoolPeak > 0 {
+			pool = fmt.Sprintf("peak %d MiB, %d waits", l.PoolPeak>>20, l.PoolWaits)
+		}
+		fmt.Fprintf(w, "%-19s %9s %9s %9dM %9dM %9.1f %10.0f %s\n", modeTitle(l.Mode),
+			fmt.Sprintf("%.0f", l.WriteMiBs), fmt.Sprintf("%.0f", l.ReadMiBs),
+			l.BaseRSS>>20, l.PeakRSS>>20, l.AllocsPerReq, l.BytesPerReq, pool)
+	}
+	if l0.PeakReset {
+		fmt.Fprintln(w, "peak RSS is VmHWM after the load, reset (clear_refs 5) before each mode once the last one's memory was freed; base RSS is VmRSS before it.")
+	} else {
+		fmt.Fprintln(w, "peak RSS is VmHWM, the process's peak since start: the kernel refused to reset it, so only the first mode's figure is its own.")
+	}
+	fmt.Fprintln(w, "allocs/rq and bytes/rq count every Go heap allocation of the process during the load, per request.")
 }
 
 // WriteJSON writes the whole result.
@@ -66,18 +121,18 @@ func (r *Result) WriteSVG(w io.Writer) error {
 		v     float64
 		color string
 	}
-	colors := map[string]string{"zerocopy": "#4e79a7", "bounce": "#e15759", "raw": "#9c9c9c"}
+	colors := map[string]string{"zerocopy": "#4e79a7", "bounce": "#e15759", "faithful": "#f28e2b", "raw": "#9c9c9c"}
 	var bars []bar
 	top := 1.0
 	for _, op := range []string{"read", "write"} {
 		for _, sum := range []bool{false, true} {
-			for _, mode := range []string{"zerocopy", "bounce"} {
+			for _, mode := range Modes {
 				s := "nodatasum"
 				if sum {
 					s = "datasum"
 				}
 				v := r.Cell(op, mode, sum).Median()
-				bars = append(bars, bar{fmt.Sprintf("%s %s %s", op, mode, s), v, colors[mode]})
+				bars = append(bars, bar{fmt.Sprintf("%s %s %s", op, modeTitle(mode), s), v, colors[mode]})
 				top = max(top, v)
 			}
 		}
@@ -85,7 +140,7 @@ func (r *Result) WriteSVG(w io.Writer) error {
 		bars = append(bars, bar{op + " raw file", v, colors["raw"]})
 		top = max(top, v)
 	}
-	const rowH, left, width = 26, 220, 420
+	const rowH, left, width = 26, 260, 420
 	h := len(bars)*rowH + 50
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">`+"\n", left+width+120, h)
