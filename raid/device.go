@@ -164,7 +164,7 @@ func (d *Device) open(opts DeviceOptions) error {
 
 func openError(path string, err error) error {
 	if errors.Is(err, syscall.EROFS) || errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM) {
-		return fmt.Errorf("raid: device %s cannot be opened for writing (read-only? open it with ReadOnly for scrub): %w", path, err)
+		return fmt.Errorf("raid: device %s cannot be opened for writing: %w (a read-only image can only be scrubbed or checked)", path, err)
 	}
 	return fmt.Errorf("raid: opening device %s: %w", path, err)
 }
