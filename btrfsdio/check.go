@@ -95,3 +95,28 @@ func Check(vol *raid.Volume) (*CheckReport, error) {
 	rep.Scrub.Length = vol.Capacity()
 	return rep, nil
 }
+
+// CommittedCsums is the checksum tree as scrub reads it (scrub_find_csum
+// over btrfs_lookup_csums_list): the data checksums of the committed
+// metadata of vol, for an offline scrub to tell a good copy from a bad one.
+// It returns nil, nil when nothing was committed or the volume has no
+// checksums (nodatasum), and an error when no metadata copy is valid.
+func CommittedCsums(vol *raid.Volume) (raid.CsumLookup, error) {
+	meta, err := raid.OpenMetaArea(vol)
+	if err != nil {
+		return nil, fmt.Errorf("btrfsdio: %w", err)
+	}
+	if meta.Root().Bytes == 0 {
+		return nil, nil
+	}
+	img, _, err := loadRoot(meta, vol.Capacity()&^(SectorSize-1))
+	if err != nil {
+		return nil, err
+	}
+	csums := newCsumTree()
+	csums.load(img.csums)
+	if len(csums.sums) == 0 {
+		return nil, nil
+	}
+	return csums.lookup, nil
+}

@@ -148,3 +148,45 @@ func TestStoredFlagsWin(t *testing.T) {
 		t.Errorf("--datasum on a nodatasum volume: inode NoDataSum %v, info %v", tgt.(*target.Btrfs).FS.Inode().NoDataSum, f.Info()["datasum"])
 	}
 }
+
+// scrub --repair on a datasum volume takes the good copy by the committed
+// checksums: the damaged copy is the lowest mirror's, which a guess without
+// checksums would have kept.
+func TestScrubRepairUsesCommittedCsums(t *testing.T) {
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	args := []string{"--profile", "raid1", "--datasum", "--size", "8M", "-f", a, "-f", b}
+	tg, err := buildBtrfs(t, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := blk.AlignedBuffer(64 << 10)
+	for i := range data {
+		data[i] = byte(i * 5)
+	}
+	if _, err := tg.FS.Inode().DirectWrite(&iomap.Kiocb{Pos: 1 << 20}, iomap.NewIovIter(data, 0)); err != nil {
+		t.Fatal(err)
+	}
+	extent := tg.FS.AllocatedExtents()[0]
+	if err := tg.Close(); err != nil {
+		t.Fatal(err)
+	}
+	scribble(t, a, int64(raid.ReservedBytes+extent[0])+100) // devid 1: mirror 1
+	var out, errb bytes.Buffer
+	e := &env{stdout: &out, stderr: &errb}
+	if code := run(e, []string{"scrub", "--repair", "-f", a, "-f", b}); code != exitOK || strings.Contains(out.String(), "lowest") {
+		t.Fatalf("scrub --repair: %d %q %q", code, out.String(), errb.String())
+	}
+	out.Reset()
+	if code := run(e, []string{"check", "-f", a, "-f", b}); code != exitOK {
+		t.Fatalf("check after repair: %d %q %q", code, out.String(), errb.String())
+	}
+	if tg, err = buildBtrfs(t, args...); err != nil {
+		t.Fatal(err)
+	}
+	defer tg.Close()
+	got := blk.AlignedBuffer(len(data))
+	if _, err := tg.FS.Inode().DirectRead(&iomap.Kiocb{Pos: 1 << 20}, iomap.NewIovIter(got, 0)); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("data after repair: %v", err)
+	}
+}

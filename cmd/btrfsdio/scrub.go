@@ -7,6 +7,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/btrfsdio/btrfsdio/btrfsdio"
 	"github.com/btrfsdio/btrfsdio/raid"
 )
 
@@ -24,8 +25,9 @@ func init() {
 		help: `Reads every copy of every sector (RAID5/6: every data and parity stripe)
 straight from the images and compares them.
 
-  --repair    rewrite every bad copy from a good one. Without checksums
-              (offline scrub has none) mirrors that differ are made equal
+  --repair    rewrite every bad copy from a good one: the copy whose data
+              checksum (committed with a --datasum volume) matches. Without
+              checksums (nodatasum) mirrors that differ are made equal
               to the lowest mirror's copy, which is what a read of mirror 1
               returns, and the output names each such sector; unreadable
               copies are rewritten from a readable one; RAID5/6 parity that
@@ -85,7 +87,14 @@ func runScrub(e *env, args []string) int {
 	if *repair {
 		scrub = vol.ScrubRepair
 	}
-	rep, err := scrub(0, vol.Capacity(), nil)
+	// The data checksums committed with a datasum volume say which copy is
+	// good; without them (nodatasum, or no valid metadata) the copies are
+	// only compared.
+	csum, err := btrfsdio.CommittedCsums(vol)
+	if err != nil {
+		log.Warnf("scrub: %v: data checksums not used", err)
+	}
+	rep, err := scrub(0, vol.Capacity(), csum)
 	if err != nil {
 		return e.failf(exitFail, "scrub: %v", err)
 	}
