@@ -96,9 +96,9 @@ func Check(vol *raid.Volume) (*CheckReport, error) {
 	return rep, nil
 }
 
-// CommittedCsums is the checksum tree as scrub reads it (scrub_find_csum
-// over btrfs_lookup_csums_list): the data checksums of the committed
-// metadata of vol, for an offline scrub to tell a good copy from a bad one.
+// CommittedCsums is scrub_find_csum for an offline scrub: the data
+// checksums of the committed metadata of vol (the csum tree as
+// btrfs_lookup_csums_list reads it), to tell a good copy from a bad one.
 // It returns nil, nil when nothing was committed or the volume has no
 // checksums (nodatasum), and an error when no metadata copy is valid.
 func CommittedCsums(vol *raid.Volume) (raid.CsumLookup, error) {
