@@ -4,6 +4,7 @@
 package target
 
 import (
+	"sync"
 	"syscall"
 
 	"github.com/btrfsdio/btrfsdio/blk"
@@ -43,10 +44,14 @@ func (t *Btrfs) Handle(r *ublk.Request) int32 {
 		if r.Bytes() == 0 {
 			return -int32(syscall.EINVAL)
 		}
+		if r.Op == ublk.OpRead && t.verifiesInPlace() {
+			return t.readVerified(r)
+		}
 		// The request's pages are only reachable by copying; in zero-copy
 		// mode every copy of the data is read from them separately, as
-		// the kernel's devices read a client's O_DIRECT pages.
-		it := iomap.NewRemoteIovIter(r.Data, 0, int(r.Bytes()), blk.PageSize)
+		// the kernel's devices read a client's O_DIRECT pages. They are
+		// one remote folio: each contiguous stretch is copied at once.
+		it := iomap.NewRemoteIovIter(r.Data, 0, int(r.Bytes()), requestFolio(r))
 		iocb := &iomap.Kiocb{Pos: r.Offset()}
 		var n int
 		var err error
@@ -69,6 +74,44 @@ func (t *Btrfs) Handle(r *ublk.Request) int32 {
 	}
 	return -int32(syscall.EOPNOTSUPP)
 }
+
+// requestFolio is the request's size rounded up to whole pages.
+func requestFolio(r *ublk.Request) int {
+	return (int(r.Bytes()) + blk.PageSize - 1) &^ (blk.PageSize - 1)
+}
+
+// verifiesInPlace reports whether a zero-copy read would verify data
+// checksums on the request's own pages. The kernel can (the user's pages
+// are mapped), but a ublk READ request's pages can only be written: the
+// driver refuses pread on them (UBLK_F_USER_COPY checks the direction).
+func (t *Btrfs) verifiesInPlace() bool {
+	return t.FS.Opts.Mode == btrfsdio.ZeroCopy && !t.FS.Inode().NoDataSum
+}
+
+// readVerified serves a zero-copy read of a datasum inode into process
+// memory, where btrfs_check_read_bio can verify (and repair) it, then
+// copies it to the request: one copy more than zero-copy, the price of
+// checksums on memory that can only be written.
+func (t *Btrfs) readVerified(r *ublk.Request) int32 {
+	bp := readBuffers.Get().(*[]byte)
+	defer readBuffers.Put(bp)
+	size := requestFolio(r)
+	if cap(*bp) < size {
+		*bp = blk.AlignedBuffer(size)
+	}
+	buf := (*bp)[:r.Bytes()]
+	n, err := t.FS.Inode().DirectRead(&iomap.Kiocb{Pos: r.Offset()}, iomap.NewIovIter(buf, 0))
+	if err != nil {
+		return int32(blk.ErrnoOf(err))
+	}
+	if _, err := r.Data.WriteAt(buf[:n], 0); err != nil {
+		return -int32(syscall.EIO)
+	}
+	return int32(n)
+}
+
+// readBuffers hold readVerified's data.
+var readBuffers = sync.Pool{New: func() any { return new([]byte) }}
 
 // Stats are the filesystem's counters, for `btrfsdio list -v` (no kernel
 // counterpart).

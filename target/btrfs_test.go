@@ -166,3 +166,48 @@ func TestFlushAndFUAAreDurable(t *testing.T) {
 		t.Fatalf("FUA write lost in a crash: %d", got)
 	}
 }
+
+// writeOnlyData is a READ request's pages under UBLK_F_USER_COPY: the
+// driver lets the server write them, never read them.
+type writeOnlyData struct{ memData }
+
+func (w *writeOnlyData) ReadAt(p []byte, off int64) (int, error) { return 0, syscall.EINVAL }
+
+// A zero-copy read of a datasum inode is verified in process memory: the
+// request's pages cannot be read back, and verifying them in place would
+// fail every checksum and "repair" every sector from the other copies.
+func TestZeroCopyDatasumReadVerifiedLocally(t *testing.T) {
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	dir := t.TempDir()
+	var devs []*raid.Device
+	for i := 0; i < 2; i++ {
+		d, err := raid.OpenDevice(filepath.Join(dir, "d"+string(rune('0'+i))), raid.DeviceOptions{Create: true, Size: 32 << 20, Logger: log})
+		if err != nil {
+			t.Fatal(err)
+		}
+		devs = append(devs, d)
+	}
+	vol, err := raid.NewVolume(devs, raid.Raid1, raid.VolumeOptions{Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs, err := btrfsdio.NewFsInfo(vol, btrfsdio.Options{Mode: btrfsdio.ZeroCopy, DataSum: true, Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg := &Btrfs{FS: fs}
+	defer tg.Close()
+	data := bytes.Repeat([]byte("datasum!"), 1<<20/8)
+	if res := tg.Handle(req(ublk.OpWrite, 1<<20, data, 0)); res != int32(len(data)) {
+		t.Fatalf("write: %d", res)
+	}
+	got := &writeOnlyData{memData{b: make([]byte, len(data))}}
+	r := &ublk.Request{Op: ublk.OpRead, Sector: 1 << 20 >> 9, Sectors: uint32(len(data) >> 9), Data: got}
+	if res := tg.Handle(r); res != int32(len(data)) || !bytes.Equal(got.b, data) {
+		t.Fatalf("read: %d, data equal %v", res, bytes.Equal(got.b, data))
+	}
+	if st := fs.Stats(); st.CsumErrors != 0 || st.ReadRepairs != 0 {
+		t.Errorf("a clean read counted %d csum errors and %d repairs", st.CsumErrors, st.ReadRepairs)
+	}
+}
