@@ -22,6 +22,11 @@ func (m *memData) ReadAt(p []byte, off int64) (int, error)  { return copy(p, m.b
 func (m *memData) WriteAt(p []byte, off int64) (int, error) { return copy(m.b[off:], p), nil }
 
 func newTarget(t *testing.T, mode btrfsdio.DioMode) *Btrfs {
+	return newTargetOpts(t, btrfsdio.Options{Mode: mode})
+}
+
+// newTargetOpts is a target on a fresh in-memory RAID1 filesystem.
+func newTargetOpts(t *testing.T, opts btrfsdio.Options) *Btrfs {
 	log := logrus.New()
 	log.SetOutput(io.Discard)
 	dir := t.TempDir()
@@ -37,7 +42,8 @@ func newTarget(t *testing.T, mode btrfsdio.DioMode) *Btrfs {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fs, err := btrfsdio.NewFsInfo(vol, btrfsdio.Options{Mode: mode, Log: log})
+	opts.Log = log
+	fs, err := btrfsdio.NewFsInfo(vol, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,27 +183,8 @@ func (w *writeOnlyData) ReadAt(p []byte, off int64) (int, error) { return 0, sys
 // request's pages cannot be read back, and verifying them in place would
 // fail every checksum and "repair" every sector from the other copies.
 func TestZeroCopyDatasumReadVerifiedLocally(t *testing.T) {
-	log := logrus.New()
-	log.SetOutput(io.Discard)
-	dir := t.TempDir()
-	var devs []*raid.Device
-	for i := 0; i < 2; i++ {
-		d, err := raid.OpenDevice(filepath.Join(dir, "d"+string(rune('0'+i))), raid.DeviceOptions{Create: true, Size: 32 << 20, Logger: log})
-		if err != nil {
-			t.Fatal(err)
-		}
-		devs = append(devs, d)
-	}
-	vol, err := raid.NewVolume(devs, raid.Raid1, raid.VolumeOptions{Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	fs, err := btrfsdio.NewFsInfo(vol, btrfsdio.Options{Mode: btrfsdio.ZeroCopy, DataSum: true, Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tg := &Btrfs{FS: fs}
-	defer tg.Close()
+	tg := newTargetOpts(t, btrfsdio.Options{Mode: btrfsdio.ZeroCopy, DataSum: true})
+	fs := tg.FS
 	data := bytes.Repeat([]byte("datasum!"), 1<<20/8)
 	if res := tg.Handle(req(ublk.OpWrite, 1<<20, data, 0)); res != int32(len(data)) {
 		t.Fatalf("write: %d", res)

@@ -138,18 +138,10 @@ func (d *Device) setupRecovered() error {
 	if err := d.ctrl.EndUserRecovery(d.ID(), os.Getpid()); err != nil {
 		return err
 	}
-	d.started.Store(true)
-	info, err := d.ctrl.GetDevInfo(d.ID())
-	if err != nil {
+	if err := d.markLive("END_USER_RECOVERY"); err != nil {
 		return err
 	}
-	d.mu.Lock()
-	d.info = info
-	d.mu.Unlock()
-	if info.State != StateLive {
-		d.log.Warnf("ublk: device state after END_USER_RECOVERY is %s", StateName(info.State))
-	}
-	d.log.Infof("ublk: %s recovered: %d queues x %d tags", d.BlockDevice(), info.NrHWQueues, info.QueueDepth)
+	d.log.Infof("ublk: %s recovered: %d queues x %d tags", d.BlockDevice(), d.added.NrHWQueues, d.added.QueueDepth)
 	return nil
 }
 

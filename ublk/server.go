@@ -197,6 +197,16 @@ func (d *Device) setup() error {
 	if err := d.ctrl.StartDev(d.ID(), os.Getpid()); err != nil {
 		return err
 	}
+	if err := d.markLive("START_DEV"); err != nil {
+		return err
+	}
+	d.log.Infof("ublk: %s live: %d queues x %d tags, %d bytes", d.BlockDevice(), d.added.NrHWQueues, d.added.QueueDepth, d.opts.Params.Size)
+	return nil
+}
+
+// markLive records that the kernel names this process the device's server
+// (after cmd: START_DEV or END_USER_RECOVERY) and reads the device info.
+func (d *Device) markLive(cmd string) error {
 	d.started.Store(true)
 	info, err := d.ctrl.GetDevInfo(d.ID())
 	if err != nil {
@@ -206,9 +216,8 @@ func (d *Device) setup() error {
 	d.info = info
 	d.mu.Unlock()
 	if info.State != StateLive {
-		d.log.Warnf("ublk: device state after START_DEV is %s", StateName(info.State))
+		d.log.Warnf("ublk: device state after %s is %s", cmd, StateName(info.State))
 	}
-	d.log.Infof("ublk: %s live: %d queues x %d tags, %d bytes", d.BlockDevice(), info.NrHWQueues, info.QueueDepth, d.opts.Params.Size)
 	return nil
 }
 

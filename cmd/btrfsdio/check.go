@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/sirupsen/logrus"
-
 	"github.com/btrfsdio/btrfsdio/btrfsdio"
 	"github.com/btrfsdio/btrfsdio/raid"
 )
@@ -28,38 +26,16 @@ func init() {
 func runCheck(e *env, args []string) int {
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
-	var files fileList
-	profile := fs.String("profile", "", "data profile the images must hold (default: what their superblocks say)")
+	ov := newOfflineVolume("check", fs)
 	verbose := fs.Bool("v", false, "list every damaged sector")
-	degraded := fs.Bool("degraded", false, "accept missing images, as many as the profile tolerates")
-	fs.Var(&files, "f", "image or block device (repeat, in device order)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
-	if fs.NArg() > 0 {
-		return e.failf(exitUsage, "check: unexpected argument %q", fs.Arg(0))
-	}
-	p := raid.AnyProfile
-	if *profile != "" {
-		var err error
-		if p, err = raid.ParseProfile(*profile); err != nil {
-			return e.failf(exitUsage, "check: --profile: %v", err)
-		}
-	}
-	if len(files) == 0 {
-		return e.failf(exitUsage, "check: at least one -f IMG is required")
-	}
-	log := logrus.New()
-	log.SetOutput(e.stderr)
-	// AnyProfile: never format, whatever the images hold.
-	vol, err := openVolume(files, raid.AnyProfile, 0, true, *degraded, log)
-	if err != nil {
-		return e.failf(exitFail, "check: %v", err)
+	vol, _, code := ov.open(e, fs, true)
+	if code != exitOK {
+		return code
 	}
 	defer vol.Close()
-	if p != raid.AnyProfile && vol.Profile() != p {
-		return e.failf(exitFail, "check: the images hold a %s volume, not %s", vol.Profile(), p)
-	}
 	rep, err := btrfsdio.Check(vol)
 	if rep != nil {
 		printCheck(e.stdout, vol, rep, *verbose)

@@ -17,6 +17,13 @@ import (
 // buildBtrfs runs the btrfsdio target's Build as `add` does.
 func buildBtrfs(t *testing.T, args ...string) (*target.Btrfs, error) {
 	t.Helper()
+	tg, _, err := buildFactory(t, args...)
+	return tg, err
+}
+
+// buildFactory is buildBtrfs that also returns the factory (for Info).
+func buildFactory(t *testing.T, args ...string) (*target.Btrfs, *btrfsFactory, error) {
+	t.Helper()
 	f := &btrfsFactory{}
 	fs := flag.NewFlagSet("add", flag.ContinueOnError)
 	f.Flags(fs)
@@ -28,9 +35,9 @@ func buildBtrfs(t *testing.T, args ...string) (*target.Btrfs, error) {
 	}
 	tg, _, err := f.Build()
 	if err != nil {
-		return nil, err
+		return nil, f, err
 	}
-	return tg.(*target.Btrfs), nil
+	return tg.(*target.Btrfs), f, nil
 }
 
 // TestAddReopensAndCheck: a second add on the same images finds the data
@@ -130,22 +137,13 @@ func TestStoredFlagsWin(t *testing.T) {
 	if err := tg.Close(); err != nil {
 		t.Fatal(err)
 	}
-	f := &btrfsFactory{}
-	fs := flag.NewFlagSet("add", flag.ContinueOnError)
-	f.Flags(fs)
-	if err := fs.Parse(append([]string{"--profile", "raid1", "--datasum"}, files...)); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	tgt, _, err := f.Build()
+	tg, f, err := buildFactory(t, append([]string{"--profile", "raid1", "--datasum"}, files...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer tgt.(*target.Btrfs).Close()
-	if !tgt.(*target.Btrfs).FS.Inode().NoDataSum || f.Info()["datasum"] != false {
-		t.Errorf("--datasum on a nodatasum volume: inode NoDataSum %v, info %v", tgt.(*target.Btrfs).FS.Inode().NoDataSum, f.Info()["datasum"])
+	defer tg.Close()
+	if !tg.FS.Inode().NoDataSum || f.Info()["datasum"] != false {
+		t.Errorf("--datasum on a nodatasum volume: inode NoDataSum %v, info %v", tg.FS.Inode().NoDataSum, f.Info()["datasum"])
 	}
 }
 

@@ -51,38 +51,17 @@ exit status:
 func runScrub(e *env, args []string) int {
 	fs := flag.NewFlagSet("scrub", flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
-	var files fileList
-	profile := fs.String("profile", "", "data profile the images must hold (default: what their superblocks say)")
+	ov := newOfflineVolume("scrub", fs)
 	verbose := fs.Bool("v", false, "list every differing sector and every repair")
 	repair := fs.Bool("repair", false, "rewrite bad copies from good ones (opens the images read-write)")
-	degraded := fs.Bool("degraded", false, "scrub with devices missing, as many as the profile tolerates")
-	fs.Var(&files, "f", "image or block device (repeat, in device order)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
-	if fs.NArg() > 0 {
-		return e.failf(exitUsage, "scrub: unexpected argument %q", fs.Arg(0))
-	}
-	p := raid.AnyProfile
-	if *profile != "" {
-		var err error
-		if p, err = raid.ParseProfile(*profile); err != nil {
-			return e.failf(exitUsage, "scrub: --profile: %v", err)
-		}
-	}
-	if len(files) == 0 {
-		return e.failf(exitUsage, "scrub: at least one -f IMG is required")
-	}
-	log := logrus.New()
-	log.SetOutput(e.stderr)
-	vol, err := openVolume(files, raid.AnyProfile, 0, !*repair, *degraded, log)
-	if err != nil {
-		return e.failf(exitFail, "scrub: %v", err)
+	vol, log, code := ov.open(e, fs, !*repair)
+	if code != exitOK {
+		return code
 	}
 	defer vol.Close()
-	if p != raid.AnyProfile && vol.Profile() != p {
-		return e.failf(exitFail, "scrub: the images hold a %s volume, not %s", vol.Profile(), p)
-	}
 	scrub := vol.Scrub
 	if *repair {
 		scrub = vol.ScrubRepair
@@ -100,6 +79,52 @@ func runScrub(e *env, args []string) int {
 	}
 	printScrub(e.stdout, vol, rep, *repair, *verbose)
 	return scrubExitCode(rep, *repair)
+}
+
+// offlineVolume is the command line scrub and check share: the images, the
+// profile they must hold and whether some may be missing.
+type offlineVolume struct {
+	name     string
+	files    fileList
+	profile  *string
+	degraded *bool
+}
+
+func newOfflineVolume(name string, fs *flag.FlagSet) *offlineVolume {
+	o := &offlineVolume{name: name}
+	o.profile = fs.String("profile", "", "data profile the images must hold (default: what their superblocks say)")
+	o.degraded = fs.Bool("degraded", false, "accept missing images, as many as the profile tolerates")
+	fs.Var(&o.files, "f", "image or block device (repeat, in device order)")
+	return o
+}
+
+// open checks what fs parsed and opens the volume (never formatting it),
+// with a logger on stderr; a non-zero code has been reported.
+func (o *offlineVolume) open(e *env, fs *flag.FlagSet, readOnly bool) (*raid.Volume, *logrus.Logger, int) {
+	if fs.NArg() > 0 {
+		return nil, nil, e.failf(exitUsage, "%s: unexpected argument %q", o.name, fs.Arg(0))
+	}
+	p := raid.AnyProfile
+	if *o.profile != "" {
+		var err error
+		if p, err = raid.ParseProfile(*o.profile); err != nil {
+			return nil, nil, e.failf(exitUsage, "%s: --profile: %v", o.name, err)
+		}
+	}
+	if len(o.files) == 0 {
+		return nil, nil, e.failf(exitUsage, "%s: at least one -f IMG is required", o.name)
+	}
+	log := logrus.New()
+	log.SetOutput(e.stderr)
+	vol, err := openVolume(o.files, raid.AnyProfile, 0, readOnly, *o.degraded, log)
+	if err != nil {
+		return nil, nil, e.failf(exitFail, "%s: %v", o.name, err)
+	}
+	if p != raid.AnyProfile && vol.Profile() != p {
+		vol.Close()
+		return nil, nil, e.failf(exitFail, "%s: the images hold a %s volume, not %s", o.name, vol.Profile(), p)
+	}
+	return vol, log, exitOK
 }
 
 // scrubExitCode is the exit status `btrfsdio help scrub` documents.
