@@ -68,49 +68,54 @@ func BenchmarkDio1MiB(b *testing.B) {
 // and B/op are per request; profile it with -cpuprofile/-memprofile. The
 // modes are zero-copy, pooled bounce and the seed's page-by-page bounce.
 func BenchmarkRequest(b *testing.B) {
-	modes := []struct {
-		name string
-		opts Options
-	}{
-		{"zerocopy", Options{Mode: ZeroCopy}},
-		{"bounce", Options{Mode: Bounce}},
-		{"faithful", Options{Mode: Bounce, Faithful: true}},
-	}
 	for _, size := range []int{4096, mib} {
-		for _, mode := range modes {
-			for _, write := range []bool{true, false} {
-				op := "read"
-				if write {
-					op = "write"
+		for _, mode := range dioModes {
+			for _, sum := range []bool{false, true} {
+				for _, write := range []bool{true, false} {
+					op := "read"
+					if write {
+						op = "write"
+					}
+					benchRequest(b, fmt.Sprintf("%dK/%s/%s/%s", size>>10, mode.name, sumName(sum), op), mode.opts, sum, size, write)
 				}
-				b.Run(fmt.Sprintf("%dK/%s/%s", size>>10, mode.name, op), func(b *testing.B) {
-					opts := mode.opts
-					opts.NoVolatileDetect = true
-					fs := newTestFS(b, raid.Raid1, 64*mib, opts)
-					buf := blk.AlignedBuffer(size)
-					const span = 16 * mib
-					for off := 0; off < span; off += size {
-						if _, err := fs.write(int64(off), buf, 0); err != nil {
-							b.Fatal(err)
-						}
-					}
-					b.SetBytes(int64(size))
-					b.ReportAllocs()
-					b.ResetTimer()
-					for i := 0; i < b.N; i++ {
-						pos := int64(i*size) % span
-						var err error
-						if write {
-							_, err = fs.write(pos, buf, 0)
-						} else {
-							_, err = fs.read(pos, buf, 0)
-						}
-						if err != nil {
-							b.Fatal(err)
-						}
-					}
-				})
 			}
 		}
 	}
+}
+
+func sumName(sum bool) string {
+	if sum {
+		return "datasum"
+	}
+	return "nodatasum"
+}
+
+func benchRequest(b *testing.B, name string, opts Options, sum bool, size int, write bool) {
+	b.Run(name, func(b *testing.B) {
+		opts.NoVolatileDetect = true
+		opts.DataSum = sum
+		fs := newTestFS(b, raid.Raid1, 64*mib, opts)
+		buf := blk.AlignedBuffer(size)
+		const span = 16 * mib
+		for off := 0; off < span; off += size {
+			if _, err := fs.write(int64(off), buf, 0); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.SetBytes(int64(size))
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			pos := int64(i*size) % span
+			var err error
+			if write {
+				_, err = fs.write(pos, buf, 0)
+			} else {
+				_, err = fs.read(pos, buf, 0)
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/btrfsdio/btrfsdio/blk"
+	"github.com/btrfsdio/btrfsdio/iomap"
 	"github.com/btrfsdio/btrfsdio/raid"
 )
 
@@ -571,4 +572,53 @@ func TestBadInput(t *testing.T) {
 		t.Fatalf("read past the end: %v", err)
 	}
 	fs.checkQuiescent(t)
+}
+
+// TestDatasumVerifiesWhereverTheDataIs: the checksums of a read are
+// verified in place in process memory (bounce folios, the seed's pages, a
+// caller's buffer) and on a copy of remote memory (a ublk request's pages);
+// either way the sectors found bad are the ones repaired, whichever mirror
+// each read picks.
+func TestDatasumVerifiesWhereverTheDataIs(t *testing.T) {
+	for _, m := range dioModes {
+		for _, remote := range []bool{false, true} {
+			name := m.name + "/local"
+			if remote {
+				name = m.name + "/remote"
+			}
+			t.Run(name, func(t *testing.T) {
+				opts := m.opts
+				opts.DataSum = true
+				fs := newTestFS(t, raid.Raid1, 64*mib, opts)
+				data := blk.AlignedBuffer(mib)
+				fillPattern(data, 9)
+				if _, err := fs.write(0, data, 0); err != nil {
+					t.Fatal(err)
+				}
+				base := fs.AllocatedExtents()[0][0]
+				// Sector 2 is bad on the first copy, sector 5 on the second.
+				corruptCopy(t, fs, base+2*SectorSize, 1)
+				corruptCopy(t, fs, base+5*SectorSize, 2)
+				out := blk.AlignedBuffer(mib)
+				if remote {
+					mem := newFileMemory(t, mib)
+					if _, err := fs.Inode().DirectRead(&iomap.Kiocb{}, iomap.NewRemoteIovIter(mem, 0, mib, blk.PageSize)); err != nil {
+						t.Fatal(err)
+					}
+					if _, err := mem.ReadAt(out, 0); err != nil {
+						t.Fatal(err)
+					}
+				} else if _, err := fs.read(0, out, 0); err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(out, data) {
+					t.Fatal("read returned corrupt data")
+				}
+				if st := fs.Stats(); st.CsumErrors != 1 || st.ReadRepairs != 1 {
+					t.Fatalf("csum errors %d, repairs %d: want the one bad sector the read met found and repaired", st.CsumErrors, st.ReadRepairs)
+				}
+				fs.checkQuiescent(t)
+			})
+		}
+	}
 }

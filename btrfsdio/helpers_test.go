@@ -53,6 +53,17 @@ type testFS struct {
 	paths []string
 }
 
+// dioModes are the direct IO paths: zero-copy (before the patch), pooled
+// bounce and the seed's page-by-page bounce.
+var dioModes = []struct {
+	name string
+	opts Options
+}{
+	{"zerocopy", Options{Mode: ZeroCopy}},
+	{"bounce", Options{Mode: Bounce}},
+	{"faithful", Options{Mode: Bounce, Faithful: true}},
+}
+
 func newTestFS(t testing.TB, p raid.Profile, devSize int64, opts Options) *testFS {
 	t.Helper()
 	dir := testDir(t)

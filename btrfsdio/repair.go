@@ -16,33 +16,24 @@ func (fs *FsInfo) checkReadBio(bbio *BtrfsBio, iter blk.BvecIter) {
 	if !ioErr && bbio.Inode.NoDataSum {
 		return // nothing to verify, nothing to repair
 	}
-	logical := iter.Sector << blk.SectorShift
-	// The whole range is copied out once (kmap per sector in the kernel):
-	// for a ublk request's pages, one read instead of one per sector.
-	var data []byte
-	copied := false
-	if !ioErr && !bbio.Inode.NoDataSum {
-		bp := readCheckBuffers.Get().(*[]byte)
-		defer readCheckBuffers.Put(bp)
-		if cap(*bp) < int(iter.Size) {
-			*bp = make([]byte, iter.Size)
+	var bad []int
+	if !ioErr {
+		if bad = fs.csumMismatches(bio, iter); len(bad) == 0 {
+			return
 		}
-		data = (*bp)[:iter.Size]
-		copied = blk.CopyFromBio(bio, iter, data) == nil
 	}
 	allGood := true
-	for pos := 0; iter.Size > 0; pos += SectorSize {
-		secIter := iter
-		secIter.Size = SectorSize
-		ok := !ioErr
-		if ok && !bbio.Inode.NoDataSum {
-			if want, has := fs.csums.lookup(logical); has && (!copied || csumData(data[pos:pos+SectorSize]) != want) {
-				fs.stats.csumErrors.Add(1)
-				ok = false
+	logical := iter.Sector << blk.SectorShift
+	for i := 0; iter.Size > 0; i++ {
+		if ioErr || (len(bad) > 0 && bad[0] == i) {
+			if len(bad) > 0 {
+				bad = bad[1:]
 			}
-		}
-		if !ok && !fs.repairOneSector(bbio, logical, secIter) {
-			allGood = false
+			secIter := iter
+			secIter.Size = SectorSize
+			if !fs.repairOneSector(bbio, logical, secIter) {
+				allGood = false
+			}
 		}
 		bio.AdvanceIter(&iter, SectorSize)
 		logical += SectorSize
@@ -54,7 +45,65 @@ func (fs *FsInfo) checkReadBio(bbio *BtrfsBio, iter blk.BvecIter) {
 	}
 }
 
-// readCheckBuffers hold the data checkReadBio verifies.
+// csumMismatches is btrfs_data_csum_ok for every sector under iter: the
+// indexes, in order, of the sectors that have a checksum their data does not
+// match. Process memory is checksummed where it is, as the kernel does
+// through kmap_local; anything else (a ublk request's pages) is copied out
+// once, one read instead of one per sector. A sector that cannot be copied
+// out counts as a mismatch.
+func (fs *FsInfo) csumMismatches(bio *blk.Bio, iter blk.BvecIter) []int {
+	logical := iter.Sector << blk.SectorShift
+	var bad []int
+	check := func(i int, data []byte) {
+		if want, has := fs.csums.lookup(logical + uint64(i)*SectorSize); has && (data == nil || csumData(data) != want) {
+			fs.stats.csumErrors.Add(1)
+			bad = append(bad, i)
+		}
+	}
+	nsec := int(iter.Size / SectorSize)
+	if inPlace(bio, iter) {
+		i := 0
+		_ = bio.ForEachBvec(iter, func(bv blk.BioVec) error {
+			mem := bv.Page.Bytes()[bv.Offset : bv.Offset+bv.Len]
+			for off := 0; off < len(mem); off += SectorSize {
+				check(i, mem[off:off+SectorSize])
+				i++
+			}
+			return nil
+		})
+		return bad
+	}
+	bp := readCheckBuffers.Get().(*[]byte)
+	defer readCheckBuffers.Put(bp)
+	if cap(*bp) < int(iter.Size) {
+		*bp = make([]byte, iter.Size)
+	}
+	data := (*bp)[:iter.Size]
+	copied := blk.CopyFromBio(bio, iter, data) == nil
+	for i := 0; i < nsec; i++ {
+		if copied {
+			check(i, data[i*SectorSize:(i+1)*SectorSize])
+		} else {
+			check(i, nil)
+		}
+	}
+	return bad
+}
+
+// inPlace reports whether every segment under iter is process memory made
+// of whole sectors, so each sector can be checksummed where it lies.
+func inPlace(bio *blk.Bio, iter blk.BvecIter) bool {
+	ok := true
+	_ = bio.ForEachBvec(iter, func(bv blk.BioVec) error {
+		if bv.Page.Bytes() == nil || bv.Len%SectorSize != 0 {
+			ok = false
+		}
+		return nil
+	})
+	return ok
+}
+
+// readCheckBuffers hold the data csumMismatches copies out.
 var readCheckBuffers = sync.Pool{New: func() any { return new([]byte) }}
 
 // repairOneSector is repair_one_sector + btrfs_repair_io_failure: read the

@@ -26,14 +26,7 @@ func Recover(opts Options, target Target) (*Device, error) {
 	if opts.ID < 0 {
 		return nil, errors.New("ublk: recover needs a device id")
 	}
-	opts, err := opts.normalize()
-	if err != nil {
-		return nil, err
-	}
-	if target == nil {
-		return nil, errors.New("ublk: nil target")
-	}
-	ctrl, err := OpenControl()
+	opts, ctrl, err := prepare(opts, target)
 	if err != nil {
 		return nil, err
 	}

@@ -115,20 +115,27 @@ type Device struct {
 	stopErr error
 }
 
+// prepare is what Add and Recover do first: check the options and the
+// target, and open /dev/ublk-control.
+func prepare(opts Options, target Target) (Options, *Control, error) {
+	opts, err := opts.normalize()
+	if err != nil {
+		return opts, nil, err
+	}
+	if target == nil {
+		return opts, nil, errors.New("ublk: nil target")
+	}
+	ctrl, err := OpenControl()
+	return opts, ctrl, err
+}
+
 // Add creates, sets up and starts a device served by target (ublksrv's
 // ublksrv_ctrl_add_dev + ublksrv_dev_init + queue setup + ublksrv_ctrl_start_dev).
 // It returns once /dev/ublkbN is live. On failure the device is torn down and
 // target is left open for the caller; on success Stop closes it (if it is an
 // io.Closer).
 func Add(opts Options, target Target) (*Device, error) {
-	opts, err := opts.normalize()
-	if err != nil {
-		return nil, err
-	}
-	if target == nil {
-		return nil, errors.New("ublk: nil target")
-	}
-	ctrl, err := OpenControl()
+	opts, ctrl, err := prepare(opts, target)
 	if err != nil {
 		return nil, err
 	}

@@ -40,25 +40,34 @@ func buildFactory(t *testing.T, args ...string) (*target.Btrfs, *btrfsFactory, e
 	return tg.(*target.Btrfs), f, nil
 }
 
-// TestAddReopensAndCheck: a second add on the same images finds the data
-// the first wrote; check is clean, then finds a damaged copy (exit 3), then
-// no valid metadata (exit 3, and add refuses).
-func TestAddReopensAndCheck(t *testing.T) {
+// datasumRaid1With64K builds a datasum RAID1 target on two images a and b
+// (args is its add command line) and writes 64 KiB of pattern mul at 1 MiB.
+func datasumRaid1With64K(t *testing.T, mul int) (a, b string, args []string, tg *target.Btrfs, data []byte) {
+	t.Helper()
 	dir := t.TempDir()
-	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
-	args := []string{"--profile", "raid1", "--datasum", "--size", "8M", "-f", a, "-f", b}
+	a, b = filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	args = []string{"--profile", "raid1", "--datasum", "--size", "8M", "-f", a, "-f", b}
 	tg, err := buildBtrfs(t, args...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	data := blk.AlignedBuffer(64 << 10)
+	data = blk.AlignedBuffer(64 << 10)
 	for i := range data {
-		data[i] = byte(i * 7)
+		data[i] = byte(i * mul)
 	}
 	if _, err := tg.FS.Inode().DirectWrite(&iomap.Kiocb{Pos: 1 << 20}, iomap.NewIovIter(data, 0)); err != nil {
 		t.Fatal(err)
 	}
-	if err := tg.Close(); err != nil { // what del and SIGTERM do
+	return a, b, args, tg, data
+}
+
+// TestAddReopensAndCheck: a second add on the same images finds the data
+// the first wrote; check is clean, then finds a damaged copy (exit 3), then
+// no valid metadata (exit 3, and add refuses).
+func TestAddReopensAndCheck(t *testing.T) {
+	a, b, args, tg, data := datasumRaid1With64K(t, 7)
+	err := tg.Close() // what del and SIGTERM do
+	if err != nil {
 		t.Fatal(err)
 	}
 	if tg, err = buildBtrfs(t, args...); err != nil {
@@ -151,20 +160,7 @@ func TestStoredFlagsWin(t *testing.T) {
 // checksums: the damaged copy is the lowest mirror's, which a guess without
 // checksums would have kept.
 func TestScrubRepairUsesCommittedCsums(t *testing.T) {
-	dir := t.TempDir()
-	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
-	args := []string{"--profile", "raid1", "--datasum", "--size", "8M", "-f", a, "-f", b}
-	tg, err := buildBtrfs(t, args...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	data := blk.AlignedBuffer(64 << 10)
-	for i := range data {
-		data[i] = byte(i * 5)
-	}
-	if _, err := tg.FS.Inode().DirectWrite(&iomap.Kiocb{Pos: 1 << 20}, iomap.NewIovIter(data, 0)); err != nil {
-		t.Fatal(err)
-	}
+	a, b, args, tg, data := datasumRaid1With64K(t, 5)
 	extent := tg.FS.AllocatedExtents()[0]
 	if err := tg.Close(); err != nil {
 		t.Fatal(err)
@@ -179,7 +175,8 @@ func TestScrubRepairUsesCommittedCsums(t *testing.T) {
 	if code := run(e, []string{"check", "-f", a, "-f", b}); code != exitOK {
 		t.Fatalf("check after repair: %d %q %q", code, out.String(), errb.String())
 	}
-	if tg, err = buildBtrfs(t, args...); err != nil {
+	tg, err := buildBtrfs(t, args...)
+	if err != nil {
 		t.Fatal(err)
 	}
 	defer tg.Close()

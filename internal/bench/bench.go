@@ -51,7 +51,13 @@ type Cell struct {
 	DataSum bool   `json:"datasum"`
 	// MiBs holds one throughput per round.
 	MiBs []float64 `json:"mib_s"`
+	// CPU holds, per round, the CPU time (user + system, the whole
+	// process, so the backing files' kernel work too) per MiB moved, in µs.
+	CPU []float64 `json:"cpu_us_per_mib"`
 }
+
+// CPUMedian is the median of the rounds' CPU per MiB.
+func (c *Cell) CPUMedian() float64 { return (&Cell{MiBs: c.CPU}).Median() }
 
 // Min, Median and Max summarise the rounds.
 func (c *Cell) Min() float64    { return c.sorted()[0] }
@@ -76,6 +82,9 @@ type Result struct {
 	RawDirect bool `json:"raw_direct"`
 	// Load holds the QD load per mode, nodatasum.
 	Load []*Load `json:"load,omitempty"`
+	// Memcpy is the cost of the copy a bounce request adds: Bytes copied
+	// BS at a time between two buffers of process memory, every round.
+	Memcpy *Cell `json:"memcpy"`
 }
 
 // Cell finds a cell of the result.
@@ -100,7 +109,7 @@ func Run(cfg Config, progress Progress) (*Result, error) {
 	if cfg.QD < 0 || (cfg.QD > 0 && cfg.QDBytes < int64(cfg.QD)<<20) {
 		return nil, fmt.Errorf("bench: the QD load needs at least one 1 MiB request per submitter")
 	}
-	res := &Result{Config: cfg}
+	res := &Result{Config: cfg, Memcpy: &Cell{Op: "copy", Mode: "memcpy"}}
 	for _, op := range []string{"read", "write"} {
 		res.Cells = append(res.Cells, &Cell{Op: op, Mode: "raw"})
 		for _, sum := range []bool{false, true} {
@@ -110,6 +119,7 @@ func Run(cfg Config, progress Progress) (*Result, error) {
 		}
 	}
 	for round := 1; round <= cfg.Rounds; round++ {
+		runMemcpy(cfg, res.Memcpy)
 		// Each job writes then reads, filling both cells of its kind.
 		for _, c := range res.Cells {
 			if c.Op != "write" {
@@ -161,6 +171,68 @@ func describe(c *Cell) string {
 
 func mibs(n int64, d time.Duration) float64 { return float64(n) / (1 << 20) / d.Seconds() }
 
+// cpuTime is the process's CPU time so far, user and system.
+func cpuTime() time.Duration {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// measure runs io and records its throughput and CPU per MiB in c.
+func measure(c *Cell, n int64, io func() error) error {
+	cpu, start := cpuTime(), time.Now()
+	if err := io(); err != nil {
+		return err
+	}
+	wall, used := time.Since(start), cpuTime()-cpu
+	c.MiBs = append(c.MiBs, mibs(n, wall))
+	c.CPU = append(c.CPU, float64(used.Microseconds())/(float64(n)/(1<<20)))
+	return nil
+}
+
+// runMemcpy copies cfg.Bytes from one buffer to another, cfg.BS at a time,
+// as a bounce request copies its data once more than zero-copy does.
+func runMemcpy(cfg Config, c *Cell) {
+	src, dst := blk.AlignedBuffer(cfg.BS), blk.AlignedBuffer(cfg.BS)
+	_ = measure(c, cfg.Bytes, func() error {
+		return sequential(cfg, func(int64) error {
+			copy(dst, src)
+			return nil
+		})
+	})
+}
+
+// sequential calls fn for every BS-sized step of cfg.Bytes, in order.
+func sequential(cfg Config, fn func(off int64) error) error {
+	for off := int64(0); off+int64(cfg.BS) <= cfg.Bytes; off += int64(cfg.BS) {
+		if err := fn(off); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// measureSequential writes cfg.Bytes with io, BS at a time, into write's
+// figures, then reads them back into read's.
+func measureSequential(cfg Config, write, read *Cell, io func(isWrite bool, off int64) error) error {
+	for _, c := range []*Cell{write, read} {
+		err := measure(c, cfg.Bytes, func() error {
+			return sequential(cfg, func(off int64) error {
+				if err := io(c == write, off); err != nil {
+					return fmt.Errorf("%s at %d: %w", c.Op, off, err)
+				}
+				return nil
+			})
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // runPort writes cfg.Bytes through the port, then reads them back.
 func runPort(cfg Config, read, write *Cell) error {
 	dir, err := os.MkdirTemp(cfg.Dir, "bench-")
@@ -178,21 +250,18 @@ func runPort(cfg Config, read, write *Cell) error {
 		buf[i] = byte(i * 31)
 	}
 	inode := fs.Inode()
-	for _, c := range []*Cell{write, read} {
-		start := time.Now()
-		for off := int64(0); off+int64(cfg.BS) <= cfg.Bytes; off += int64(cfg.BS) {
-			it := iomap.NewIovIter(buf, 0)
-			iocb := &iomap.Kiocb{Pos: off}
-			if c == write {
-				_, err = inode.DirectWrite(iocb, it)
-			} else {
-				_, err = inode.DirectRead(iocb, it)
-			}
-			if err != nil {
-				return fmt.Errorf("bench: %s %s at %d: %w", c.Op, c.Mode, off, err)
-			}
+	err = measureSequential(cfg, write, read, func(isWrite bool, off int64) error {
+		it := iomap.NewIovIter(buf, 0)
+		iocb := &iomap.Kiocb{Pos: off}
+		if isWrite {
+			_, err := inode.DirectWrite(iocb, it)
+			return err
 		}
-		c.MiBs = append(c.MiBs, mibs(cfg.Bytes, time.Since(start)))
+		_, err := inode.DirectRead(iocb, it)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("bench: %s: %w", describe(write), err)
 	}
 	return nil
 }
@@ -251,19 +320,16 @@ func runRaw(cfg Config, read, write *Cell) (bool, error) {
 	}
 	defer f.Close()
 	buf := blk.AlignedBuffer(cfg.BS)
-	for _, c := range []*Cell{write, read} {
-		start := time.Now()
-		for off := int64(0); off+int64(cfg.BS) <= cfg.Bytes; off += int64(cfg.BS) {
-			if c == write {
-				_, err = f.WriteAt(buf, off)
-			} else {
-				_, err = f.ReadAt(buf, off)
-			}
-			if err != nil {
-				return false, fmt.Errorf("bench: raw %s: %w", c.Op, err)
-			}
+	err = measureSequential(cfg, write, read, func(isWrite bool, off int64) error {
+		if isWrite {
+			_, err := f.WriteAt(buf, off)
+			return err
 		}
-		c.MiBs = append(c.MiBs, mibs(cfg.Bytes, time.Since(start)))
+		_, err := f.ReadAt(buf, off)
+		return err
+	})
+	if err != nil {
+		return false, fmt.Errorf("bench: raw file: %w", err)
 	}
 	return direct, nil
 }

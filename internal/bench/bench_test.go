@@ -32,14 +32,20 @@ func TestRunSmallMatrix(t *testing.T) {
 			t.Fatalf("load %s: pool peak %d", l.Mode, l.PoolPeak)
 		}
 	}
-	for _, c := range res.Cells {
+	for _, c := range append(res.Cells, res.Memcpy) {
 		if len(c.MiBs) != 2 || c.Min() <= 0 || c.Median() < c.Min() || c.Max() < c.Median() {
 			t.Fatalf("cell %s %s %v: %v", c.Op, c.Mode, c.DataSum, c.MiBs)
 		}
+		if len(c.CPU) != 2 || c.CPUMedian() < 0 {
+			t.Fatalf("cell %s %s %v: CPU per MiB %v", c.Op, c.Mode, c.DataSum, c.CPU)
+		}
+	}
+	if b := res.copyBound("read"); b <= 0 || b >= 1 {
+		t.Fatalf("copy bound %v, want a ratio below 1", b)
 	}
 	var tab bytes.Buffer
 	res.WriteTable(&tab)
-	for _, want := range []string{"Read (zerocopy)", "Write (bounce (pooled))", "Read (bounce --faithful)", "Nodatasum", "Datasum", "Read (raw file)", "QD4", "peak RSS"} {
+	for _, want := range []string{"Read (zerocopy)", "Write (bounce (pooled))", "Read (bounce --faithful)", "Nodatasum", "Datasum", "Read (raw file)", "QD4", "peak RSS", "CPU per MiB", "memcpy 1024 KiB"} {
 		if !strings.Contains(tab.String(), want) {
 			t.Fatalf("table lacks %q:\n%s", want, tab.String())
 		}
@@ -49,7 +55,7 @@ func TestRunSmallMatrix(t *testing.T) {
 		t.Fatal(err)
 	}
 	var back Result
-	if err := json.Unmarshal(js.Bytes(), &back); err != nil || len(back.Cells) != len(res.Cells) {
+	if err := json.Unmarshal(js.Bytes(), &back); err != nil || len(back.Cells) != len(res.Cells) || back.Memcpy == nil || len(back.Cells[0].CPU) != 2 {
 		t.Fatalf("JSON round trip: %v", err)
 	}
 	var svg bytes.Buffer
@@ -76,5 +82,14 @@ func TestDiff(t *testing.T) {
 	z := &Cell{MiBs: []float64{100, 50, 100}}
 	if d := pairedDiff(b, z); math.Abs(d+10) > 1e-9 {
 		t.Fatalf("paired diff %v", d)
+	}
+}
+
+func TestCopyBound(t *testing.T) {
+	// Zero-copy moves a MiB in 3 ms and memcpy in 1 ms: a bounce request
+	// whose copy never overlaps takes 4 ms, 0.75x.
+	r := &Result{Cells: []*Cell{{Op: "read", Mode: "zerocopy", MiBs: []float64{1000.0 / 3}}}, Memcpy: &Cell{MiBs: []float64{1000}}}
+	if b := r.copyBound("read"); math.Abs(b-0.75) > 1e-9 {
+		t.Fatalf("copy bound %v, want 0.75", b)
 	}
 }
