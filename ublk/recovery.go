@@ -56,6 +56,7 @@ func Recover(opts Options, target Target) (*Device, error) {
 		ctrl.Close()
 		return nil, err
 	}
+	d.ownsTarget.Store(true)
 	return d, nil
 }
 

@@ -109,6 +109,13 @@ type Device struct {
 	errOnce  sync.Once
 	err      error
 	stopOnce sync.Once
+	// ownsTarget is set once Add or Recover has returned the device: from
+	// then on the target is closed when the queues exit, before the char
+	// device is (see supervise). targetOnce makes that close happen once,
+	// whoever gets to it first; targetErr is its result.
+	ownsTarget atomic.Bool
+	targetOnce sync.Once
+	targetErr  error
 	// started is set once START_DEV succeeded: from then on the kernel
 	// records this process as the device's server.
 	started atomic.Bool
@@ -132,8 +139,9 @@ func prepare(opts Options, target Target) (Options, *Control, error) {
 // Add creates, sets up and starts a device served by target (ublksrv's
 // ublksrv_ctrl_add_dev + ublksrv_dev_init + queue setup + ublksrv_ctrl_start_dev).
 // It returns once /dev/ublkbN is live. On failure the device is torn down and
-// target is left open for the caller; on success Stop closes it (if it is an
-// io.Closer).
+// target is left open for the caller; on success it is closed (if it is an
+// io.Closer) once the queues have stopped, whoever stopped them, before the
+// char device is released.
 func Add(opts Options, target Target) (*Device, error) {
 	opts, ctrl, err := prepare(opts, target)
 	if err != nil {
@@ -163,6 +171,7 @@ func Add(opts Options, target Target) (*Device, error) {
 		}
 		return nil, err
 	}
+	d.ownsTarget.Store(true)
 	return d, nil
 }
 
@@ -363,9 +372,18 @@ func (d *Device) setErr(err error) {
 
 // supervise closes the char device once every queue has exited, whoever
 // stopped the device (Stop, `btrfsdio del`, a failed Add): DEL_DEV waits for
-// that close, so it must not wait for Stop.
+// that close, so it must not wait for Stop. The target is closed first (as
+// ublksrv_dev_deinit runs the target's deinit before closing the char
+// device), so that when DEL_DEV returns the target has written all it will
+// to its backing store: whoever deleted the device may reuse the images at
+// once. A failed Add leaves the target to its caller.
 func (d *Device) supervise() {
 	d.exited.Wait()
+	if d.ownsTarget.Load() {
+		if err := d.closeTarget(); err != nil {
+			d.log.Errorf("%v", err)
+		}
+	}
 	if d.cdev >= 0 {
 		if err := unix.Close(d.cdev); err != nil {
 			d.log.Warnf("ublk: close %s: %v", d.CharDevice(), err)
@@ -421,12 +439,22 @@ func (d *Device) stop(timeout time.Duration, closeTarget bool) error {
 		}
 	}
 	errs = append(errs, d.ctrl.Close())
-	if c, ok := d.target.(io.Closer); ok && closeTarget {
-		if err := c.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("ublk: close target: %w", err))
-		}
+	if closeTarget {
+		errs = append(errs, d.closeTarget())
 	}
 	return errors.Join(errs...)
+}
+
+// closeTarget closes the target if it is an io.Closer, once.
+func (d *Device) closeTarget() error {
+	d.targetOnce.Do(func() {
+		if c, ok := d.target.(io.Closer); ok {
+			if err := c.Close(); err != nil {
+				d.targetErr = fmt.Errorf("ublk: close target: %w", err)
+			}
+		}
+	})
+	return d.targetErr
 }
 
 // stillOurs reports whether device id exists and this process serves it

@@ -91,8 +91,9 @@ func (r *Request) Offset() int64 { return int64(r.Sector) << 9 }
 //
 // Handle returns the number of bytes done for READ/WRITE (Bytes() on
 // success), 0 for FLUSH/DISCARD/WRITE_ZEROES, or a negative errno. A panic is
-// recovered and answered with -EIO. If the target implements io.Closer,
-// Device.Stop closes it after the queues have stopped.
+// recovered and answered with -EIO. If the target implements io.Closer, it
+// is closed after the queues have stopped and before the char device is
+// released, so DEL_DEV returns only once Close has.
 type Target interface {
 	Handle(r *Request) int32
 }
