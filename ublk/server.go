@@ -406,9 +406,10 @@ func (d *Device) Done() <-chan struct{} { return d.done }
 
 // Stop stops and deletes the device (ublksrv_ctrl_stop_dev + ublksrv_ctrl_del_dev):
 // STOP_DEV while the queues still run, so in-flight requests complete and
-// every tag is aborted; the queues exit and release their rings; then DEL_DEV,
-// and finally the target is closed if it is an io.Closer. A device already
-// removed by someone else is not an error. Stop is idempotent.
+// every tag is aborted; the queues exit and release their rings, the target
+// is closed if it is an io.Closer (supervise), then DEL_DEV. Stop returns
+// the target's Close error too. A device already removed by someone else is
+// not an error. Stop is idempotent.
 func (d *Device) Stop() error {
 	d.stopOnce.Do(func() { d.stopErr = d.stop(d.opts.StopTimeout, true) })
 	return d.stopErr
