@@ -61,7 +61,7 @@ func runBench(e *env, args []string) int {
 	cfg := bench.Config{Dir: *dir, Profile: p, Bytes: n, BS: int(b), Rounds: *rounds,
 		BouncePool: poolBytes, QD: *qd, QDBytes: qdBytes}
 	res, err := bench.Run(cfg, func(round, rounds int, what string) {
-		fmt.Fprintf(e.stderr, "\rbench: round %d/%d: %-32s", round, rounds, what)
+		fmt.Fprintf(e.stderr, "\rbench: round %d/%d: %-36s", round, rounds, what)
 	})
 	fmt.Fprintln(e.stderr)
 	if err != nil {

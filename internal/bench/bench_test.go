@@ -3,7 +3,9 @@ package bench
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"math"
+	"os"
 	"strings"
 	"testing"
 
@@ -18,8 +20,8 @@ func TestRunSmallMatrix(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(steps) != 2*7+3 {
-		t.Fatalf("progress saw %d steps, want 17: %v", len(steps), steps)
+	if len(steps) != 2*(1+2*2)+3 || steps[0] != "nodatasum: filling the images" || steps[2] != "nodatasum: read, 4 interleaved" {
+		t.Fatalf("progress saw %d steps, want 13: %q", len(steps), steps)
 	}
 	if len(res.Load) != len(Modes) {
 		t.Fatalf("%d QD loads, want %d", len(res.Load), len(Modes))
@@ -45,7 +47,7 @@ func TestRunSmallMatrix(t *testing.T) {
 	}
 	var tab bytes.Buffer
 	res.WriteTable(&tab)
-	for _, want := range []string{"Read (zerocopy)", "Write (bounce (pooled))", "Read (bounce --faithful)", "Nodatasum", "Datasum", "Read (raw file)", "QD4", "peak RSS", "CPU per MiB", "memcpy 1024 KiB"} {
+	for _, want := range []string{"Read (zerocopy)", "Write (bounce (pooled))", "Read (bounce --faithful)", "Nodatasum", "Datasum", "Read (raw file)", "QD4", "peak RSS", "CPU per MiB", "memcpy 1024 KiB", "what this run can resolve"} {
 		if !strings.Contains(tab.String(), want) {
 			t.Fatalf("table lacks %q:\n%s", want, tab.String())
 		}
@@ -64,12 +66,160 @@ func TestRunSmallMatrix(t *testing.T) {
 	}
 }
 
+// TestInterleave checks that every target moves every block once per
+// pass, in file order, a whole slice in a row, every target once per
+// slice, in orders that change (williamsOrders), and gets its own figures.
+func TestInterleave(t *testing.T) {
+	type call struct {
+		target int
+		off    int64
+	}
+	var calls []call
+	var targets []*target
+	for k := 0; k < 3; k++ {
+		targets = append(targets, &target{read: &Cell{Op: "read"}, write: &Cell{Op: "write"},
+			io: func(isWrite bool, off int64) error {
+				if !isWrite {
+					t.Fatal("a write pass read")
+				}
+				calls = append(calls, call{k, off})
+				return nil
+			}})
+	}
+	const bs = 4 << 20
+	perSlice := sliceBytes / bs
+	// 12 slices and a half, plus a partial block that is not moved.
+	total := int64(12*sliceBytes + sliceBytes/2)
+	if err := interleave(Config{BS: bs, Bytes: total + 4096}, targets, true); err != nil {
+		t.Fatal(err)
+	}
+	if len(calls) != 3*int(total/bs) {
+		t.Fatalf("%d calls, want %d", len(calls), 3*total/bs)
+	}
+	next := make([]int64, 3)
+	for i, c := range calls {
+		if c.off != next[c.target] {
+			t.Fatalf("call %d: target %d at %d, want %d", i, c.target, c.off, next[c.target])
+		}
+		next[c.target] += bs
+	}
+	firsts := map[int]bool{}
+	for s, i := 0, 0; i < len(calls); s++ {
+		n := min(perSlice, int((total-int64(s)*sliceBytes)/bs))
+		firsts[calls[i].target] = true
+		seen := map[int]bool{}
+		for turn := 0; turn < 3; turn++ {
+			k := calls[i].target
+			if seen[k] {
+				t.Fatalf("slice %d: target %d ran twice", s, k)
+			}
+			seen[k] = true
+			for j := 0; j < n; j, i = j+1, i+1 {
+				if calls[i].target != k {
+					t.Fatalf("slice %d: call %d went to target %d inside target %d's turn", s, i, calls[i].target, k)
+				}
+			}
+		}
+	}
+	if len(firsts) < 2 {
+		t.Fatalf("target %v went first in all 13 slices", firsts)
+	}
+	for k, tg := range targets {
+		if len(tg.write.MiBs) != 1 || tg.write.MiBs[0] <= 0 || len(tg.write.CPU) != 1 || len(tg.read.MiBs) != 0 {
+			t.Fatalf("target %d: write %v, read %v", k, tg.write.MiBs, tg.read.MiBs)
+		}
+	}
+	// An error names the configuration and stops the pass.
+	targets[1].io = func(bool, int64) error { return errors.New("boom") }
+	targets[1].write.Mode = "bounce"
+	if err := interleave(Config{BS: bs, Bytes: total}, targets, true); err == nil || !strings.Contains(err.Error(), "bounce nodatasum: write at 0: boom") {
+		t.Fatalf("error %v", err)
+	}
+}
+
+func TestWilliamsOrders(t *testing.T) {
+	for n := 1; n <= 7; n++ {
+		orders := williamsOrders(n)
+		pos := map[[2]int]int{}  // (value, position) -> count
+		pair := map[[2]int]int{} // (value, the value after it) -> count
+		for _, o := range orders {
+			if len(o) != n {
+				t.Fatalf("n=%d: order %v", n, o)
+			}
+			seen := map[int]bool{}
+			for j, v := range o {
+				if v < 0 || v >= n || seen[v] {
+					t.Fatalf("n=%d: %v is not a permutation", n, o)
+				}
+				seen[v] = true
+				pos[[2]int{v, j}]++
+				if j > 0 {
+					pair[[2]int{o[j-1], v}]++
+				}
+			}
+		}
+		for v := 0; v < n; v++ {
+			for j := 0; j < n; j++ {
+				if pos[[2]int{v, j}] != len(orders)/n {
+					t.Fatalf("n=%d: %d at position %d %d times in %v", n, v, j, pos[[2]int{v, j}], orders)
+				}
+			}
+			for w := 0; w < n; w++ {
+				if want := len(orders) / n; v != w && pair[[2]int{v, w}] != want {
+					t.Fatalf("n=%d: %d before %d %d times, want %d: %v", n, v, w, pair[[2]int{v, w}], want, orders)
+				}
+			}
+		}
+	}
+}
+
+func TestFill(t *testing.T) {
+	dir := t.TempDir()
+	imgs := []image{{dir + "/a/d0.img", 3*fillChunk + 4096}, {dir + "/b/d0.img", fillChunk}, {dir + "/raw.img", 8192}}
+	if err := fill(imgs); err != nil {
+		t.Fatal(err)
+	}
+	for _, img := range imgs {
+		b, err := os.ReadFile(img.path)
+		if err != nil || int64(len(b)) != img.size || bytes.Count(b, []byte{0}) != len(b) {
+			t.Fatalf("%s: %d bytes, want %d zeros (%v)", img.path, len(b), img.size, err)
+		}
+	}
+	// An image that exists is never overwritten.
+	if err := os.WriteFile(imgs[2].path, []byte("data"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := fill(imgs[2:]); err == nil || !strings.Contains(err.Error(), "exists") {
+		t.Fatalf("filling over an existing file: %v", err)
+	}
+	if b, _ := os.ReadFile(imgs[2].path); string(b) != "data" {
+		t.Fatalf("existing file became %q", b)
+	}
+}
+
 func TestRunRejectsBadConfig(t *testing.T) {
 	for _, c := range []Config{{BS: 1000, Bytes: 1 << 20, Rounds: 1}, {BS: 4096, Bytes: 100, Rounds: 1}, {BS: 4096, Bytes: 1 << 20},
 		{BS: 4096, Bytes: 1 << 20, Rounds: 1, QD: 4, QDBytes: 1 << 20}} {
 		if _, err := Run(c, nil); err == nil {
 			t.Fatalf("%+v accepted", c)
 		}
+	}
+	// Images that cannot fit, or nowhere to put them: refused up front.
+	dir := t.TempDir()
+	for _, c := range []struct {
+		cfg  Config
+		want string
+	}{
+		{Config{Dir: dir, Profile: raid.Raid1, BS: 1 << 20, Bytes: 1 << 50, Rounds: 1}, "MiB free; the raw file and the 3 filesystems"},
+		{Config{Dir: dir + "/missing", Profile: raid.Raid1, BS: 1 << 20, Bytes: 1 << 20, Rounds: 1}, "no such file"},
+	} {
+		if _, err := Run(c.cfg, nil); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Fatalf("%+v: error %v, want %q", c.cfg, err, c.want)
+		}
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil || len(entries) != 0 {
+		t.Fatalf("a refused run left %v (%v)", entries, err)
 	}
 }
 
@@ -82,6 +232,16 @@ func TestDiff(t *testing.T) {
 	z := &Cell{MiBs: []float64{100, 50, 100}}
 	if d := pairedDiff(b, z); math.Abs(d+10) > 1e-9 {
 		t.Fatalf("paired diff %v", d)
+	}
+	// The resolution is the widest datasum write diff, either way.
+	r := &Result{Cells: []*Cell{
+		{Op: "write", Mode: "zerocopy", DataSum: true, MiBs: []float64{100}},
+		{Op: "write", Mode: "bounce", DataSum: true, MiBs: []float64{103}},
+		{Op: "write", Mode: "faithful", DataSum: true, MiBs: []float64{95}},
+		{Op: "write", Mode: "faithful", MiBs: []float64{50}},
+	}}
+	if res := r.resolution(); math.Abs(res-5) > 1e-9 {
+		t.Fatalf("resolution %v, want 5", res)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"strconv"
@@ -52,7 +53,15 @@ func runLoad(cfg Config, mode string) (*Load, error) {
 		return nil, fmt.Errorf("bench: %w", err)
 	}
 	defer os.RemoveAll(dir)
-	fs, err := newFS(cfg, dir, cfg.QDBytes, mode, false)
+	var images []string
+	imgs := planImages(cfg, filepath.Join(dir, mode), cfg.QDBytes)
+	for _, img := range imgs {
+		images = append(images, img.path)
+	}
+	if err := fill(imgs); err != nil {
+		return nil, err
+	}
+	fs, err := newFS(cfg, images, mode, false)
 	if err != nil {
 		return nil, err
 	}
