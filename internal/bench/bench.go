@@ -86,6 +86,10 @@ type Result struct {
 	// Memcpy is the cost of the copy a bounce request adds: Bytes copied
 	// BS at a time between two buffers of process memory, every round.
 	Memcpy *Cell `json:"memcpy"`
+	// Resolution is the widest paired diff, in percent, between
+	// configurations that run the same code (see resolution): what the
+	// run's diffs can be trusted to.
+	Resolution float64 `json:"resolution_pct"`
 }
 
 // Cell finds a cell of the result.
@@ -129,6 +133,7 @@ func Run(cfg Config, progress Progress) (*Result, error) {
 			return nil, err
 		}
 	}
+	res.Resolution = res.resolution()
 	if cfg.QD > 0 {
 		for _, mode := range Modes {
 			if progress != nil {

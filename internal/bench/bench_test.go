@@ -42,6 +42,9 @@ func TestRunSmallMatrix(t *testing.T) {
 			t.Fatalf("cell %s %s %v: CPU per MiB %v", c.Op, c.Mode, c.DataSum, c.CPU)
 		}
 	}
+	if res.Resolution != res.resolution() || res.Resolution <= 0 {
+		t.Fatalf("resolution %v, recomputed %v", res.Resolution, res.resolution())
+	}
 	if b := res.copyBound("read"); b <= 0 || b >= 1 {
 		t.Fatalf("copy bound %v, want a ratio below 1", b)
 	}
@@ -57,7 +60,7 @@ func TestRunSmallMatrix(t *testing.T) {
 		t.Fatal(err)
 	}
 	var back Result
-	if err := json.Unmarshal(js.Bytes(), &back); err != nil || len(back.Cells) != len(res.Cells) || back.Memcpy == nil || len(back.Cells[0].CPU) != 2 {
+	if err := json.Unmarshal(js.Bytes(), &back); err != nil || len(back.Cells) != len(res.Cells) || back.Memcpy == nil || len(back.Cells[0].CPU) != 2 || back.Resolution != res.Resolution {
 		t.Fatalf("JSON round trip: %v", err)
 	}
 	var svg bytes.Buffer
