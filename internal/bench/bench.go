@@ -178,6 +178,14 @@ type target struct {
 	close       func()
 }
 
+// cell is where the target's figures for one direction go.
+func (t *target) cell(isWrite bool) *Cell {
+	if isWrite {
+		return t.write
+	}
+	return t.read
+}
+
 // runGroup measures, for one checksum setting, every mode (and, without
 // checksums, the raw file) on images of their own, filled once, together
 // (fill), with a fresh filesystem every round: all of them write the
@@ -202,13 +210,10 @@ func (r *Result) runGroup(cfg Config, datasum bool, progress Progress) error {
 		raw = filepath.Join(dir, "raw.img")
 		files = append(files, image{raw, cfg.Bytes})
 	}
-	images := map[string][]string{}
+	images := map[string][]image{}
 	for _, mode := range Modes {
-		imgs := planImages(cfg, filepath.Join(dir, mode), cfg.Bytes)
-		for _, img := range imgs {
-			images[mode] = append(images[mode], img.path)
-		}
-		files = append(files, imgs...)
+		images[mode] = planImages(cfg, filepath.Join(dir, mode), cfg.Bytes)
+		files = append(files, images[mode]...)
 	}
 	if err := fill(files); err != nil {
 		return err
@@ -229,7 +234,7 @@ func (r *Result) runGroup(cfg Config, datasum bool, progress Progress) error {
 }
 
 // runRound is one round of a group: open the targets, write, read.
-func (r *Result) runRound(cfg Config, datasum bool, raw string, images map[string][]string, progress func(string)) error {
+func (r *Result) runRound(cfg Config, datasum bool, raw string, images map[string][]image, progress func(string)) error {
 	var targets []*target
 	defer func() {
 		for _, t := range targets {
@@ -289,10 +294,7 @@ func interleave(cfg Config, targets []*target, isWrite bool) error {
 			c0, t0 := cpuTime(), time.Now()
 			for off := n; off < min(n+slice, total); off += step {
 				if err := targets[k].io(isWrite, off); err != nil {
-					c := targets[k].read
-					if isWrite {
-						c = targets[k].write
-					}
+					c := targets[k].cell(isWrite)
 					return fmt.Errorf("bench: %s: %s at %d: %w", describe(c), c.Op, off, err)
 				}
 			}
@@ -301,11 +303,7 @@ func interleave(cfg Config, targets []*target, isWrite bool) error {
 		}
 	}
 	for k, t := range targets {
-		c := t.read
-		if isWrite {
-			c = t.write
-		}
-		c.record(total, wall[k], cpu[k])
+		t.cell(isWrite).record(total, wall[k], cpu[k])
 	}
 	return nil
 }
@@ -383,7 +381,7 @@ func runMemcpy(cfg Config, c *Cell) {
 
 // openPort makes a filesystem in write's mode and checksum setting on
 // images, its IO one direct read or write of a patterned buffer.
-func openPort(cfg Config, images []string, read, write *Cell) (*target, error) {
+func openPort(cfg Config, images []image, read, write *Cell) (*target, error) {
 	fs, err := newFS(cfg, images, write.Mode, write.DataSum)
 	if err != nil {
 		return nil, fmt.Errorf("bench: %s: %w", describe(write), err)
@@ -488,7 +486,7 @@ func fill(imgs []image) (err error) {
 
 // newFS opens images as a volume of cfg.Profile and makes a fresh
 // filesystem on it in mode.
-func newFS(cfg Config, images []string, mode string, datasum bool) (*btrfsdio.FsInfo, error) {
+func newFS(cfg Config, images []image, mode string, datasum bool) (*btrfsdio.FsInfo, error) {
 	log := logrus.New()
 	log.SetOutput(io.Discard)
 	var devs []*raid.Device
@@ -497,8 +495,8 @@ func newFS(cfg Config, images []string, mode string, datasum bool) (*btrfsdio.Fs
 			d.Close()
 		}
 	}
-	for _, path := range images {
-		d, err := raid.OpenDevice(path, raid.DeviceOptions{Logger: log})
+	for _, img := range images {
+		d, err := raid.OpenDevice(img.path, raid.DeviceOptions{Logger: log})
 		if err != nil {
 			closeAll()
 			return nil, err

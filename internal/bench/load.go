@@ -53,12 +53,8 @@ func runLoad(cfg Config, mode string) (*Load, error) {
 		return nil, fmt.Errorf("bench: %w", err)
 	}
 	defer os.RemoveAll(dir)
-	var images []string
-	imgs := planImages(cfg, filepath.Join(dir, mode), cfg.QDBytes)
-	for _, img := range imgs {
-		images = append(images, img.path)
-	}
-	if err := fill(imgs); err != nil {
+	images := planImages(cfg, filepath.Join(dir, mode), cfg.QDBytes)
+	if err := fill(images); err != nil {
 		return nil, err
 	}
 	fs, err := newFS(cfg, images, mode, false)
