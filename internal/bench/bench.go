@@ -197,10 +197,7 @@ func (r *Result) runGroup(cfg Config, datasum bool, progress Progress) error {
 		return fmt.Errorf("bench: %w", err)
 	}
 	defer os.RemoveAll(dir)
-	sum := "nodatasum"
-	if datasum {
-		sum = "datasum"
-	}
+	sum := sumName(datasum)
 	if progress != nil {
 		progress(1, cfg.Rounds, sum+": filling the images")
 	}
@@ -316,11 +313,15 @@ func describe(c *Cell) string {
 	if mode == "faithful" {
 		mode = "bounce --faithful"
 	}
-	sum := "nodatasum"
-	if c.DataSum {
-		sum = "datasum"
+	return fmt.Sprintf("%s %s", mode, sumName(c.DataSum))
+}
+
+// sumName is how the bench names a checksum setting.
+func sumName(datasum bool) string {
+	if datasum {
+		return "datasum"
 	}
-	return fmt.Sprintf("%s %s", mode, sum)
+	return "nodatasum"
 }
 
 func mibs(n int64, d time.Duration) float64 { return float64(n) / (1 << 20) / d.Seconds() }

@@ -90,8 +90,10 @@ func (r *Result) WriteTable(w io.Writer) {
 // mode (commit 968f19c5b1b7), so any difference between them is noise.
 func (r *Result) resolution() float64 {
 	var worst float64
-	for _, mode := range Modes[1:] {
-		worst = max(worst, math.Abs(pairedDiff(r.Cell("write", mode, true), r.Cell("write", "zerocopy", true))))
+	for _, mode := range Modes {
+		if mode != "zerocopy" {
+			worst = max(worst, math.Abs(pairedDiff(r.Cell("write", mode, true), r.Cell("write", "zerocopy", true))))
+		}
 	}
 	return worst
 }
@@ -188,12 +190,8 @@ func (r *Result) WriteSVG(w io.Writer) error {
 	for _, op := range []string{"read", "write"} {
 		for _, sum := range []bool{false, true} {
 			for _, mode := range Modes {
-				s := "nodatasum"
-				if sum {
-					s = "datasum"
-				}
 				v := r.Cell(op, mode, sum).Median()
-				bars = append(bars, bar{fmt.Sprintf("%s %s %s", op, modeTitle(mode), s), v, colors[mode]})
+				bars = append(bars, bar{fmt.Sprintf("%s %s %s", op, modeTitle(mode), sumName(sum)), v, colors[mode]})
 				top = max(top, v)
 			}
 		}
