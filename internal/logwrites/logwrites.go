@@ -85,8 +85,9 @@ func Open(r io.ReaderAt) (*Log, error) {
 }
 
 // Next returns the next entry, io.EOF after the last one the super block
-// counts (log_one_block in dm-log-writes.c wrote it: a sector holding the
-// header, a mark's label after it, then the data unless it is a discard).
+// counts (fstests' log_replay_next_entry reads them so; log_one_block in
+// dm-log-writes.c wrote it: a sector holding the header, a mark's label
+// after it, then the data unless it is a discard).
 func (l *Log) Next() (Entry, error) {
 	if l.read >= l.NrEntries {
 		return Entry{}, io.EOF
@@ -128,8 +129,8 @@ func truncated(err error) error {
 	return err
 }
 
-// Marks lists the labels of the log's marks in order (fstests'
-// replay-log --find --end-mark, for every mark).
+// Marks lists the labels of the log's marks in order, as `dmsetup message
+// DEV 0 mark LABEL` inserted them (log_mark in dm-log-writes.c).
 func Marks(r io.ReaderAt) ([]string, error) {
 	l, err := Open(r)
 	if err != nil {
