@@ -11,7 +11,7 @@
 # All progress messages go to stderr; stdout carries only the assignments.
 set -euo pipefail
 
-readonly HOST_PACKAGES=(qemu-system-x86 busybox-static cpio fio e2fsprogs xz-utils zstd kmod)
+readonly HOST_PACKAGES=(qemu-system-x86 busybox-static cpio fio e2fsprogs xz-utils zstd kmod dmsetup)
 readonly KERNEL_RE='^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$'
 CACHE=${BTRFSDIO_CACHE:-/var/cache/btrfsdio}
 APT_UPDATED=0
