@@ -123,7 +123,8 @@ func OpenDevice(path string, opts DeviceOptions) (*Device, error) {
 	if err := d.open(opts); err != nil {
 		return nil, err
 	}
-	if err := d.identify(); err == nil {
+	err = d.identify()
+	if err == nil {
 		err = d.claim(opts)
 	}
 	if err != nil {
