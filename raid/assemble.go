@@ -32,10 +32,10 @@ type AssembleOptions struct {
 	Logger    logrus.FieldLogger
 }
 
-// Assemble is what mounting btrfs from device paths does: btrfs_scan_one_device
-// for each path, btrfs_open_devices (each device opened and claimed, two
-// paths to one device refused, as device_matched finds them), then
-// open_ctree's device half (OpenVolume). Paths that do not exist are
+// Assemble is btrfs_open_devices for the paths a mount is given, followed
+// by open_ctree's device half (OpenVolume): each device opened and claimed
+// (see OpenDevice), two paths to one device refused (CheckDistinct), the
+// superblocks read and matched. Paths that do not exist are
 // created (opts.Create bytes) for a new volume; when the others hold a
 // volume they are its missing devices instead, which only Degraded accepts.
 // Blank images are formatted with opts.Profile.
