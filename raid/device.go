@@ -40,6 +40,13 @@ type DeviceOptions struct {
 	ReadOnly bool
 	// Buffered skips O_DIRECT even where the backing supports it.
 	Buffered bool
+	// Unclaimed opens a ReadOnly device without claiming it (see claim),
+	// beside a server that may be writing it: what is read may be stale
+	// or half-written. A device opened for writing is always claimed.
+	Unclaimed bool
+	// Holder names who holds a device whose claim failed ("" when it does
+	// not know; the error then says "another process").
+	Holder func(DeviceID) string
 	// Logger gets the O_DIRECT fallback notice and I/O errors
 	// (default: logrus' standard logger).
 	Logger logrus.FieldLogger
@@ -56,6 +63,7 @@ type DeviceStats struct {
 // Device is struct btrfs_device over a backing file or block device.
 type Device struct {
 	path     string
+	id       DeviceID
 	f        *os.File
 	size     uint64
 	direct   bool
@@ -79,11 +87,15 @@ type Device struct {
 
 // OpenDevice is btrfs_open_one_device for an image file or block device:
 // O_DIRECT when the backing allows it (else buffered, logged and reported by
-// Direct), size from stat or BLKGETSIZE64.
+// Direct), size from stat or BLKGETSIZE64, and the device claimed until
+// Close (see claim; a ClaimError when someone else holds it).
 func OpenDevice(path string, opts DeviceOptions) (*Device, error) {
 	log := opts.Logger
 	if log == nil {
 		log = logrus.StandardLogger()
+	}
+	if opts.Unclaimed && !opts.ReadOnly {
+		return nil, fmt.Errorf("raid: device %s: only a read-only open may leave it unclaimed", path)
 	}
 	st, err := os.Stat(path)
 	switch {
@@ -105,7 +117,18 @@ func OpenDevice(path string, opts DeviceOptions) (*Device, error) {
 		return nil, fmt.Errorf("raid: device %s is not a regular file or block device (mode %v)", path, mode)
 	}
 	d := &Device{path: path, readOnly: opts.ReadOnly, blockDev: blockDev, log: log.WithField("device", path)}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		d.id = deviceIDOf(sys) // who to name if the open finds it claimed
+	}
 	if err := d.open(opts); err != nil {
+		return nil, err
+	}
+	err = d.identify()
+	if err == nil {
+		err = d.claim(opts)
+	}
+	if err != nil {
+		d.f.Close()
 		return nil, err
 	}
 	if err := d.readSize(st); err != nil {
@@ -137,11 +160,15 @@ func createImage(path string, size int64) error {
 	return f.Close()
 }
 
-// open opens the backing, trying O_DIRECT first.
+// open opens the backing, trying O_DIRECT first. A block device is opened
+// O_EXCL, its claim (see claim).
 func (d *Device) open(opts DeviceOptions) error {
 	flags := os.O_RDWR
 	if opts.ReadOnly {
 		flags = os.O_RDONLY
+	}
+	if d.blockDev && !opts.Unclaimed {
+		flags |= os.O_EXCL
 	}
 	if !opts.Buffered {
 		f, err := os.OpenFile(d.path, flags|syscall.O_DIRECT, 0)
@@ -150,23 +177,41 @@ func (d *Device) open(opts DeviceOptions) error {
 			return nil
 		}
 		if !errors.Is(err, syscall.EINVAL) {
-			return openError(d.path, err)
+			return d.openError(opts, err)
 		}
 		d.log.Warnf("raid: %s does not support O_DIRECT, using buffered I/O", d.path)
 	}
 	f, err := os.OpenFile(d.path, flags, 0)
 	if err != nil {
-		return openError(d.path, err)
+		return d.openError(opts, err)
 	}
 	d.f = f
 	return nil
 }
 
-func openError(path string, err error) error {
-	if errors.Is(err, syscall.EROFS) || errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM) {
-		return fmt.Errorf("raid: device %s cannot be opened for writing: %w (a read-only image can only be scrubbed or checked)", path, err)
+func (d *Device) openError(opts DeviceOptions, err error) error {
+	switch {
+	case d.blockDev && errors.Is(err, syscall.EBUSY):
+		return d.claimError(opts)
+	case errors.Is(err, syscall.EROFS) || errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM):
+		return fmt.Errorf("raid: device %s cannot be opened for writing: %w (a read-only image can only be scrubbed or checked)", d.path, err)
 	}
-	return fmt.Errorf("raid: opening device %s: %w", path, err)
+	return fmt.Errorf("raid: opening device %s: %w", d.path, err)
+}
+
+// identify sets d.id from the open backing: what was opened, even if the
+// path changed since it was looked up.
+func (d *Device) identify() error {
+	var st syscall.Stat_t
+	var serr error
+	if err := d.control(func(fd uintptr) { serr = syscall.Fstat(int(fd), &st) }); err != nil {
+		return fmt.Errorf("raid: device %s: %w", d.path, err)
+	}
+	if serr != nil {
+		return fmt.Errorf("raid: device %s: fstat: %w", d.path, serr)
+	}
+	d.id = deviceIDOf(&st)
+	return nil
 }
 
 // readSize is i_size_read(bdev->bd_inode) or the file size.
@@ -203,6 +248,9 @@ func (d *Device) control(fn func(fd uintptr)) error {
 // Path is the backing path (rcu_str_deref(device->name)).
 func (d *Device) Path() string { return d.path }
 
+// ID is what the backing is (device->devt), whatever path named it.
+func (d *Device) ID() DeviceID { return d.id }
+
 // Size is the backing size in bytes (device->total_bytes).
 func (d *Device) Size() uint64 { return d.size }
 
@@ -210,7 +258,8 @@ func (d *Device) Size() uint64 { return d.size }
 // kernel's submit_bio to a block device always does.
 func (d *Device) Direct() bool { return d.direct }
 
-// Close is btrfs_close_one_device. It is idempotent.
+// Close is btrfs_close_one_device: it releases the claim with the backing.
+// It is idempotent.
 func (d *Device) Close() error {
 	d.closeOnce.Do(func() {
 		if d.f == nil { // a missing device has no backing to close

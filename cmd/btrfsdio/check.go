@@ -18,8 +18,20 @@ func init() {
 		// Exit 3 covers a bad metadata copy, a differing mirror, a csum
 		// error, and no valid metadata copy at all.
 		summary: "offline: validate the metadata, every csum and every mirror; exit 0 clean, 3 damage found, 1 cannot open, 2 usage",
-		usage:   "[--profile P] [--degraded] -f IMG [-f IMG...] [-v]",
-		run:     runCheck,
+		usage:   "[--profile P] [--degraded] [--ignore-lock] -f IMG [-f IMG...] [-v]",
+		help: `Reads the committed metadata, every data checksum and every copy of
+every sector straight from the images. It never writes; the images are
+locked for reading while it runs, so it never reads them beside a server
+that writes them.
+
+` + offlineHelp + `
+
+exit status:
+  0  no errors found
+  1  the check could not run (an image in use by a server, among others)
+  2  bad command line
+  3  damage found`,
+		run: runCheck,
 	})
 }
 

@@ -358,7 +358,7 @@ func TestScrubImages(t *testing.T) {
 	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
 	log := logrus.New()
 	log.SetOutput(io.Discard)
-	vol, err := openVolume([]string{a, b}, raid.Raid1, 8<<20, false, false, log)
+	vol, _, err := raid.Assemble([]string{a, b}, raid.AssembleOptions{Profile: raid.Raid1, Create: 8 << 20, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -21,9 +22,11 @@ func init() {
 	registerCommand(&command{
 		name:    "scrub",
 		summary: "offline: compare every copy (and parity) of a volume's images; exit 3 when they differ, --repair rewrites bad copies",
-		usage:   "[--profile P] [--repair] [--degraded] -f IMG [-f IMG...] [-v]",
+		usage:   "[--profile P] [--repair] [--degraded] [--ignore-lock] -f IMG [-f IMG...] [-v]",
 		help: `Reads every copy of every sector (RAID5/6: every data and parity stripe)
-straight from the images and compares them.
+straight from the images and compares them. The images are locked while
+scrub runs (exclusively with --repair), so it never runs beside a server
+or another repair of them.
 
   --repair    rewrite every bad copy from a good one: the copy whose data
               checksum (committed with a --datasum volume) matches. Without
@@ -37,10 +40,11 @@ straight from the images and compares them.
   --degraded  accept images that are missing (absent paths, or fewer -f
               than the volume has), as many as the profile tolerates; their
               copies are neither checked nor repaired.
+` + offlineHelp + `
 
 exit status:
   0  clean (with --repair: everything found was repaired)
-  1  the scrub could not run
+  1  the scrub could not run (an image in use by a server, among others)
   2  bad command line
   3  copies or parity differ, or reads failed (without --repair)
   4  with --repair: some sectors could not be repaired`,
@@ -56,6 +60,9 @@ func runScrub(e *env, args []string) int {
 	repair := fs.Bool("repair", false, "rewrite bad copies from good ones (opens the images read-write)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
+	}
+	if *repair && *ov.ignoreLock {
+		return e.failf(exitUsage, "scrub: --ignore-lock is for reading only: --repair writes and must have the images to itself")
 	}
 	vol, log, code := ov.open(e, fs, !*repair)
 	if code != exitOK {
@@ -82,21 +89,37 @@ func runScrub(e *env, args []string) int {
 }
 
 // offlineVolume is the command line scrub and check share: the images, the
-// profile they must hold and whether some may be missing.
+// profile they must hold, whether some may be missing and whether they may
+// be read while someone else holds them.
 type offlineVolume struct {
-	name     string
-	files    fileList
-	profile  *string
-	degraded *bool
+	name       string
+	files      fileList
+	profile    *string
+	degraded   *bool
+	ignoreLock *bool
 }
 
 func newOfflineVolume(name string, fs *flag.FlagSet) *offlineVolume {
 	o := &offlineVolume{name: name}
 	o.profile = fs.String("profile", "", "data profile the images must hold (default: what their superblocks say)")
 	o.degraded = fs.Bool("degraded", false, "accept missing images, as many as the profile tolerates")
+	o.ignoreLock = fs.Bool("ignore-lock", false, ignoreLockUsage)
 	fs.Var(&o.files, "f", "image or block device (repeat, in device order)")
 	return o
 }
+
+const ignoreLockUsage = "read the images even while a server (or a scrub --repair) holds them: " +
+	"the results may be stale or show differences that are only writes in flight"
+
+// offlineHelp is what `help scrub` and `help check` say about the images.
+const offlineHelp = `  --ignore-lock
+              read the images even while a running server or a scrub
+              --repair holds them. Without it the images are locked for
+              reading (a shared flock on files, an O_EXCL open of block
+              devices) and a command meets a server's images with an
+              error naming its pid. The holder may be writing: what is
+              read may be stale, and copies caught mid-write look
+              damaged. Read-only use only; --repair never ignores locks.`
 
 // open checks what fs parsed and opens the volume (never formatting it),
 // with a logger on stderr; a non-zero code has been reported.
@@ -114,9 +137,17 @@ func (o *offlineVolume) open(e *env, fs *flag.FlagSet, readOnly bool) (*raid.Vol
 	if len(o.files) == 0 {
 		return nil, nil, e.failf(exitUsage, "%s: at least one -f IMG is required", o.name)
 	}
+	if err := raid.CheckDistinct(o.files); err != nil {
+		return nil, nil, e.failf(exitUsage, "%s: %v", o.name, err)
+	}
 	log := logrus.New()
 	log.SetOutput(e.stderr)
-	vol, err := openVolume(o.files, raid.AnyProfile, 0, readOnly, *o.degraded, log)
+	vol, _, err := raid.Assemble(o.files, raid.AssembleOptions{Profile: raid.AnyProfile, Degraded: *o.degraded,
+		ReadOnly: readOnly, Unclaimed: *o.ignoreLock, Holder: imageHolder, Logger: log})
+	var claimed *raid.ClaimError
+	if errors.As(err, &claimed) && readOnly {
+		err = fmt.Errorf("%w (--ignore-lock reads it anyway; the results may then be stale)", err)
+	}
 	if err != nil {
 		return nil, nil, e.failf(exitFail, "%s: %v", o.name, err)
 	}

@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 
@@ -101,7 +100,7 @@ func (f *btrfsFactory) Validate() error {
 		st, err := os.Stat(p)
 		switch {
 		// Absent images are created with --size, or are the missing
-		// devices of the volume the others hold (openVolume decides).
+		// devices of the volume the others hold (raid.Assemble decides).
 		case errors.Is(err, os.ErrNotExist) && (f.imgs > 0 || f.degraded || someExist):
 		case err != nil:
 			return fmt.Errorf("btrfsdio: %w (give --size to create it)", err)
@@ -110,6 +109,9 @@ func (f *btrfsFactory) Validate() error {
 		case !st.Mode().IsRegular() && (st.Mode()&os.ModeDevice == 0 || st.Mode()&os.ModeCharDevice != 0):
 			return fmt.Errorf("btrfsdio: %s is %s, not a regular file or block device", p, fileKind(st.Mode()))
 		}
+	}
+	if err := raid.CheckDistinct(f.files); err != nil {
+		return err
 	}
 	if min := f.p.MinDevices(); len(f.files) < min {
 		return fmt.Errorf("btrfsdio: profile %s needs at least %d devices, got %d", f.p, min, len(f.files))
@@ -132,81 +134,15 @@ func fileKind(m os.FileMode) string {
 	return "a special file"
 }
 
-// openVolume opens the images as a raid volume: blank images are formatted
-// with profile p; formatted ones must form one complete volume (of profile
-// p unless p is raid.AnyProfile) and are put back in device order. Images
-// that do not exist are created (create > 0 bytes) for a new volume; when
-// the others hold a volume they are its missing devices instead, which
-// only degraded accepts.
-func openVolume(files []string, p raid.Profile, create int64, readOnly, degraded bool, log logrus.FieldLogger) (*raid.Volume, error) {
-	var devs []*raid.Device
-	closeAll := func() {
-		for _, o := range devs {
-			o.Close()
-		}
-	}
-	slots := make([]*raid.Device, len(files))
-	var absent []string
-	for i, path := range files {
-		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-			absent = append(absent, path)
-			continue
-		}
-		d, err := raid.OpenDevice(path, raid.DeviceOptions{ReadOnly: readOnly, Logger: log})
-		if err != nil {
-			closeAll()
-			return nil, err
-		}
-		slots[i] = d
-		devs = append(devs, d)
-	}
-	if len(absent) > 0 && !holdsVolume(devs) {
-		absent = nil
-		for i, path := range files {
-			if slots[i] != nil {
-				continue
-			}
-			d, err := raid.OpenDevice(path, raid.DeviceOptions{Create: create > 0, Size: create, ReadOnly: readOnly, Logger: log})
-			if err != nil {
-				closeAll()
-				return nil, err
-			}
-			slots[i] = d
-			devs = append(devs, d)
-		}
-	}
-	ordered := slices.DeleteFunc(slots, func(d *raid.Device) bool { return d == nil })
-	vol, sb, err := raid.OpenVolume(ordered, raid.OpenOptions{Profile: p, Degraded: degraded, Volume: raid.VolumeOptions{Logger: log}})
-	if err != nil {
-		closeAll()
-		if len(absent) > 0 {
-			return nil, fmt.Errorf("%w (not found: %s)", err, strings.Join(absent, ", "))
-		}
-		return nil, err
-	}
-	if !readOnly {
-		log.Infof("volume %x: %s, %d devices, generation %d", sb.Fsid[:4], sb.Profile, sb.NumDevices, sb.Generation)
-	}
-	return vol, nil
-}
-
-// holdsVolume reports whether any of devs has a superblock: then images
-// that do not exist are the volume's missing devices, not new ones.
-func holdsVolume(devs []*raid.Device) bool {
-	for _, d := range devs {
-		if _, err := d.ReadSuper(); err == nil {
-			return true
-		}
-	}
-	return false
-}
-
 func (f *btrfsFactory) Build() (ublk.Target, ublk.TargetParams, error) {
 	log := logrus.StandardLogger()
-	vol, err := openVolume(f.files, f.p, f.imgs, false, f.degraded, log)
+	vol, sb, err := raid.Assemble(f.files, raid.AssembleOptions{
+		Profile: f.p, Create: f.imgs, Degraded: f.degraded, Holder: imageHolder, Logger: log,
+	})
 	if err != nil {
 		return nil, ublk.TargetParams{}, err
 	}
+	log.Infof("volume %x: %s, %d devices, generation %d", sb.Fsid[:4], sb.Profile, sb.NumDevices, sb.Generation)
 	// Existing images are mounted with their data; a volume whose
 	// metadata has no valid copy is refused, never reformatted.
 	fs, err := btrfsdio.OpenFsInfo(vol, btrfsdio.Options{

@@ -490,23 +490,19 @@ func fill(imgs []image) (err error) {
 func newFS(cfg Config, images []image, mode string, datasum bool) (*btrfsdio.FsInfo, error) {
 	log := logrus.New()
 	log.SetOutput(io.Discard)
-	var devs []*raid.Device
-	closeAll := func() {
-		for _, d := range devs {
-			d.Close()
-		}
+	paths := make([]string, len(images))
+	for i, img := range images {
+		paths[i] = img.path
 	}
-	for _, img := range images {
-		d, err := raid.OpenDevice(img.path, raid.DeviceOptions{Logger: log})
-		if err != nil {
-			closeAll()
-			return nil, err
-		}
-		devs = append(devs, d)
+	devs, err := raid.OpenDevices(paths, raid.DeviceOptions{Logger: log})
+	if err != nil {
+		return nil, err
 	}
 	vol, err := raid.NewVolume(devs, cfg.Profile, raid.VolumeOptions{Logger: log})
 	if err != nil {
-		closeAll()
+		for _, d := range devs {
+			d.Close()
+		}
 		return nil, err
 	}
 	opts := btrfsdio.Options{Mode: btrfsdio.Bounce, DataSum: datasum, BouncePool: cfg.BouncePool, NoVolatileDetect: true, Log: log}
