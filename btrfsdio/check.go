@@ -109,14 +109,14 @@ func Check(vol *raid.Volume) (*CheckReport, error) {
 	return rep, nil
 }
 
-// ScrubMeta is scrub's pass over the tree blocks (scrub_simple_mirror on a
-// metadata chunk, scrub_verify_one_metadata per copy) for the committed
-// root: every copy is read and validated as open_ctree reads it (readRoot);
-// copies of the other slot hold an older or uncommitted root and are not
-// looked at. With repair every bad copy is rewritten from the first valid
-// one and its device flushed (scrub_write_sectors). It returns nil, nil
-// when nothing was committed, and the copies with an error when none is
-// valid (nothing is then rewritten).
+// ScrubMeta is scrub_verify_one_metadata for every copy of the committed
+// root (scrub_simple_mirror's pass over a metadata chunk): every copy is
+// read and validated as open_ctree reads it (readRoot); copies of the other
+// slot hold an older or uncommitted root and are not looked at. With repair
+// every bad copy is rewritten from the first valid one and its device
+// flushed (scrub_write_sectors). It returns nil, nil when nothing was
+// committed, and the copies with an error when none is valid (nothing is
+// then rewritten).
 func ScrubMeta(vol *raid.Volume, repair bool) ([]MetaCopyStatus, error) {
 	meta, err := raid.OpenMetaArea(vol)
 	if err != nil {

@@ -123,10 +123,10 @@ func (m *MetaArea) ReadSlot(slot int, n uint64) []MetaCopy {
 	return out
 }
 
-// RewriteCopy is scrub's repair write of a tree block (scrub_write_sectors)
-// for one copy: b, a valid copy of slot's content as ReadSlot returned it,
-// over copy i of slot (ReadSlot's order), then a flush of its device, so
-// the repair is durable when it returns.
+// RewriteCopy is scrub_write_sectors, scrub's repair write of a tree
+// block, for one copy: b, a valid copy of slot's content as ReadSlot
+// returned it, over copy i of slot (ReadSlot's order), then a flush of its
+// device, so the repair is durable when it returns.
 func (m *MetaArea) RewriteCopy(slot, i int, b []byte) error {
 	devs, offs := m.copyOffsets(slot)
 	switch {
