@@ -11,6 +11,9 @@ import (
 // check and scrub print theirs).
 type CheckReport struct {
 	Generation uint64
+	// Supers is the status of every superblock copy of every present
+	// device (raid.Volume.ScrubSupers).
+	Supers []raid.SuperCopy
 	// MetaCopies is the status of every copy of the committed metadata.
 	MetaCopies []MetaCopyStatus
 	Extents    int
@@ -22,9 +25,15 @@ type CheckReport struct {
 	Scrub raid.ScrubReport
 }
 
-// Clean reports whether every metadata copy is valid and the data scrubbed
-// clean (no kernel counterpart: btrfs check's and scrub's final verdicts).
+// Clean reports whether every superblock and metadata copy is valid and
+// the data scrubbed clean (no kernel counterpart: btrfs check's and
+// scrub's final verdicts).
 func (r *CheckReport) Clean() bool {
+	for _, c := range r.Supers {
+		if c.Err != nil {
+			return false
+		}
+	}
 	for _, c := range r.MetaCopies {
 		if c.Err != nil {
 			return false
@@ -34,7 +43,8 @@ func (r *CheckReport) Clean() bool {
 }
 
 // Check is btrfs check plus an offline scrub (no kernel counterpart:
-// btrfs-progs' cmd_check and btrfs scrub): read every copy of the committed
+// btrfs-progs' cmd_check and btrfs scrub): read every superblock copy
+// (raid.Volume.ScrubSupers), read every copy of the committed
 // metadata and validate it (decodeMeta's tree-checker: mappings in range,
 // no overlap in the file or on disk, csums only on allocated sectors; the
 // allocator is rebuilt from the mappings, so it cannot disagree), then
@@ -49,6 +59,9 @@ func Check(vol *raid.Volume) (*CheckReport, error) {
 		return nil, fmt.Errorf("btrfsdio: check: %w", err)
 	}
 	rep := &CheckReport{Generation: meta.Root().Generation}
+	if rep.Supers, err = vol.ScrubSupers(false); err != nil {
+		return nil, fmt.Errorf("btrfsdio: check: %w", err)
+	}
 	if meta.Root().Bytes == 0 {
 		return rep, nil
 	}
@@ -94,6 +107,36 @@ func Check(vol *raid.Volume) (*CheckReport, error) {
 	}
 	rep.Scrub.Length = vol.Capacity()
 	return rep, nil
+}
+
+// ScrubMeta is scrub_verify_one_metadata for every copy of the committed
+// root (scrub_simple_mirror's pass over a metadata chunk): every copy is
+// read and validated as open_ctree reads it (readRoot); copies of the other
+// slot hold an older or uncommitted root and are not looked at. With repair
+// every bad copy is rewritten from the first valid one and its device
+// flushed (scrub_write_sectors). It returns nil, nil when nothing was
+// committed, and the copies with an error when none is valid (nothing is
+// then rewritten).
+func ScrubMeta(vol *raid.Volume, repair bool) ([]MetaCopyStatus, error) {
+	meta, err := raid.OpenMetaArea(vol)
+	if err != nil {
+		return nil, fmt.Errorf("btrfsdio: scrubbing metadata: %w", err)
+	}
+	root := meta.Root()
+	if root.Bytes == 0 {
+		return nil, nil
+	}
+	_, raw, status := readRootCopies(meta, vol.Capacity()&^(SectorSize-1))
+	if raw == nil {
+		return status, fmt.Errorf("btrfsdio: scrubbing metadata: %w of generation %d", errNoValidRoot, root.Generation)
+	}
+	for i := range status {
+		if repair && status[i].Err != nil {
+			status[i].RepairErr = meta.RewriteCopy(root.Slot, i, raw)
+			status[i].Repaired = status[i].RepairErr == nil
+		}
+	}
+	return status, nil
 }
 
 // CommittedCsums is scrub_find_csum for an offline scrub: the data

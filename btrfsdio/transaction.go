@@ -165,37 +165,60 @@ func (fs *FsInfo) capacity() uint64 { return fs.Vol.Capacity() &^ (SectorSize - 
 // (no kernel counterpart: btrfs-progs' check prints the like).
 type MetaCopyStatus struct {
 	Where string
-	Err   error // nil: the copy is valid
+	// Path, Index (on its device) and Offset name the copy in full.
+	Path   string
+	Index  int
+	Offset uint64
+	Err    error // nil: the copy is valid
+	// Repaired is set when ScrubMeta rewrote the bad copy from a valid
+	// one and flushed its device; RepairErr says why it could not.
+	Repaired  bool
+	RepairErr error
 }
 
 // readRoot is btrfs_read_tree_root with read_extent_buffer's mirror loop:
 // the first copy of the committed root that decodes, validates, and
 // belongs to this volume and generation, and the status of every copy.
 func readRoot(meta *raid.MetaArea, capacity uint64) (*metaImage, []MetaCopyStatus) {
+	img, _, status := readRootCopies(meta, capacity)
+	return img, status
+}
+
+// readRootCopies is readRoot that also returns the raw bytes of the valid
+// copy it decoded (nil when none is valid), which a repair writes.
+func readRootCopies(meta *raid.MetaArea, capacity uint64) (*metaImage, []byte, []MetaCopyStatus) {
 	root := meta.Root()
 	var good *metaImage
+	var raw []byte
 	var status []MetaCopyStatus
 	for _, c := range meta.ReadSlot(root.Slot, root.Bytes) {
-		img, err := c.Data, c.Err
-		var dec *metaImage
-		if err == nil {
-			dec, err = decodeMeta(img)
-		}
-		switch {
-		case err != nil:
-		case dec.generation != root.Generation:
-			err = fmt.Errorf("%w: generation %d, the superblock commits %d", ErrCorruptMeta, dec.generation, root.Generation)
-		case dec.fsid != meta.Fsid():
-			err = fmt.Errorf("%w: written for volume %x", ErrCorruptMeta, dec.fsid[:4])
-		case dec.capacity != capacity:
-			err = fmt.Errorf("%w: for a %d-byte chunk, this one has %d", ErrCorruptMeta, dec.capacity, capacity)
-		}
-		status = append(status, MetaCopyStatus{Where: c.Where, Err: err})
+		dec, err := checkRootCopy(meta, c, capacity)
+		status = append(status, MetaCopyStatus{Where: c.Where, Path: c.Path, Index: c.Index, Offset: c.Offset, Err: err})
 		if err == nil && good == nil {
-			good = dec
+			good, raw = dec, c.Data
 		}
 	}
-	return good, status
+	return good, raw, status
+}
+
+// checkRootCopy decodes one copy and checks that it is the committed root:
+// its generation, this volume's fsid and this chunk's capacity.
+func checkRootCopy(meta *raid.MetaArea, c raid.MetaCopy, capacity uint64) (*metaImage, error) {
+	if c.Err != nil {
+		return nil, c.Err
+	}
+	dec, err := decodeMeta(c.Data)
+	switch {
+	case err != nil:
+		return nil, err
+	case dec.generation != meta.Root().Generation:
+		return nil, fmt.Errorf("%w: generation %d, the superblock commits %d", ErrCorruptMeta, dec.generation, meta.Root().Generation)
+	case dec.fsid != meta.Fsid():
+		return nil, fmt.Errorf("%w: written for volume %x", ErrCorruptMeta, dec.fsid[:4])
+	case dec.capacity != capacity:
+		return nil, fmt.Errorf("%w: for a %d-byte chunk, this one has %d", ErrCorruptMeta, dec.capacity, capacity)
+	}
+	return dec, nil
 }
 
 // errNoValidRoot wraps the refusal to open a volume without valid metadata.

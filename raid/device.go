@@ -6,6 +6,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -143,21 +144,48 @@ func OpenDevice(path string, opts DeviceOptions) (*Device, error) {
 	return d, nil
 }
 
-// createImage makes a sparse image file of size bytes.
+// createImage makes a sparse image file of size bytes, readable by its
+// owner only (it holds the whole virtual disk), and makes it and its
+// directory entry durable, as mkfs.btrfs fsyncs what it created.
 func createImage(path string, size int64) error {
 	if size < MinDeviceSize {
 		return fmt.Errorf("raid: creating image %s: size %d is below the minimum %d", path, size, MinDeviceSize)
 	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return fmt.Errorf("raid: creating image %s: %w", path, err)
 	}
-	if err := f.Truncate(size); err != nil {
-		f.Close()
-		os.Remove(path)
-		return fmt.Errorf("raid: sizing image %s to %d bytes: %w", path, size, err)
+	err = f.Truncate(size)
+	if err == nil {
+		err = f.Sync()
 	}
-	return f.Close()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = syncDir(filepath.Dir(path))
+	}
+	if err != nil {
+		os.Remove(path)
+		return fmt.Errorf("raid: creating image %s of %d bytes: %w", path, size, err)
+	}
+	return nil
+}
+
+// syncDir fsyncs a directory, making the entries created in it durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("syncing directory %s: %w", dir, err)
+	}
+	return nil
 }
 
 // open opens the backing, trying O_DIRECT first. A block device is opened

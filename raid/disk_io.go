@@ -279,16 +279,17 @@ func OpenVolume(devs []*Device, opts OpenOptions) (*Volume, *Superblock, error) 
 		return nil, nil, errors.New("raid: no devices to open")
 	}
 	sbs := make([]*Superblock, len(devs))
+	errs := make([]error, len(devs))
 	blank := 0
 	for i, d := range devs {
 		sb, err := d.ReadSuper()
 		switch {
 		case errors.Is(err, ErrBlankSuper):
 			blank++
-		case err != nil:
+		case err != nil && !opts.Degraded:
 			return nil, nil, err
 		}
-		sbs[i] = sb
+		sbs[i], errs[i] = sb, err
 	}
 	if blank == len(devs) {
 		if opts.Profile == AnyProfile {
@@ -302,7 +303,12 @@ func OpenVolume(devs []*Device, opts OpenOptions) (*Volume, *Superblock, error) 
 		v, err := NewVolume(devs, opts.Profile, opts.Volume)
 		return v, sb, err
 	}
-	if blank > 0 {
+	if opts.Degraded {
+		var err error
+		if devs, sbs, err = dropInvalid(devs, sbs, errs, opts.Volume.Logger); err != nil {
+			return nil, nil, err
+		}
+	} else if blank > 0 {
 		return nil, nil, fmt.Errorf("raid: %d of %d devices are blank and the others hold a volume: refusing to mix them", blank, len(devs))
 	}
 	ordered, err := checkMembers(devs, sbs, opts.Profile, opts.Degraded, opts.Volume.Logger)
@@ -312,6 +318,29 @@ func OpenVolume(devs []*Device, opts OpenOptions) (*Volume, *Superblock, error) 
 	opts.Volume.MaxDeviceBytes = sbs[0].ChunkDevBytes
 	v, err := NewVolume(ordered, sbs[0].Profile, opts.Volume)
 	return v, sbs[0], err
+}
+
+// dropInvalid is btrfs_scan_one_device failing for a device when mounting
+// degraded: a device without a valid superblock (blank or corrupt) is not
+// a member, so it is closed and its place left to a missing device.
+func dropInvalid(devs []*Device, sbs []*Superblock, errs []error, log logrus.FieldLogger) ([]*Device, []*Superblock, error) {
+	if log == nil {
+		log = logrus.StandardLogger()
+	}
+	var keptDevs []*Device
+	var keptSbs []*Superblock
+	for i, d := range devs {
+		if sbs[i] != nil {
+			keptDevs, keptSbs = append(keptDevs, d), append(keptSbs, sbs[i])
+			continue
+		}
+		log.Warnf("raid: %v: no valid superblock, treated as a missing device (degraded)", errs[i])
+		d.Close()
+	}
+	if len(keptDevs) == 0 {
+		return nil, nil, errors.Join(append([]error{errors.New("raid: no device holds a valid superblock")}, errs...)...)
+	}
+	return keptDevs, keptSbs, nil
 }
 
 // checkMembers is the fs_devices check of open_ctree: one fsid, the

@@ -3,6 +3,7 @@ package raid
 import (
 	"errors"
 	"fmt"
+	"syscall"
 
 	"github.com/btrfsdio/btrfsdio/blk"
 )
@@ -32,8 +33,13 @@ type MetaRoot struct {
 // MetaCopy is one copy of a slot as read from one device.
 type MetaCopy struct {
 	Where string // "path@offset"
-	Data  []byte
-	Err   error
+	// Path, Index (0, or 1 for a single device's second copy) and Offset
+	// name the copy in full, for messages and RewriteCopy.
+	Path   string
+	Index  int
+	Offset uint64
+	Data   []byte
+	Err    error
 }
 
 // OpenMetaArea is btrfs_read_dev_super for every device of v, as open_ctree
@@ -92,6 +98,9 @@ func (m *MetaArea) copyOffsets(slot int) ([]*Device, []uint64) {
 	return devs, offs
 }
 
+// copyIndex is copy i of copyOffsets' list counted on its own device.
+func (m *MetaArea) copyIndex(i int) int { return i % int(m.sbs[0].MetaCopies) }
+
 // ReadSlot reads the first n bytes of every copy of slot
 // (read_extent_buffer trying each mirror); each copy carries its own error.
 func (m *MetaArea) ReadSlot(slot int, n uint64) []MetaCopy {
@@ -99,6 +108,7 @@ func (m *MetaArea) ReadSlot(slot int, n uint64) []MetaCopy {
 	out := make([]MetaCopy, len(devs))
 	for i, d := range devs {
 		out[i].Where = fmt.Sprintf("%s@%d", d.Path(), offs[i])
+		out[i].Path, out[i].Index, out[i].Offset = d.Path(), m.copyIndex(i), offs[i]
 		if n > m.SlotBytes() {
 			out[i].Err = fmt.Errorf("raid: metadata of %d bytes exceeds the %d-byte slot", n, m.SlotBytes())
 			continue
@@ -111,6 +121,29 @@ func (m *MetaArea) ReadSlot(slot int, n uint64) []MetaCopy {
 		out[i].Data = buf
 	}
 	return out
+}
+
+// RewriteCopy is scrub_write_sectors, scrub's repair write of a tree
+// block, for one copy: b, a valid copy of slot's content as ReadSlot
+// returned it, over copy i of slot (ReadSlot's order), then a flush of its
+// device, so the repair is durable when it returns.
+func (m *MetaArea) RewriteCopy(slot, i int, b []byte) error {
+	devs, offs := m.copyOffsets(slot)
+	switch {
+	case i < 0 || i >= len(devs):
+		return fmt.Errorf("raid: metadata copy %d of %d: %w", i, len(devs), syscall.EINVAL)
+	case uint64(len(b)) > m.SlotBytes() || len(b)%SectorSize != 0:
+		return fmt.Errorf("raid: metadata of %d bytes does not fit the %d-byte slot in whole sectors", len(b), m.SlotBytes())
+	}
+	buf := blk.AlignedBuffer(len(b))
+	copy(buf, b)
+	if err := devs[i].writeBuf(buf, offs[i]); err != nil {
+		return fmt.Errorf("raid: rewriting metadata copy: %w", err)
+	}
+	if err := devs[i].flush(); err != nil {
+		return fmt.Errorf("raid: flushing rewritten metadata: %w", err)
+	}
+	return nil
 }
 
 // WriteSlot is btrfs_write_and_wait_transaction: write b to every copy of

@@ -392,14 +392,15 @@ func printList(e *env, id uint32) int {
 	return exitOK
 }
 
-// openDaemonLog opens /var/log/btrfsdio/ublkN.log (or $BTRFSDIO_LOG_DIR). With
-// no -n the id is not known yet: the daemon renames ublk-new-PID.log later.
+// openDaemonLog opens /var/log/btrfsdio/ublkN.log (or $BTRFSDIO_LOG_DIR),
+// mode 0600 in a private directory (privateDir). With no -n the id is not
+// known yet: the daemon renames ublk-new-PID.log later.
 func openDaemonLog(id int) (string, *os.File, error) {
 	dir := os.Getenv(envLogDir)
 	if dir == "" {
-		dir = "/var/log/btrfsdio"
+		dir = defaultLogDir
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := privateDir(dir, dir == defaultLogDir); err != nil {
 		return "", nil, fmt.Errorf("log directory: %w", err)
 	}
 	name := fmt.Sprintf("ublk-new-%d.log", os.Getpid())
@@ -407,7 +408,7 @@ func openDaemonLog(id int) (string, *os.File, error) {
 		name = fmt.Sprintf("ublk%d.log", id)
 	}
 	path := filepath.Join(dir, name)
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	f, err := openPrivateFile(path)
 	if err != nil {
 		return "", nil, fmt.Errorf("log file: %w", err)
 	}
@@ -493,11 +494,17 @@ type runInfo struct {
 	StatsTime string          `json:"stats_time,omitempty"`
 }
 
+// The default run and log directories, which privateDir may tighten.
+const (
+	defaultRunDir = "/run/btrfsdio"
+	defaultLogDir = "/var/log/btrfsdio"
+)
+
 func runDir() string {
 	if d := os.Getenv(envRunDir); d != "" {
 		return d
 	}
-	return "/run/btrfsdio"
+	return defaultRunDir
 }
 
 func runFilePath(id uint32) string {

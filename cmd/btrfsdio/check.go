@@ -15,12 +15,13 @@ const exitDamaged = 3
 func init() {
 	registerCommand(&command{
 		name: "check",
-		// Exit 3 covers a bad metadata copy, a differing mirror, a csum
-		// error, and no valid metadata copy at all.
-		summary: "offline: validate the metadata, every csum and every mirror; exit 0 clean, 3 damage found, 1 cannot open, 2 usage",
+		// Exit 3 covers a bad superblock or metadata copy, a differing
+		// mirror, a csum error, and no valid metadata copy at all.
+		summary: "offline: validate every superblock and metadata copy, every csum and every mirror; exit 0 clean, 3 damage found, 1 cannot open, 2 usage",
 		usage:   "[--profile P] [--degraded] [--ignore-lock] -f IMG [-f IMG...] [-v]",
-		help: `Reads the committed metadata, every data checksum and every copy of
-every sector straight from the images. It never writes; the images are
+		help: `Reads all three superblock copies of every image, every copy of the
+committed metadata, every data checksum and every copy of every sector
+straight from the images. It never writes; the images are
 locked for reading while it runs, so it never reads them beside a server
 that writes them.
 
@@ -30,7 +31,7 @@ exit status:
   0  no errors found
   1  the check could not run (an image in use by a server, among others)
   2  bad command line
-  3  damage found`,
+  3  damage found (a bad superblock or metadata copy included)`,
 		run: runCheck,
 	})
 }
@@ -65,15 +66,11 @@ func runCheck(e *env, args []string) int {
 
 func printCheck(w io.Writer, vol *raid.Volume, rep *btrfsdio.CheckReport, verbose bool) {
 	p := vol.Profile()
-	bad := 0
-	for _, c := range rep.MetaCopies {
-		if c.Err != nil {
-			bad++
-			fmt.Fprintf(w, "metadata copy %s: %v\n", c.Where, c.Err)
-		}
-	}
-	fmt.Fprintf(w, "check %s: generation %d, %d of %d metadata copies valid, %d extents, %d bytes mapped, %d csums\n",
-		p, rep.Generation, len(rep.MetaCopies)-bad, len(rep.MetaCopies), rep.Extents, rep.MappedBytes, rep.CsumSectors)
+	badSupers := printSuperCopies(w, rep.Supers)
+	bad := printMetaCopies(w, rep.MetaCopies)
+	fmt.Fprintf(w, "check %s: generation %d, %d of %d superblock copies valid, %d of %d metadata copies valid, %d extents, %d bytes mapped, %d csums\n",
+		p, rep.Generation, len(rep.Supers)-badSupers, len(rep.Supers), len(rep.MetaCopies)-bad, len(rep.MetaCopies),
+		rep.Extents, rep.MappedBytes, rep.CsumSectors)
 	s := &rep.Scrub
 	fmt.Fprintf(w, "data: %d sectors scrubbed, %d differing, %d parity mismatches, %d csum errors, %d read errors\n",
 		s.SectorsChecked, len(s.Differences), len(s.ParityMismatches), len(s.CsumErrors), len(s.ReadErrors))
@@ -86,4 +83,41 @@ func printCheck(w io.Writer, vol *raid.Volume, rep *btrfsdio.CheckReport, verbos
 	if rep.Clean() {
 		fmt.Fprintln(w, "no errors found")
 	}
+}
+
+// printSuperCopies prints every bad superblock copy, named by device, copy
+// index and byte offset, and what a repair did; it returns how many are bad.
+func printSuperCopies(w io.Writer, copies []raid.SuperCopy) int {
+	bad := 0
+	for _, c := range copies {
+		if c.Err != nil {
+			bad++
+			fmt.Fprintf(w, "superblock copy %d of %s at byte %d: %v%s\n", c.Index, c.Device, c.Bytenr, c.Err, repairOutcome(c.Repaired, c.RepairErr))
+		}
+	}
+	return bad
+}
+
+// printMetaCopies is printSuperCopies for the committed metadata's copies.
+func printMetaCopies(w io.Writer, copies []btrfsdio.MetaCopyStatus) int {
+	bad := 0
+	for _, c := range copies {
+		if c.Err != nil {
+			bad++
+			fmt.Fprintf(w, "metadata copy %d of %s at byte %d: %v%s\n", c.Index, c.Path, c.Offset, c.Err, repairOutcome(c.Repaired, c.RepairErr))
+		}
+	}
+	return bad
+}
+
+// repairOutcome is what scrub --repair did to a bad copy ("" when it did
+// not try).
+func repairOutcome(repaired bool, err error) string {
+	switch {
+	case repaired:
+		return ": rewritten"
+	case err != nil:
+		return fmt.Sprintf(": not repaired: %v", err)
+	}
+	return ""
 }

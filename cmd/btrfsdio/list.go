@@ -153,7 +153,7 @@ func writeRunInfo(dev *ublk.Device, spec *addSpec, logPath string, tgt ublk.Targ
 		ri.Stats = &s
 	}
 	path := runFilePath(dev.ID())
-	err := os.MkdirAll(runDir(), 0o755)
+	err := privateDir(runDir(), runDir() == defaultRunDir)
 	if err == nil {
 		err = writeRunFile(path, &ri)
 	}

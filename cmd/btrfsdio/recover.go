@@ -58,10 +58,12 @@ func runRecover(e *env, args []string) int {
 	return daemonize(e, spec)
 }
 
-// loadRunInfo reads the run file of device id whoever wrote it.
+// loadRunInfo reads the run file of device id, which recover runs the
+// add command line of: only one we own and nobody else can write
+// (trustedRunFile).
 func loadRunInfo(id uint32) (*runInfo, error) {
 	path := runFilePath(id)
-	b, err := os.ReadFile(path)
+	b, err := trustedRunFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("no record of device %d (%s): was it added by btrfsdio on this host?", id, path)
 	}

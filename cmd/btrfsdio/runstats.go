@@ -24,7 +24,8 @@ type statsTarget interface {
 const runStatsInterval = time.Second
 
 // writeRunFile writes ri to path through a temporary file and a rename, so
-// that `list` never reads a half-written file.
+// that `list` never reads a half-written file. The file keeps CreateTemp's
+// mode 0600: recover trusts only a run file nobody else can write.
 func writeRunFile(path string, ri *runInfo) error {
 	b, err := json.MarshalIndent(ri, "", "  ")
 	if err != nil {
@@ -37,9 +38,6 @@ func writeRunFile(path string, ri *runInfo) error {
 	_, err = tmp.Write(append(b, '\n'))
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(tmp.Name(), 0o644)
 	}
 	if err == nil {
 		err = os.Rename(tmp.Name(), path)

@@ -66,7 +66,7 @@ func TestRunStatsRefresh(t *testing.T) {
 	if !strings.Contains(b.String(), "zero-copy writes changed in flight: 3 of 10") {
 		t.Fatalf("list does not show the counter:\n%s", b.String())
 	}
-	if st, err := os.Stat(path); err != nil || st.Mode().Perm() != 0o644 {
+	if st, err := os.Stat(path); err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("run file: %v %v", st, err)
 	}
 }

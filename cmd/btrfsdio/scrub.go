@@ -21,10 +21,11 @@ const (
 func init() {
 	registerCommand(&command{
 		name:    "scrub",
-		summary: "offline: compare every copy (and parity) of a volume's images; exit 3 when they differ, --repair rewrites bad copies",
+		summary: "offline: check every superblock, metadata and data copy (and parity) of a volume's images; exit 3 when one is bad, --repair rewrites bad copies",
 		usage:   "[--profile P] [--repair] [--degraded] [--ignore-lock] -f IMG [-f IMG...] [-v]",
 		help: `Reads every copy of every sector (RAID5/6: every data and parity stripe)
-straight from the images and compares them. The images are locked while
+straight from the images and compares them; checks the three superblock
+copies of every image and every copy of the committed metadata. The images are locked while
 scrub runs (exclusively with --repair), so it never runs beside a server
 or another repair of them.
 
@@ -37,6 +38,9 @@ or another repair of them.
               disagrees with the data is recomputed and rewritten (the
               data is trusted, as btrfs does without checksums; RAID6
               rebuilds a data sector when P and Q agree against it).
+              Bad superblock and metadata copies are rewritten from a
+              valid one. The images are flushed before scrub reports
+              success.
   --degraded  accept images that are missing (absent paths, or fewer -f
               than the volume has), as many as the profile tolerates; their
               copies are neither checked nor repaired.
@@ -46,8 +50,10 @@ exit status:
   0  clean (with --repair: everything found was repaired)
   1  the scrub could not run (an image in use by a server, among others)
   2  bad command line
-  3  copies or parity differ, or reads failed (without --repair)
-  4  with --repair: some sectors could not be repaired`,
+  3  copies or parity differ, reads failed, or a superblock or metadata
+     copy is bad (without --repair)
+  4  with --repair: some sectors could not be repaired, nor some
+     superblock or metadata copies, or the images did not flush`,
 		run: runScrub,
 	})
 }
@@ -69,8 +75,46 @@ func runScrub(e *env, args []string) int {
 		return code
 	}
 	defer vol.Close()
+	res, code := scrubAll(vol, log, *repair)
+	if code != exitOK {
+		return e.failf(code, "scrub: %v", res.err)
+	}
+	printScrub(e.stdout, vol, res.data, *repair, *verbose)
+	printScrubCopies(e.stdout, res, *repair)
+	if res.flushErr != nil {
+		return e.failf(exitScrubUnrepairable, "scrub: the repairs may not be on disk: %v", res.flushErr)
+	}
+	return res.exitCode(*repair)
+}
+
+// scrubResult is what scrubAll found: the data, superblock and metadata
+// copies, and with --repair whether the devices flushed.
+type scrubResult struct {
+	data   *raid.ScrubReport
+	supers []raid.SuperCopy
+	meta   []btrfsdio.MetaCopyStatus
+	// metaErr is set when no metadata copy is valid.
+	metaErr  error
+	flushErr error
+	err      error // the scrub could not run
+}
+
+// scrubAll scrubs the metadata copies (repairing them first, so the data
+// scrub reads the committed checksums from a valid copy), the data, then
+// the superblock copies (after the metadata they name, as a commit writes
+// them), and with repair flushes every device before reporting success.
+// A non-zero code means the scrub could not run (res.err says why).
+func scrubAll(vol *raid.Volume, log *logrus.Logger, repair bool) (*scrubResult, int) {
+	res := &scrubResult{}
+	res.meta, res.err = btrfsdio.ScrubMeta(vol, repair)
+	if res.err != nil {
+		if len(res.meta) == 0 {
+			return res, exitFail
+		}
+		res.metaErr, res.err = res.err, nil
+	}
 	scrub := vol.Scrub
-	if *repair {
+	if repair {
 		scrub = vol.ScrubRepair
 	}
 	// The data checksums committed with a datasum volume say which copy is
@@ -80,12 +124,75 @@ func runScrub(e *env, args []string) int {
 	if err != nil {
 		log.Warnf("scrub: %v: data checksums not used", err)
 	}
-	rep, err := scrub(0, vol.Capacity(), csum)
-	if err != nil {
-		return e.failf(exitFail, "scrub: %v", err)
+	if res.data, res.err = scrub(0, vol.Capacity(), csum); res.err != nil {
+		return res, exitFail
 	}
-	printScrub(e.stdout, vol, rep, *repair, *verbose)
-	return scrubExitCode(rep, *repair)
+	if res.supers, res.err = vol.ScrubSupers(repair); res.err != nil {
+		return res, exitFail
+	}
+	if repair {
+		res.flushErr = vol.FlushDevices()
+	}
+	return res, exitOK
+}
+
+// exitCode is the exit status `btrfsdio help scrub` documents.
+func (r *scrubResult) exitCode(repair bool) int {
+	bad, unrepaired := r.metaErr != nil, r.metaErr != nil
+	for _, c := range r.supers {
+		bad = bad || c.Err != nil
+		unrepaired = unrepaired || (c.Err != nil && !c.Repaired)
+	}
+	for _, c := range r.meta {
+		bad = bad || c.Err != nil
+		unrepaired = unrepaired || (c.Err != nil && !c.Repaired)
+	}
+	switch {
+	case repair && unrepaired:
+		return exitScrubUnrepairable
+	case !repair && bad:
+		return exitScrubDiffers
+	}
+	return scrubExitCode(r.data, repair)
+}
+
+// printScrubCopies prints the superblock and metadata copies scrubbed and
+// every bad one.
+func printScrubCopies(w io.Writer, r *scrubResult, repair bool) {
+	badSupers := printSuperCopies(w, r.supers)
+	fmt.Fprintf(w, "superblocks: %d copies checked, %d bad\n", len(r.supers), badSupers)
+	badMeta := printMetaCopies(w, r.meta)
+	switch {
+	case r.metaErr != nil:
+		fmt.Fprintf(w, "metadata: %d copies checked, none valid: %v\n", len(r.meta), r.metaErr)
+	case len(r.meta) == 0:
+		fmt.Fprintln(w, "metadata: nothing committed yet")
+	default:
+		fmt.Fprintf(w, "metadata: %d copies checked, %d bad\n", len(r.meta), badMeta)
+	}
+	if repair {
+		fmt.Fprintf(w, "repair: %d superblock and %d metadata copies rewritten\n", countRepaired(r.supers), countMetaRepaired(r.meta))
+	}
+}
+
+func countRepaired(copies []raid.SuperCopy) int {
+	n := 0
+	for _, c := range copies {
+		if c.Repaired {
+			n++
+		}
+	}
+	return n
+}
+
+func countMetaRepaired(copies []btrfsdio.MetaCopyStatus) int {
+	n := 0
+	for _, c := range copies {
+		if c.Repaired {
+			n++
+		}
+	}
+	return n
 }
 
 // offlineVolume is the command line scrub and check share: the images, the
