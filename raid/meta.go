@@ -154,8 +154,9 @@ func (m *MetaArea) WriteSlot(slot int, b []byte) error {
 // name root, each device flushed after its own. Devices whose metadata copy
 // failed in WriteSlot, whose flush ever failed (their data since the last
 // good flush may be gone, so a superblock there must not claim the new
-// root), or whose superblock write fails, keep their older root; like write_all_supers (max_errors = devices - 1), the commit stands
-// once one superblock holds the new root.
+// root), or whose superblock write fails, keep their older root; like
+// write_all_supers (max_errors = devices - 1), the commit stands once one
+// superblock holds the new root.
 func (m *MetaArea) WriteSupers(root MetaRoot) error {
 	var errs []error
 	written := 0
