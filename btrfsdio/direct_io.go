@@ -691,9 +691,13 @@ func (inode *Inode) checkRange(pos int64, n int) error {
 
 // DirectWrite is btrfs_direct_write: direct IO for nodatasum inodes, the
 // buffered fallback (commit 968f19c5b1b7) for inodes with data checksums and
-// for whatever direct IO left undone.
+// for whatever direct IO left undone. After an aborted transaction it fails
+// with EIO (FsError).
 func (inode *Inode) DirectWrite(iocb *iomap.Kiocb, from *iomap.IovIter) (int, error) {
 	if err := inode.checkRange(iocb.Pos, from.Count()); err != nil {
+		return 0, err
+	}
+	if err := inode.fs.FsError(); err != nil {
 		return 0, err
 	}
 	if err := checkDirectIO(iocb.Pos, from); err != nil {

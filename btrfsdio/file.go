@@ -189,7 +189,8 @@ func (fs *FsInfo) freePages(pages []*blk.Page) {
 }
 
 // PunchHole is btrfs_punch_hole: the range reads as zeroes afterwards and
-// its disk space is freed. It serves DISCARD and WRITE_ZEROES.
+// its disk space is freed. It serves DISCARD and WRITE_ZEROES, and fails
+// with EIO after an aborted transaction (FsError).
 func (inode *Inode) PunchHole(pos, length uint64) error {
 	if length == 0 {
 		return nil
@@ -199,6 +200,9 @@ func (inode *Inode) PunchHole(pos, length uint64) error {
 	}
 	if pos+length > inode.size || pos+length < pos {
 		return fmt.Errorf("%w: punch [%d, %d)", ErrOutOfRange, pos, pos+length)
+	}
+	if err := inode.fs.FsError(); err != nil {
+		return err
 	}
 	inode.ilock.Lock()
 	defer inode.ilock.Unlock()

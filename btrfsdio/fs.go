@@ -194,6 +194,9 @@ type Stats struct {
 	// Commits and CommitFailures count transaction commits.
 	Commits        int64 `json:"commits"`
 	CommitFailures int64 `json:"commit_failures"`
+	// ReadOnly says why the device stopped taking writes after a failed
+	// flush or commit (FsError); empty while it is writable.
+	ReadOnly string `json:"read_only,omitempty"`
 }
 
 type stats struct {
@@ -234,6 +237,8 @@ type FsInfo struct {
 	// meta is where commits go; nil for an in-memory filesystem.
 	meta  *raid.MetaArea
 	trans transaction
+	// fsErr is BTRFS_FS_STATE_ERROR, set once by abortTransaction.
+	fsErr atomic.Pointer[fsError]
 }
 
 // Inode is struct btrfs_inode for the one file the device exposes.
@@ -312,7 +317,16 @@ func (fs *FsInfo) Stats() Stats {
 		BufferedWrites: s.bufferedWrites.Load(),
 		VolatileWrites: s.volatileWrites.Load(), VolatileChecked: s.volatileChecked.Load(),
 		Commits: s.commits.Load(), CommitFailures: s.commitFailures.Load(),
+		ReadOnly: fs.readOnlyReason(),
 	}
+}
+
+// readOnlyReason is FsError's cause for Stats, "" while writable.
+func (fs *FsInfo) readOnlyReason() string {
+	if e := fs.fsErr.Load(); e != nil {
+		return fmt.Sprintf("transaction aborted while %s: %v", e.step, e.err)
+	}
+	return ""
 }
 
 // UsedBytes is the data space_info's bytes_used + bytes_pinned +

@@ -90,11 +90,15 @@ func (inode *Inode) inodeFlags() uint32 {
 // the inactive slot of every copy and flush; write the superblocks naming
 // it (each device flushed); then unpin what the snapshot no longer maps
 // (btrfs_finish_extent_commit). Without a metadata area (NewFsInfo) it is
-// the device flush alone.
+// the device flush alone. A device failure on the way aborts the
+// transaction (abortTransaction): from then on every commit fails with EIO.
 func (fs *FsInfo) CommitTransaction() error {
+	if err := fs.FsError(); err != nil {
+		return err
+	}
 	if fs.meta == nil {
 		if err := fs.Vol.Flush(); err != nil {
-			return fmt.Errorf("btrfsdio: flush: %w", err)
+			return fmt.Errorf("btrfsdio: flush: %w", fs.abortTransaction("flushing the devices", err))
 		}
 		return nil
 	}
@@ -114,6 +118,7 @@ func (fs *FsInfo) CommitTransaction() error {
 			// Some superblocks may name the new root: never write its
 			// slot again, and keep the pins, which it may still need.
 			t.generation = root.Generation
+			err = fs.abortTransaction("writing the superblocks", err)
 		}
 	}
 	if err != nil {
@@ -131,7 +136,10 @@ func (fs *FsInfo) CommitTransaction() error {
 
 // writeRoot is btrfs_write_and_wait_transaction with the barrier before
 // it: flush the data, then write and flush img's encoding in root's slot.
-// Faults.CommitAbort stops it there, before the superblocks.
+// A device failure there aborts the transaction (abortTransaction); a
+// metadata image too large for its slot does not, since nothing was
+// written. Faults.CommitAbort stops it there, before the superblocks,
+// like a crash: nothing on the devices was lost, so no abort either.
 func (fs *FsInfo) writeRoot(img *metaImage, root *raid.MetaRoot) error {
 	b := encodeMeta(img)
 	root.Bytes = uint64(len(b))
@@ -139,15 +147,48 @@ func (fs *FsInfo) writeRoot(img *metaImage, root *raid.MetaRoot) error {
 		return fmt.Errorf("metadata of %d bytes exceeds the %d-byte slot: %w", len(b), fs.meta.SlotBytes(), syscall.ENOSPC)
 	}
 	if err := fs.Vol.Flush(); err != nil {
-		return fmt.Errorf("flushing data: %w", err)
+		return fs.abortTransaction("flushing data", err)
 	}
 	if err := fs.meta.WriteSlot(root.Slot, b); err != nil {
-		return err
+		return fs.abortTransaction("writing metadata", err)
 	}
 	if fs.Faults.take(&fs.Faults.CommitAbort) != nil {
 		return fmt.Errorf("aborted before the superblocks (fault injected): %w", syscall.EIO)
 	}
 	return nil
+}
+
+// fsError is why the filesystem stopped taking writes.
+type fsError struct {
+	step string
+	err  error
+}
+
+// abortTransaction is btrfs_abort_transaction and btrfs_handle_fs_error: a
+// commit lost a device write or flush beyond what the profile tolerates
+// (raid's max_errors), so data acknowledged since the last commit may be
+// gone, and a later flush that succeeds would pretend otherwise (Linux
+// reports a writeback error once and may drop the pages). Like
+// BTRFS_FS_STATE_ERROR turning the filesystem read-only, every later
+// write, punch and flush fails with EIO, reads go on; it is logged once
+// and only a fresh mount, after check, clears it. It returns err as the
+// caller's EIO.
+func (fs *FsInfo) abortTransaction(step string, err error) error {
+	if fs.fsErr.CompareAndSwap(nil, &fsError{step: step, err: err}) {
+		fs.log.Errorf("BTRFS error: transaction aborted while %s: %v; the device is read-only from now on: "+
+			"writes and flushes fail, reads work; delete it, run check on its images, then add it again", step, err)
+	}
+	return fmt.Errorf("transaction aborted while %s, read-only from now on: %w: %w", step, syscall.EIO, err)
+}
+
+// FsError is BTRFS_FS_ERROR: nil, or the EIO every write, punch and flush
+// fails with since a commit aborted (abortTransaction), saying why.
+func (fs *FsInfo) FsError() error {
+	e := fs.fsErr.Load()
+	if e == nil {
+		return nil
+	}
+	return fmt.Errorf("btrfsdio: read-only since a transaction aborted while %s (%v): %w", e.step, e.err, syscall.EIO)
 }
 
 // snapshotMeta copies the metadata; the caller holds trans.mu exclusive.

@@ -242,9 +242,17 @@ func TestBadBiosCompleteWithError(t *testing.T) {
 	if st := submitWait(t, v, fua, 0); st != blk.StsIOErr {
 		t.Errorf("FUA write with a failing flush: %v", st)
 	}
+	// A flush that failed stays failed (FlushFailed): raid0 refuses
+	// every barrier from then on.
 	pre := buildBio(blk.OpWrite, 0, blk.AlignedBuffer(4096), nil)
 	pre.Opf |= blk.ReqPreflush | blk.ReqFUA
-	if st := submitWait(t, v, pre, 0); st != blk.StsOK {
+	if st := submitWait(t, v, pre, 0); st != blk.StsIOErr {
+		t.Errorf("PREFLUSH|FUA write after failed flushes: %v", st)
+	}
+	fresh := newVolume(t, Raid0, 4*S)
+	pre = buildBio(blk.OpWrite, 0, blk.AlignedBuffer(4096), nil)
+	pre.Opf |= blk.ReqPreflush | blk.ReqFUA
+	if st := submitWait(t, fresh, pre, 0); st != blk.StsOK {
 		t.Errorf("PREFLUSH|FUA write: %v", st)
 	}
 }

@@ -75,8 +75,15 @@ type Device struct {
 	log     logrus.FieldLogger
 
 	// faults[op] is the number of further ops of that kind to fail (<0:
-	// all); see InjectFault.
-	faults [3]atomic.Int64
+	// all), after skips[op] more succeed; see InjectFault.
+	faults, skips [3]atomic.Int64
+	// flushFailed is BTRFS_DEV_STATE_FLUSH_FAILED: a flush of this device
+	// failed once, so writes it acknowledged before may be gone (Linux
+	// reports a writeback error once and may drop the pages). It is never
+	// cleared: a later flush that succeeds proves nothing about them.
+	flushFailed atomic.Bool
+	// observe, when set (tests), sees every completed operation in order.
+	observe func(op blk.Op, off uint64, n int)
 
 	reads, writes, flushes         atomic.Uint64
 	bytesRead, bytesWritten        atomic.Uint64
@@ -317,17 +324,32 @@ func faultSlot(op blk.Op) (int, bool) {
 // OpWrite or OpFlush) on this device fail with EIO, as should_fail_bio's
 // fault injection does; count < 0 fails all of them until InjectFault(op, 0).
 // One operation is one device I/O of a bio piece, whatever its size.
-func (d *Device) InjectFault(op blk.Op, count int) {
+func (d *Device) InjectFault(op blk.Op, count int) { d.InjectFaultAfter(op, 0, count) }
+
+// InjectFaultAfter is InjectFault once skip more operations of kind op
+// have succeeded: it aims a fault at one step of a sequence (the third
+// write of a commit, its second flush).
+func (d *Device) InjectFaultAfter(op blk.Op, skip, count int) {
 	if i, ok := faultSlot(op); ok {
 		d.faults[i].Store(int64(count))
+		d.skips[i].Store(int64(skip))
 	}
 }
 
 // takeFault consumes one injected fault for op, if any is armed.
 func (d *Device) takeFault(op blk.Op) bool {
 	i, ok := faultSlot(op)
-	if !ok {
+	if !ok || d.faults[i].Load() == 0 {
 		return false
+	}
+	for {
+		s := d.skips[i].Load()
+		if s <= 0 {
+			break
+		}
+		if d.skips[i].CompareAndSwap(s, s-1) {
+			return false
+		}
 	}
 	for {
 		n := d.faults[i].Load()
@@ -410,19 +432,35 @@ func (d *Device) account(op blk.Op, off uint64, n int, io func() error) error {
 	if bytes != nil {
 		bytes.Add(uint64(n))
 	}
+	if d.observe != nil {
+		d.observe(op, off, n)
+	}
 	return nil
 }
 
-// flush is REQ_PREFLUSH on this device: fdatasync of the backing.
+// flush is REQ_PREFLUSH on this device: fdatasync of the backing. A
+// failure marks the device for good (wait_dev_flush setting
+// BTRFS_DEV_STATE_FLUSH_FAILED; see FlushFailed).
 func (d *Device) flush() error {
-	return d.account(blk.OpFlush, 0, 0, func() error {
+	err := d.account(blk.OpFlush, 0, 0, func() error {
 		var serr error
 		if err := d.control(func(fd uintptr) { serr = unix.Fdatasync(int(fd)) }); err != nil {
 			return err
 		}
 		return serr
 	})
+	if err != nil && !d.missing && d.flushFailed.CompareAndSwap(false, true) {
+		d.log.Errorf("raid: %s: flush failed (%v): writes acknowledged before it may be lost on this device; "+
+			"it gets no new superblock from now on", d.path, err)
+	}
+	return err
 }
+
+// FlushFailed is the BTRFS_DEV_STATE_FLUSH_FAILED test: a flush of the
+// device failed since it was opened, so what it holds is not known to be
+// durable. Like btrfs_check_rw_degradable, Volume.Flush counts such a
+// device as failed from then on, and no superblock is written to it.
+func (d *Device) FlushFailed() bool { return d.flushFailed.Load() }
 
 // readBuf reads len(buf) bytes at off into memory this package allocated
 // (blk.AlignedBuffer, fit for O_DIRECT).

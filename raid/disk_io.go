@@ -146,7 +146,10 @@ func DecodeSuperblock(b []byte, bytenr uint64) (*Superblock, error) {
 }
 
 // ReadSuper is btrfs_read_dev_super: the valid copy with the highest
-// generation. A device whose copies are all zero is blank (ErrBlankSuper);
+// generation (WriteSuper's order makes that the newest whole one). A copy
+// that cannot be read (EIO on a bad sector) is a bad copy like a corrupt
+// one, and the others are tried, as btrfs_read_dev_super goes on to the
+// next mirror. A device whose copies are all zero is blank (ErrBlankSuper);
 // one with no valid copy reports why the primary is bad.
 func (d *Device) ReadSuper() (*Superblock, error) {
 	var best *Superblock
@@ -154,10 +157,13 @@ func (d *Device) ReadSuper() (*Superblock, error) {
 	blank := 0
 	for i, off := range superOffsets {
 		buf := blk.AlignedBuffer(SuperInfoSize)
-		if err := d.readBuf(buf, off); err != nil {
-			return nil, fmt.Errorf("raid: %s: reading superblock at %d: %w", d.path, off, err)
+		var sb *Superblock
+		err := d.readBuf(buf, off)
+		if err == nil {
+			sb, err = DecodeSuperblock(buf, off)
+		} else {
+			err = fmt.Errorf("reading superblock at %d: %w", off, err)
 		}
-		sb, err := DecodeSuperblock(buf, off)
 		switch {
 		case errors.Is(err, ErrBlankSuper):
 			blank++
@@ -183,10 +189,25 @@ func (d *Device) ReadSuper() (*Superblock, error) {
 	return nil, fmt.Errorf("raid: %s: %w: no valid copy", d.path, ErrCorruptSuper)
 }
 
-// WriteSuper is write_dev_supers + wait_dev_supers: every copy, then a
-// flush, so the superblock is durable when it returns.
+// WriteSuper is write_dev_supers + wait_dev_supers, ordered so that no
+// torn or lost write can destroy every copy: the backups, a flush, then
+// the primary and a flush. Until the first flush completes the primary
+// still holds the previous generation; once it has, the backups hold the
+// new one; so a power cut at any point leaves a whole copy of one or the
+// other, and ReadSuper takes the newest that validates. (btrfs writes all
+// copies, the primary with FUA, and waits for them together; its mirrors
+// at 64 MiB and 256 GiB are for recovery, not read at mount.) The
+// superblock is durable when it returns.
 func (d *Device) WriteSuper(sb *Superblock) error {
-	for _, off := range superOffsets {
+	if err := d.writeSuperCopies(sb, superOffsets[1:]); err != nil {
+		return err
+	}
+	return d.writeSuperCopies(sb, superOffsets[:1])
+}
+
+// writeSuperCopies writes sb at each of offs, then flushes.
+func (d *Device) writeSuperCopies(sb *Superblock, offs []uint64) error {
+	for _, off := range offs {
 		c := *sb
 		c.Bytenr = off
 		buf := blk.AlignedBuffer(SuperInfoSize)

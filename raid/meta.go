@@ -148,9 +148,10 @@ func (m *MetaArea) RewriteCopy(slot, i int, b []byte) error {
 
 // WriteSlot is btrfs_write_and_wait_transaction: write b to every copy of
 // slot, then flush every device. A device whose copy fails to write or
-// flush gets no new superblock either (WriteSupers), so it keeps naming its
-// older root; the commit fails only when no device took a whole copy, as
-// btrfs goes on with the mirrors of a tree block that remain.
+// flush, or whose flush ever failed (FlushFailed), gets no new superblock
+// either (WriteSupers), so it keeps naming its older root; the commit fails
+// only when no device took a whole copy, as btrfs goes on with the mirrors
+// of a tree block that remain.
 func (m *MetaArea) WriteSlot(slot int, b []byte) error {
 	if uint64(len(b)) > m.SlotBytes() || len(b)%SectorSize != 0 {
 		return fmt.Errorf("raid: metadata of %d bytes does not fit the %d-byte slot in whole sectors", len(b), m.SlotBytes())
@@ -170,6 +171,9 @@ func (m *MetaArea) WriteSlot(slot int, b []byte) error {
 		if err := d.flush(); err != nil {
 			m.bad[d] = true
 			errs = append(errs, fmt.Errorf("raid: flushing metadata: %w", err))
+		} else if d.FlushFailed() { // an earlier flush failed: its data may be gone
+			m.bad[d] = true
+			errs = append(errs, fmt.Errorf("raid: %s: an earlier flush failed: %w", d.Path(), syscall.EIO))
 		}
 	}
 	if len(m.bad) == len(m.devs) {
@@ -180,14 +184,16 @@ func (m *MetaArea) WriteSlot(slot int, b []byte) error {
 
 // WriteSupers is write_all_supers: every device's superblock copies now
 // name root, each device flushed after its own. Devices whose metadata copy
-// failed in WriteSlot, or whose superblock write fails, keep their older
-// root; like write_all_supers (max_errors = devices - 1), the commit stands
-// once one superblock holds the new root.
+// failed in WriteSlot, whose flush ever failed (their data since the last
+// good flush may be gone, so a superblock there must not claim the new
+// root), or whose superblock write fails, keep their older root; like
+// write_all_supers (max_errors = devices - 1), the commit stands once one
+// superblock holds the new root.
 func (m *MetaArea) WriteSupers(root MetaRoot) error {
 	var errs []error
 	written := 0
 	for i, d := range m.devs {
-		if m.bad[d] {
+		if m.bad[d] || d.FlushFailed() { // it may have lost data the new root maps
 			continue
 		}
 		sb := *m.sbs[i]

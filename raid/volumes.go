@@ -423,10 +423,12 @@ func (v *Volume) mapRaid56Full(ioc *IOContext, g *ioGeometry, offset uint64) {
 
 // Flush is barrier_all_devices, btrfs's barrier flush (REQ_PREFLUSH to
 // every device, as write_all_supers sends it): fdatasync of every backing,
-// in parallel. Missing devices are skipped but count as failed, and as in
-// check_barrier_error the barrier fails only when more devices failed
-// than the profile tolerates (btrfs_check_rw_degradable); then all errors
-// are joined.
+// in parallel. Missing devices are skipped but count as failed, and so do
+// devices whose flush failed now or ever before (FlushFailed): Linux may
+// drop the pages of a failed writeback, so a later flush that succeeds does
+// not make them durable. As in check_barrier_error the barrier fails only
+// when more devices failed than the profile tolerates
+// (btrfs_check_rw_degradable); then all errors are joined.
 func (v *Volume) Flush() error {
 	errs := make([]error, len(v.devs))
 	var wg sync.WaitGroup
@@ -443,12 +445,15 @@ func (v *Volume) Flush() error {
 	}
 	wg.Wait()
 	failed := 0
-	for i, err := range errs {
-		if err != nil {
+	for i, d := range v.devs {
+		switch {
+		case errs[i] != nil && !d.Missing():
+			v.log.Warnf("raid: %v", errs[i])
+		case errs[i] == nil && d.FlushFailed(): // logged when it failed
+			errs[i] = fmt.Errorf("raid: flush: %s: an earlier flush failed: %w", d.Path(), syscall.EIO)
+		}
+		if errs[i] != nil {
 			failed++
-			if !v.devs[i].Missing() {
-				v.log.Warnf("raid: %v", err)
-			}
 		}
 	}
 	if failed > v.attr.toleratedFailures {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/btrfsdio/btrfsdio/blk"
 	"github.com/btrfsdio/btrfsdio/btrfsdio"
 	"github.com/btrfsdio/btrfsdio/raid"
 	"github.com/btrfsdio/btrfsdio/ublk"
@@ -196,5 +197,52 @@ func TestZeroCopyDatasumReadVerifiedLocally(t *testing.T) {
 	}
 	if st := fs.Stats(); st.CsumErrors != 0 || st.ReadRepairs != 0 {
 		t.Errorf("a clean read counted %d csum errors and %d repairs", st.CsumErrors, st.ReadRepairs)
+	}
+}
+
+// TestFailedFlushStaysFailed: once a FLUSH request failed because the
+// devices' flush failed, every later FLUSH and write fails with EIO even
+// though the devices flush again, and reads still work.
+func TestFailedFlushStaysFailed(t *testing.T) {
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	d, err := raid.OpenDevice(filepath.Join(t.TempDir(), "d"), raid.DeviceOptions{Create: true, Size: 32 << 20, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vol, err := raid.NewVolume([]*raid.Device{d}, raid.Single, raid.VolumeOptions{Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vol.Close()
+	fs, err := btrfsdio.NewFsInfo(vol, btrfsdio.Options{Mode: btrfsdio.Bounce, Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg := &Btrfs{FS: fs}
+	data := bytes.Repeat([]byte{0x5a}, 64<<10)
+	if got := tg.Handle(req(ublk.OpWrite, 0, data, 0)); got != int32(len(data)) {
+		t.Fatalf("write returned %d", got)
+	}
+	d.InjectFault(blk.OpFlush, 1)
+	for i := 0; i < 3; i++ {
+		if got := tg.Handle(&ublk.Request{Op: ublk.OpFlush}); got != -int32(syscall.EIO) {
+			t.Fatalf("flush %d returned %d, want -EIO", i, got)
+		}
+	}
+	for _, flags := range []ublk.ReqFlags{0, ublk.ReqFUA} {
+		if got := tg.Handle(req(ublk.OpWrite, 0, data, flags)); got != -int32(syscall.EIO) {
+			t.Fatalf("write (flags %#x) after a failed flush returned %d, want -EIO", flags, got)
+		}
+	}
+	if got := tg.Handle(req(ublk.OpDiscard, 0, make([]byte, 4096), 0)); got != -int32(syscall.EIO) {
+		t.Fatalf("discard after a failed flush returned %d, want -EIO", got)
+	}
+	out := make([]byte, len(data))
+	if got := tg.Handle(req(ublk.OpRead, 0, out, 0)); got != int32(len(out)) || !bytes.Equal(out, data) {
+		t.Fatalf("read after a failed flush returned %d", got)
+	}
+	if tg.Stats().ReadOnly == "" {
+		t.Fatal("stats do not say the device is read-only")
 	}
 }

@@ -44,6 +44,9 @@ func runRecover(e *env, args []string) int {
 	if ri.PID > 0 && processAlive(ri.PID) {
 		return e.failf(exitFail, "recover: device %d is still served by pid %d", *id, ri.PID)
 	}
+	if err := refuseReadOnly(ri); err != nil {
+		return e.failf(exitFail, "recover: %v", err)
+	}
 	spec, err := parseAdd(ri.Args)
 	if err != nil {
 		return e.failf(exitFail, "recover: the recorded add command line no longer parses: %v", err)
@@ -56,6 +59,18 @@ func runRecover(e *env, args []string) int {
 		return serve(spec, &printReporter{e: e, verb: spec.verb()}, newLogger(e.stderr), "", false)
 	}
 	return daemonize(e, spec)
+}
+
+// refuseReadOnly keeps a device that turned read-only after a failed
+// flush (btrfsdio.FsInfo.FsError) from coming back writable through a new
+// server: what the failure lost must be looked at first, so only a fresh
+// add, after check, serves those images again.
+func refuseReadOnly(ri *runInfo) error {
+	if ri.Stats == nil || ri.Stats.ReadOnly == "" {
+		return nil
+	}
+	return fmt.Errorf("device %d turned read-only after a failure (%s): delete it, check the images, then add them again",
+		ri.DevID, ri.Stats.ReadOnly)
 }
 
 // loadRunInfo reads the run file of device id, which recover runs the

@@ -70,3 +70,26 @@ func TestRunStatsRefresh(t *testing.T) {
 		t.Fatalf("run file: %v %v", st, err)
 	}
 }
+
+// TestListShowsReadOnly: a device that stopped taking writes after a
+// failed flush says so, and why, in `list`, and `recover` refuses it.
+func TestListShowsReadOnly(t *testing.T) {
+	t.Setenv(envRunDir, t.TempDir())
+	why := "transaction aborted while flushing data: raid: /img FLUSH at 0 (+0): input/output error"
+	ri := runInfo{DevID: 8, PID: 99, Type: "btrfsdio", Stats: &btrfsdio.Stats{ReadOnly: why}}
+	if err := writeRunFile(runFilePath(8), &ri); err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	printDevice(&b, ublk.Status{}, readRunInfo(8, 99))
+	if !strings.Contains(b.String(), "READ-ONLY after a failure: "+why) {
+		t.Fatalf("list does not show the read-only state:\n%s", b.String())
+	}
+	// recover does not bring it back writable; a writable one recovers.
+	if err := refuseReadOnly(readRunInfo(8, 99)); err == nil || !strings.Contains(err.Error(), "check the images") {
+		t.Fatalf("recover of a read-only device: %v", err)
+	}
+	if err := refuseReadOnly(&runInfo{DevID: 9, Stats: &btrfsdio.Stats{}}); err != nil {
+		t.Fatalf("recover of a writable device: %v", err)
+	}
+}
