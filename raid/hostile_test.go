@@ -5,6 +5,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/btrfsdio/btrfsdio/blk"
 )
 
 // hostileImageSize is the size of the crafted images: what an attacker
@@ -115,5 +117,29 @@ func TestDeviceRefusesWrappingOffsets(t *testing.T) {
 		if err := devs[0].writeBuf(buf, off); !errors.Is(err, syscall.EIO) {
 			t.Errorf("write at %d: %v, want EIO", off, err)
 		}
+	}
+}
+
+// TestMapBlockWrappingRange: a range whose end wraps past 2^64 maps
+// nowhere, and one running past the chunk end maps only up to it
+// (btrfs_map_block's map_length), for every profile.
+func TestMapBlockWrappingRange(t *testing.T) {
+	for _, p := range []Profile{Single, Dup, Raid0, Raid1, Raid10, Raid5, Raid6} {
+		v, err := NewVolume(newDevices(t, deviceCount(p), 8<<20), p, VolumeOptions{Logger: testLogger()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, op := range []blk.Op{blk.OpRead, blk.OpWrite} {
+			for _, logical := range []uint64{^uint64(0) &^ (SectorSize - 1), 1 << 63, v.Capacity()} {
+				if _, _, err := v.MapBlock(op, logical, 8192, 0); !errors.Is(err, syscall.EINVAL) {
+					t.Errorf("%s %s at %d: %v, want EINVAL", p, op, logical, err)
+				}
+			}
+			last := v.Capacity() - SectorSize
+			if _, n, err := v.MapBlock(op, last, ^uint64(0), 0); err != nil || n != SectorSize {
+				t.Errorf("%s %s of 2^64-1 bytes at the last sector: %d bytes mapped, %v", p, op, n, err)
+			}
+		}
+		v.Close()
 	}
 }
