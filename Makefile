@@ -30,6 +30,8 @@ fuzz:
 	$(FUZZ) '^FuzzDecodeSuperblock$$' ./raid
 	$(FUZZ) '^FuzzSuperblockImage$$' ./raid
 	$(FUZZ) '^FuzzDecodeMeta$$' ./btrfsdio
+	$(FUZZ) '^FuzzDecodeMetaSealed$$' ./btrfsdio
+	$(FUZZ) '^FuzzCheckImage$$' ./btrfsdio
 
 # The real device: the xfstests-style suite (tests/README.md), natively when
 # this host has /dev/ublk-control, else in the VM (Debian's 6.12 kernel under
