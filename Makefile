@@ -20,11 +20,18 @@ unit:
 	$(GO) test -race -timeout 45m ./...
 
 # The on-disk parsers under the fuzzer, briefly (their seed corpora also run
-# as plain tests in unit). FUZZTIME=5m for a longer hunt.
+# as plain tests in unit). FUZZTIME=5m for a longer hunt. The structure-aware
+# targets recompute the checksums after mutating, so inputs reach the range
+# checks and the open path. No minimisation: it stalls short runs, and a
+# crashing input is saved under testdata/fuzz either way.
 FUZZTIME ?= 15s
+FUZZ = $(GO) test -run '^$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 0 -fuzz
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzDecodeSuperblock$$' -fuzztime $(FUZZTIME) ./raid
-	$(GO) test -run '^$$' -fuzz '^FuzzDecodeMeta$$' -fuzztime $(FUZZTIME) ./btrfsdio
+	$(FUZZ) '^FuzzDecodeSuperblock$$' ./raid
+	$(FUZZ) '^FuzzSuperblockImage$$' ./raid
+	$(FUZZ) '^FuzzDecodeMeta$$' ./btrfsdio
+	$(FUZZ) '^FuzzDecodeMetaSealed$$' ./btrfsdio
+	$(FUZZ) '^FuzzCheckImage$$' ./btrfsdio
 
 # The real device: the xfstests-style suite (tests/README.md), natively when
 # this host has /dev/ublk-control, else in the VM (Debian's 6.12 kernel under

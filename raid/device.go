@@ -417,8 +417,8 @@ func (d *Device) account(op blk.Op, off uint64, n int, io func() error) error {
 	case d.takeFault(op):
 		d.injected.Add(1)
 		err = errInjected
-	case off+uint64(n) > d.size:
-		err = fmt.Errorf("[%d,%d) beyond the device end %d: %w", off, off+uint64(n), d.size, syscall.EIO)
+	case uint64(n) > d.size || off > d.size-uint64(n): // off+n may wrap
+		err = fmt.Errorf("%d bytes at %d run beyond the device end %d: %w", n, off, d.size, syscall.EIO)
 	default:
 		err = io()
 	}

@@ -62,7 +62,28 @@ type Superblock struct {
 
 // MetaAreaBytes is how much of each device the metadata area takes (no
 // kernel counterpart: btrfs allocates metadata chunks like data chunks).
+// DecodeSuperblock accepts only superblocks where it cannot overflow.
 func (sb *Superblock) MetaAreaBytes() uint64 { return 2 * uint64(sb.MetaCopies) * sb.MetaSlotBytes }
+
+// metaAreaFits reports whether the chunk and the metadata area after it fit
+// in size bytes, without overflowing on hostile fields: the area's length is
+// 2*copies*slot, compared against what the chunk leaves.
+func (sb *Superblock) metaAreaFits(size uint64) bool {
+	return sb.MetaCopies >= 1 && sb.MetaCopies <= 2 && sb.ChunkDevBytes <= size &&
+		sb.MetaSlotBytes <= (size-sb.ChunkDevBytes)/(2*uint64(sb.MetaCopies))
+}
+
+// checkFits is btrfs_verify_dev_extents' size half (a dev extent beyond
+// the device's total_bytes is refused): the chunk and the metadata area the
+// superblock describes must lie within the real device, so no offset or
+// buffer they size can exceed it.
+func checkFits(d *Device, sb *Superblock) error {
+	if !sb.metaAreaFits(d.Size()) {
+		return fmt.Errorf("raid: %s is %d bytes, too small for the %d data bytes and the 2 x %d x %d metadata bytes its superblock lays out: truncated image",
+			d.Path(), d.Size(), sb.ChunkDevBytes, sb.MetaCopies, sb.MetaSlotBytes)
+	}
+	return nil
+}
 
 // Encode is write_dev_supers' serialisation: the block with its csum.
 func (sb *Superblock) Encode() []byte {
@@ -135,8 +156,7 @@ func DecodeSuperblock(b []byte, bytenr uint64) (*Superblock, error) {
 		return nil, fmt.Errorf("%w: chunk uses %d of %d device bytes", ErrCorruptSuper, sb.ChunkDevBytes, sb.TotalBytes)
 	case sb.Generation == 0:
 		return nil, fmt.Errorf("%w: generation 0", ErrCorruptSuper)
-	case sb.MetaCopies < 1 || sb.MetaCopies > 2 || sb.MetaSlotBytes == 0 || sb.MetaSlotBytes%SectorSize != 0 ||
-		sb.MetaSlotBytes > sb.TotalBytes || sb.ChunkDevBytes+sb.MetaAreaBytes() > sb.TotalBytes:
+	case sb.MetaSlotBytes == 0 || sb.MetaSlotBytes%SectorSize != 0 || !sb.metaAreaFits(sb.TotalBytes):
 		return nil, fmt.Errorf("%w: metadata area of %d x 2 x %d bytes after %d does not fit %d device bytes",
 			ErrCorruptSuper, sb.MetaCopies, sb.MetaSlotBytes, sb.ChunkDevBytes, sb.TotalBytes)
 	case sb.RootSlot > 1 || sb.RootBytes > sb.MetaSlotBytes || sb.RootBytes%SectorSize != 0:
@@ -377,8 +397,9 @@ func checkMembers(devs []*Device, sbs []*Superblock, want Profile, degraded bool
 		case sb.Profile != first.Profile || sb.NumDevices != first.NumDevices || sb.ChunkDevBytes != first.ChunkDevBytes ||
 			sb.MetaSlotBytes != first.MetaSlotBytes || sb.MetaCopies != first.MetaCopies:
 			return nil, fmt.Errorf("raid: %s disagrees with %s about the volume (profile, device count or size)", devs[i].Path(), devs[0].Path())
-		case devs[i].Size() < sb.ChunkDevBytes+sb.MetaAreaBytes():
-			return nil, fmt.Errorf("raid: %s is %d bytes, the volume uses %d of it: truncated image", devs[i].Path(), devs[i].Size(), sb.ChunkDevBytes+sb.MetaAreaBytes())
+		}
+		if err := checkFits(devs[i], sb); err != nil {
+			return nil, err
 		}
 	}
 	if want != AnyProfile && first.Profile != want {

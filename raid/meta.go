@@ -64,6 +64,15 @@ func OpenMetaArea(v *Volume) (*MetaArea, error) {
 		if len(m.sbs) > 0 && sb.Fsid != m.sbs[0].Fsid {
 			return nil, fmt.Errorf("raid: metadata area: %s belongs to another volume", d.Path())
 		}
+		// Every copy is placed with the first device's layout, and the
+		// root's length sizes a buffer: both must fit every device.
+		if len(m.sbs) > 0 && (sb.ChunkDevBytes != m.sbs[0].ChunkDevBytes ||
+			sb.MetaSlotBytes != m.sbs[0].MetaSlotBytes || sb.MetaCopies != m.sbs[0].MetaCopies) {
+			return nil, fmt.Errorf("raid: metadata area: %s disagrees with %s about where the metadata lies", d.Path(), m.devs[0].Path())
+		}
+		if err := checkFits(d, sb); err != nil {
+			return nil, fmt.Errorf("raid: metadata area: %w", err)
+		}
 		m.sbs = append(m.sbs, sb)
 		if sb.Generation > m.root.Generation {
 			m.root = MetaRoot{Generation: sb.Generation, Slot: int(sb.RootSlot), Bytes: sb.RootBytes}

@@ -301,7 +301,7 @@ func (v *Volume) checkMap(op blk.Op, logical, length uint64, mirror int) error {
 		return fmt.Errorf("raid: map_block: op %s cannot be mapped: %w", op, errMap)
 	case length == 0:
 		return fmt.Errorf("raid: map_block at %d: zero length: %w", logical, errMap)
-	case logical < v.chunk.start || logical >= v.chunk.start+v.chunk.length:
+	case logical < v.chunk.start || logical-v.chunk.start >= v.chunk.length: // no start+length to wrap
 		return fmt.Errorf("raid: map_block: logical %d outside the chunk [%d,%d): %w",
 			logical, v.chunk.start, v.chunk.start+v.chunk.length, errMap)
 	case mirror < 0 || mirror > v.profile.numCopies():

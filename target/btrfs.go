@@ -39,6 +39,9 @@ func (t *Btrfs) Params() ublk.TargetParams {
 // Handle serves one request.
 func (t *Btrfs) Handle(r *ublk.Request) int32 {
 	inode := t.FS.Inode()
+	if r.Op != ublk.OpFlush && !r.InRange(uint64(inode.ISize())) {
+		return -int32(syscall.EIO) // what bio_check_eod answers; Offset would wrap
+	}
 	switch r.Op {
 	case ublk.OpRead, ublk.OpWrite:
 		if r.Bytes() == 0 {

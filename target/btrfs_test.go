@@ -95,7 +95,7 @@ func TestHandleEveryOp(t *testing.T) {
 			r    *ublk.Request
 			want syscall.Errno
 		}{
-			{req(ublk.OpRead, int64(p.Size), make([]byte, 4096), 0), syscall.ENOSPC},
+			{req(ublk.OpRead, int64(p.Size), make([]byte, 4096), 0), syscall.EIO},
 			{req(ublk.OpWrite, 512, make([]byte, 4096), 0), syscall.EINVAL},
 			{&ublk.Request{Op: ublk.OpRead, Data: &memData{}}, syscall.EINVAL},
 			{&ublk.Request{Op: ublk.Op(4)}, syscall.EOPNOTSUPP},
@@ -244,5 +244,43 @@ func TestFailedFlushStaysFailed(t *testing.T) {
 	}
 	if tg.Stats().ReadOnly == "" {
 		t.Fatal("stats do not say the device is read-only")
+	}
+}
+
+// TestWrappingSectorRefused: a request whose sector plus length wraps past
+// 2^64 (sector 2^55 made offset 0) is refused with EIO (bio_check_eod) for
+// every operation; nothing is written, allocated or punched.
+func TestWrappingSectorRefused(t *testing.T) {
+	tg := newTarget(t, btrfsdio.Bounce)
+	data := bytes.Repeat([]byte{0x5a}, 4096)
+	if got := tg.Handle(req(ublk.OpWrite, 0, data, 0)); got != 4096 {
+		t.Fatalf("write at 0 = %d", got)
+	}
+	used := tg.FS.UsedBytes()
+	for _, w := range []struct {
+		sector  uint64
+		sectors uint32
+	}{
+		{1<<55 - 1, 8}, // also (1<<64-1)>>9
+		{1 << 55, 8},
+		{1<<55 + 8, 8},
+		{1 << 54, 8},
+		{^uint64(0), 8},
+		{tg.Params().Size>>9 - 4, 8}, // no wrap, just past the end
+	} {
+		for _, op := range []ublk.Op{ublk.OpWrite, ublk.OpRead, ublk.OpDiscard, ublk.OpWriteZeroes} {
+			buf := make([]byte, int(w.sectors)<<9)
+			r := &ublk.Request{Op: op, Sector: w.sector, Sectors: w.sectors, Data: &memData{b: buf}}
+			if got := tg.Handle(r); got != -int32(syscall.EIO) {
+				t.Errorf("%s of %d sectors at sector %d = %d, want -EIO", op, w.sectors, w.sector, got)
+			}
+		}
+	}
+	out := make([]byte, 4096)
+	if got := tg.Handle(req(ublk.OpRead, 0, out, 0)); got != 4096 || !bytes.Equal(out, data) {
+		t.Errorf("a refused request reached offset 0: read %d", got)
+	}
+	if got := tg.FS.UsedBytes(); got != used {
+		t.Errorf("refused requests changed the allocated space from %d to %d bytes", used, got)
 	}
 }

@@ -64,7 +64,7 @@ func TestQueueOnRealRing(t *testing.T) {
 	k := kernelRingOnFile(t, depth)
 	logger, hook := logtest.NewNullLogger()
 	mem := make([]byte, depth*4096)
-	q := newQueue(0, depth, k, func(uint16) IODesc { return IODesc{} }, newBufferSourceOn(mem, depth, 4096),
+	q := newQueue(0, depth, fakeDeviceSize, k, func(uint16) IODesc { return IODesc{} }, newBufferSourceOn(mem, depth, 4096),
 		funcTarget(func(*Request) int32 { t.Error("target called"); return 0 }), logger)
 	if err := q.prime(); err != nil {
 		t.Fatal(err)

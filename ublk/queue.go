@@ -54,6 +54,7 @@ const (
 type queue struct {
 	id     uint16
 	depth  int
+	size   uint64 // device bytes: requests beyond are refused
 	ring   queueRing
 	desc   func(tag uint16) IODesc
 	bufs   dataSource
@@ -74,9 +75,9 @@ type queue struct {
 	releaseErr  error
 }
 
-func newQueue(id uint16, depth int, ring queueRing, desc func(uint16) IODesc, bufs dataSource, target Target, log logrus.FieldLogger) *queue {
+func newQueue(id uint16, depth int, size uint64, ring queueRing, desc func(uint16) IODesc, bufs dataSource, target Target, log logrus.FieldLogger) *queue {
 	return &queue{
-		id: id, depth: depth, ring: ring, desc: desc, bufs: bufs, target: target,
+		id: id, depth: depth, size: size, ring: ring, desc: desc, bufs: bufs, target: target,
 		log:   log.WithField("queue", id),
 		done:  make(chan completion, depth),
 		reqs:  make([]Request, depth),
@@ -179,6 +180,15 @@ func (q *queue) dispatch(tag uint16) error {
 	*req = Request{
 		Op: Op(d.Op()), Flags: ReqFlags(d.Flags()), Sector: d.StartSector,
 		Sectors: d.NrSectors, Queue: q.id, Tag: tag,
+	}
+	switch req.Op {
+	case OpRead, OpWrite, OpDiscard, OpWriteZeroes:
+		if !req.InRange(q.size) {
+			// The block layer never sends these (bio_check_eod): a
+			// sector near 2^55 would wrap Offset to the device start.
+			q.log.WithField("tag", tag).Errorf("ublk: %s of %d sectors at sector %d is beyond the %d-byte device", req.Op, req.Sectors, req.Sector, q.size)
+			return q.commit(tag, -int32(unix.EIO))
+		}
 	}
 	switch req.Op {
 	case OpRead, OpWrite:

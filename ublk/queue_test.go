@@ -193,13 +193,16 @@ type fakeQueue struct {
 	log  *logtest.Hook
 }
 
+// fakeDeviceSize is the device the fake queues serve: 1 GiB.
+const fakeDeviceSize = 1 << 30
+
 // startFakeQueue primes a queue on a fake kernel and runs its loop.
 func startFakeQueue(t *testing.T, depth, per int, target Target) *fakeQueue {
 	t.Helper()
 	logger, hook := logtest.NewNullLogger()
 	k := newFakeKernel(t, depth)
 	mem := make([]byte, depth*per)
-	q := newQueue(2, depth, k, k.desc, newBufferSourceOn(mem, depth, per), target, logger)
+	q := newQueue(2, depth, fakeDeviceSize, k, k.desc, newBufferSourceOn(mem, depth, per), target, logger)
 	if err := q.prime(); err != nil {
 		t.Fatal(err)
 	}
@@ -388,6 +391,36 @@ func TestQueueOversizedRequestFails(t *testing.T) {
 	}
 	if calls.Load() != 0 {
 		t.Error("target called for a request that does not fit its buffer")
+	}
+	fq.stop(t, nil)
+}
+
+// TestQueueRefusesRequestsBeyondTheDevice: a request whose sectors run
+// past the device, or whose sector plus length wraps (sector 2^55 made
+// Offset 0), is answered -EIO without reaching the target; the last
+// sectors of the device and a FLUSH still do.
+func TestQueueRefusesRequestsBeyondTheDevice(t *testing.T) {
+	var calls atomic.Int32
+	fq := startFakeQueue(t, 2, 4096, funcTarget(func(r *Request) int32 { calls.Add(1); return int32(r.Bytes()) }))
+	last := uint64(fakeDeviceSize>>9) - 8
+	for _, op := range []Op{OpRead, OpWrite, OpDiscard, OpWriteZeroes} {
+		for _, sector := range []uint64{1<<55 - 1, 1 << 55, 1 << 54, ^uint64(0), last + 1} {
+			fq.k.request(1, rw(op, sector, 8, 0))
+			if c := fq.k.nextCommit(t); c.res != -int32(unix.EIO) {
+				t.Errorf("%s at sector %d answered %d, want -EIO", op, sector, c.res)
+			}
+		}
+	}
+	if calls.Load() != 0 {
+		t.Errorf("target called %d times for requests beyond the device", calls.Load())
+	}
+	fq.k.request(1, rw(OpWrite, last, 8, 0))
+	if c := fq.k.nextCommit(t); c.res != 4096 {
+		t.Errorf("write of the last sectors answered %d", c.res)
+	}
+	fq.k.request(1, rw(OpFlush, ^uint64(0), 0, 0))
+	if c := fq.k.nextCommit(t); c.res != 0 {
+		t.Errorf("flush answered %d", c.res)
 	}
 	fq.stop(t, nil)
 }

@@ -361,7 +361,7 @@ func (d *Device) openQueue(qid uint16) (*queue, error) {
 		io.Unmarshal(descs[int(tag)*IODescSize:])
 		return io
 	}
-	q := newQueue(qid, depth, ring, desc, bufs, d.target, d.log)
+	q := newQueue(qid, depth, d.opts.Params.Size, ring, desc, bufs, d.target, d.log)
 	q.closers = append(q.closers, func() error { return unix.Munmap(descs) })
 	return q, nil
 }

@@ -82,8 +82,18 @@ type Request struct {
 // Bytes is the request length in bytes.
 func (r *Request) Bytes() int64 { return int64(r.Sectors) << 9 }
 
-// Offset is the byte offset of the request on the device.
+// Offset is the byte offset of the request on the device. A sector near
+// 2^55 wraps it (to 0 at sector 2^55): targets call InRange first.
 func (r *Request) Offset() int64 { return int64(r.Sector) << 9 }
+
+// InRange is bio_check_eod: whether the request's sectors lie within a
+// device of size bytes, computed in sectors so that neither the start nor
+// the end can wrap. A request that fails it must be refused before Offset
+// is used.
+func (r *Request) InRange(size uint64) bool {
+	sectors := size >> 9
+	return uint64(r.Sectors) <= sectors && r.Sector <= sectors-uint64(r.Sectors)
+}
 
 // Target serves the requests of a device (ublksrv's ublk_tgt_type
 // handle_io_async, made synchronous: the server calls Handle on a worker

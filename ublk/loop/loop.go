@@ -115,8 +115,8 @@ func (l *Loop) Params() ublk.TargetParams {
 
 // Handle serves one request (loop_queue_tgt_io in ublksrv).
 func (l *Loop) Handle(r *ublk.Request) int32 {
-	if r.Op != ublk.OpFlush && r.Offset()+r.Bytes() > l.size {
-		return -int32(unix.EIO)
+	if r.Op != ublk.OpFlush && !r.InRange(uint64(l.size)) {
+		return -int32(unix.EIO) // what bio_check_eod answers
 	}
 	if l.readOnly && r.Op != ublk.OpRead {
 		return -int32(unix.EROFS)

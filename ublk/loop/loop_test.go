@@ -218,3 +218,39 @@ func TestOpenErrors(t *testing.T) {
 		t.Errorf("size of a 4196-byte file = %d, want 4096", l.Size())
 	}
 }
+
+// wrappingRequests start where sector<<9 wraps past 2^64: at 2^55 the byte
+// offset is 0, just below it negative, at 2^54 the most negative int64.
+var wrappingRequests = []struct {
+	sector  uint64
+	sectors uint32
+}{
+	{1<<55 - 1, 8}, // also (1<<64-1)>>9
+	{1 << 55, 8},
+	{1<<55 + 8, 8},
+	{1 << 54, 8},
+	{^uint64(0), 1},
+	{fileSize/512 - 4, 8}, // no wrap, just past the end
+}
+
+// TestWrappingSectorRefused: a request whose sector plus length wraps is
+// refused with EIO (bio_check_eod), never served at the wrapped offset:
+// the backing file is unchanged and no request byte is read.
+func TestWrappingSectorRefused(t *testing.T) {
+	l, path := newLoop(t, Options{})
+	want := fileBytes(t, path, 0, fileSize)
+	for _, w := range wrappingRequests {
+		for _, op := range []ublk.Op{ublk.OpWrite, ublk.OpRead, ublk.OpDiscard, ublk.OpWriteZeroes} {
+			data := &memData{b: bytes.Repeat([]byte{0xee}, int(w.sectors)<<9)}
+			if got := l.Handle(req(op, w.sector, w.sectors, data)); got != -int32(unix.EIO) {
+				t.Errorf("%s of %d sectors at sector %d = %d, want -EIO", op, w.sectors, w.sector, got)
+			}
+			if data.reads != 0 {
+				t.Errorf("%s at sector %d read the request's data", op, w.sector)
+			}
+		}
+	}
+	if !bytes.Equal(fileBytes(t, path, 0, fileSize), want) {
+		t.Error("a refused request changed the backing file")
+	}
+}
