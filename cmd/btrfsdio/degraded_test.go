@@ -23,7 +23,7 @@ func formatImages(t *testing.T, p raid.Profile, n int) []string {
 	}
 	log := logrus.New()
 	log.SetOutput(io.Discard)
-	vol, err := openVolume(paths, p, 8<<20, false, false, log)
+	vol, err := openVolume(paths, p, 8<<20, false, false, formatOptions{}, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +70,7 @@ func TestDegradedRefusals(t *testing.T) {
 	// What add --degraded builds its target on.
 	log := logrus.New()
 	log.SetOutput(io.Discard)
-	vol, err := openVolume(r1, raid.Raid1, 0, false, true, log)
+	vol, err := openVolume(r1, raid.Raid1, 0, false, true, formatOptions{}, log)
 	if err != nil {
 		t.Fatalf("raid1 with one image absent, degraded: %v", err)
 	}

@@ -88,7 +88,7 @@ func TestBadCommandLines(t *testing.T) {
 		{[]string{"scrub", "--profile", "raid9", "-f", file}, exitUsage, "scrub: --profile"},
 		{[]string{"scrub", "-f", file}, exitFail, "is too small"},
 		{[]string{"scrub", "--profile", "raid1"}, exitUsage, "at least one -f IMG"},
-		{[]string{"scrub", "--profile", "raid1", "-f", "/nonexistent/a", "-f", "/nonexistent/b"}, exitFail, "no such file"},
+		{[]string{"scrub", "--profile", "raid1", "-f", "/nonexistent/a", "-f", "/nonexistent/b"}, exitFail, "scrub: /nonexistent/a does not exist\n"},
 		{[]string{"race"}, exitUsage, "race: -d DEV is required"},
 		{[]string{"race", "-d", file, "--bs", "1000"}, exitUsage, "--bs must be a positive multiple of 4096"},
 		{[]string{"del"}, exitUsage, "del: missing -n ID or -a"},
@@ -358,7 +358,7 @@ func TestScrubImages(t *testing.T) {
 	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
 	log := logrus.New()
 	log.SetOutput(io.Discard)
-	vol, err := openVolume([]string{a, b}, raid.Raid1, 8<<20, false, false, log)
+	vol, err := openVolume([]string{a, b}, raid.Raid1, 8<<20, false, false, formatOptions{}, log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -116,7 +116,7 @@ func (o *offlineVolume) open(e *env, fs *flag.FlagSet, readOnly bool) (*raid.Vol
 	}
 	log := logrus.New()
 	log.SetOutput(e.stderr)
-	vol, err := openVolume(o.files, raid.AnyProfile, 0, readOnly, *o.degraded, log)
+	vol, err := openVolume(o.files, raid.AnyProfile, 0, readOnly, *o.degraded, formatOptions{}, log)
 	if err != nil {
 		return nil, nil, e.failf(exitFail, "%s: %v", o.name, err)
 	}

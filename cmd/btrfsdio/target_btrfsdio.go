@@ -20,7 +20,7 @@ import (
 func init() {
 	registerTarget(targetType{
 		name:  "btrfsdio",
-		usage: "--profile P --dio bounce|zerocopy [--datasum] [--nocow] [--faithful] [--bounce-pool SIZE|off] [--detect-volatile=false] [--size S] [--degraded] -f IMG [-f IMG...]",
+		usage: "--profile P --dio bounce|zerocopy [--datasum] [--nocow] [--faithful] [--bounce-pool SIZE|off] [--detect-volatile=false] [--size S] [--force] [--degraded] -f IMG [-f IMG...]",
 		new:   func() TargetFactory { return &btrfsFactory{} },
 	})
 }
@@ -42,6 +42,10 @@ type btrfsFactory struct {
 	faithful bool
 	size     string
 	degraded bool
+	// force formats blank images over the signatures of something else.
+	force bool
+	// notice tells whoever runs add that its images are being formatted.
+	notice func(string)
 	// bouncePool is --bounce-pool as given; pool is its value in bytes.
 	bouncePool string
 	pool       int64
@@ -63,6 +67,7 @@ func (f *btrfsFactory) Flags(fs *flag.FlagSet) {
 	fs.BoolVar(&f.faithful, "faithful", false, "reproduce the seed patch's flaws exactly")
 	fs.StringVar(&f.bouncePool, "bounce-pool", "32M", bouncePoolUsage)
 	fs.StringVar(&f.size, "size", "", "create missing images of this size (e.g. 256M, 1G)")
+	fs.BoolVar(&f.force, "force", false, forceUsage)
 	fs.BoolVar(&f.degraded, "degraded", false,
 		"run with devices missing (images absent or too few given), as many as the profile tolerates; writes go to the others")
 	fs.BoolVar(&f.detectVolatile, "detect-volatile", true,
@@ -98,17 +103,10 @@ func (f *btrfsFactory) Validate() error {
 		}
 	}
 	for _, p := range f.files {
-		st, err := os.Stat(p)
-		switch {
 		// Absent images are created with --size, or are the missing
 		// devices of the volume the others hold (openVolume decides).
-		case errors.Is(err, os.ErrNotExist) && (f.imgs > 0 || f.degraded || someExist):
-		case err != nil:
-			return fmt.Errorf("btrfsdio: %w (give --size to create it)", err)
-		case st.IsDir():
-			return fmt.Errorf("btrfsdio: %s is a directory", p)
-		case !st.Mode().IsRegular() && (st.Mode()&os.ModeDevice == 0 || st.Mode()&os.ModeCharDevice != 0):
-			return fmt.Errorf("btrfsdio: %s is %s, not a regular file or block device", p, fileKind(st.Mode()))
+		if err := checkImagePath(p, f.imgs > 0 || f.degraded || someExist); err != nil {
+			return fmt.Errorf("btrfsdio: %w", err)
 		}
 	}
 	if min := f.p.MinDevices(); len(f.files) < min {
@@ -133,12 +131,13 @@ func fileKind(m os.FileMode) string {
 }
 
 // openVolume opens the images as a raid volume: blank images are formatted
-// with profile p; formatted ones must form one complete volume (of profile
-// p unless p is raid.AnyProfile) and are put back in device order. Images
-// that do not exist are created (create > 0 bytes) for a new volume; when
-// the others hold a volume they are its missing devices instead, which
-// only degraded accepts.
-func openVolume(files []string, p raid.Profile, create int64, readOnly, degraded bool, log logrus.FieldLogger) (*raid.Volume, error) {
+// with profile p, unless they carry another signature (see prepareFormat);
+// formatted ones must form one complete volume (of profile p unless p is
+// raid.AnyProfile) and are put back in device order. Images that do not
+// exist are created (create > 0 bytes) for a new volume; when the others
+// hold a volume they are its missing devices instead, which only degraded
+// accepts.
+func openVolume(files []string, p raid.Profile, create int64, readOnly, degraded bool, fo formatOptions, log logrus.FieldLogger) (*raid.Volume, error) {
 	var devs []*raid.Device
 	closeAll := func() {
 		for _, o := range devs {
@@ -166,7 +165,11 @@ func openVolume(files []string, p raid.Profile, create int64, readOnly, degraded
 			if slots[i] != nil {
 				continue
 			}
-			d, err := raid.OpenDevice(path, raid.DeviceOptions{Create: create > 0, Size: create, ReadOnly: readOnly, Logger: log})
+			if create == 0 {
+				closeAll()
+				return nil, absentImage(path, p)
+			}
+			d, err := raid.OpenDevice(path, raid.DeviceOptions{Create: true, Size: create, ReadOnly: readOnly, Logger: log})
 			if err != nil {
 				closeAll()
 				return nil, err
@@ -176,6 +179,10 @@ func openVolume(files []string, p raid.Profile, create int64, readOnly, degraded
 		}
 	}
 	ordered := slices.DeleteFunc(slots, func(d *raid.Device) bool { return d == nil })
+	if err := prepareFormat(ordered, p, readOnly, fo, log); err != nil {
+		closeAll()
+		return nil, err
+	}
 	vol, sb, err := raid.OpenVolume(ordered, raid.OpenOptions{Profile: p, Degraded: degraded, Volume: raid.VolumeOptions{Logger: log}})
 	if err != nil {
 		closeAll()
@@ -188,6 +195,15 @@ func openVolume(files []string, p raid.Profile, create int64, readOnly, degraded
 		log.Infof("volume %x: %s, %d devices, generation %d", sb.Fsid[:4], sb.Profile, sb.NumDevices, sb.Generation)
 	}
 	return vol, nil
+}
+
+// absentImage is the error for an image that does not exist and is not
+// to be created: add and mkfs create it when given --size.
+func absentImage(path string, p raid.Profile) error {
+	if p == raid.AnyProfile { // check, scrub
+		return fmt.Errorf("%s does not exist", path)
+	}
+	return fmt.Errorf("%s does not exist (give --size to create it)", path)
 }
 
 // holdsVolume reports whether any of devs has a superblock: then images
@@ -203,7 +219,7 @@ func holdsVolume(devs []*raid.Device) bool {
 
 func (f *btrfsFactory) Build() (ublk.Target, ublk.TargetParams, error) {
 	log := logrus.StandardLogger()
-	vol, err := openVolume(f.files, f.p, f.imgs, false, f.degraded, log)
+	vol, err := openVolume(f.files, f.p, f.imgs, false, f.degraded, formatOptions{force: f.force, notice: f.notice}, log)
 	if err != nil {
 		return nil, ublk.TargetParams{}, err
 	}
@@ -230,6 +246,9 @@ func (f *btrfsFactory) Build() (ublk.Target, ublk.TargetParams, error) {
 		vol.Profile(), f.mode, !inode.NoDataSum, inode.NoDataCow, len(f.files), inode.ISize(), fs.Generation())
 	return t, t.Params(), nil
 }
+
+// setNotice implements noticer.
+func (f *btrfsFactory) setNotice(fn func(string)) { f.notice = fn }
 
 func (f *btrfsFactory) Info() map[string]any {
 	return map[string]any{
