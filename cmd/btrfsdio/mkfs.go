@@ -172,9 +172,17 @@ func makeVolume(e *env, files []string, p raid.Profile, opts btrfsdio.Options, f
 	if err := fsi.Close(); err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "made a %s volume on %d devices: %d bytes to serve, datasum %s, nocow %s\n",
-		p, len(files), size, onOff(datasum), onOff(nocow))
+	fmt.Fprintf(e.stdout, "made a %s volume on %s: %d bytes to serve, datasum %s, nocow %s\n",
+		p, plural(len(files), "device"), size, onOff(datasum), onOff(nocow))
 	return nil
+}
+
+// plural is "1 device", "2 devices".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }
 
 func onOff(b bool) string {
@@ -211,10 +219,7 @@ func prepareFormat(devs []*raid.Device, p raid.Profile, readOnly bool, fo format
 	case err != nil || !formatting || fo.mkfs:
 		return err
 	}
-	msg := fmt.Sprintf("formatting %d blank images as %s", len(devs), p)
-	if len(devs) == 1 {
-		msg = fmt.Sprintf("formatting 1 blank image as %s", p)
-	}
+	msg := fmt.Sprintf("formatting %s as %s", plural(len(devs), "blank image"), p)
 	log.Info(msg)
 	if fo.notice != nil {
 		fo.notice(msg)

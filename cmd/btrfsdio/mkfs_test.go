@@ -214,7 +214,7 @@ func TestMkfsOverVolumeNeedsForce(t *testing.T) {
 		t.Error("the refused volume was written")
 	}
 	code, stdout, stderr := runCLI(t, nil, "mkfs", "--profile", "dup", "--force", "-f", a)
-	if code != exitOK || !strings.Contains(stdout, "made a dup volume on 1 devices") || !strings.Contains(stdout, "nocow off") {
+	if code != exitOK || !strings.Contains(stdout, "made a dup volume on 1 device:") || !strings.Contains(stdout, "nocow off") {
 		t.Errorf("mkfs --force over a volume: exit %d, %q %q", code, stdout, stderr)
 	}
 	code, stdout, _ = runCLI(t, nil, "check", "-f", a)
