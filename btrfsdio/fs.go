@@ -115,7 +115,7 @@ func CheckBouncePool(n int64) error {
 		return nil
 	}
 	if n < blk.MinMempoolBytes || n%blk.PageSize != 0 {
-		return fmt.Errorf("bounce pool of %d bytes: want 0 (default), NoBouncePool (off), or a multiple of %d of at least %d (one 1 MiB bounce folio)",
+		return fmt.Errorf("a bounce pool of %d bytes is not a multiple of %d of at least %d (one 1 MiB bounce folio)",
 			n, blk.PageSize, blk.MinMempoolBytes)
 	}
 	return nil

@@ -30,6 +30,9 @@ type AssembleOptions struct {
 	Unclaimed bool
 	Holder    func(DeviceID) string
 	Logger    logrus.FieldLogger
+	// Prepare, if set, runs on the opened devices just before the format
+	// step: the caller's signature check (PrepareFormat) and notice.
+	Prepare func(devs []*Device) error
 }
 
 // Assemble is btrfs_open_devices for the paths a mount is given, followed
@@ -54,7 +57,11 @@ func Assemble(paths []string, opts AssembleOptions) (*Volume, *Superblock, error
 		return nil, nil, err
 	}
 	// Blank images are formatted: OpenVolume does it when every image is
-	// blank and a profile is given.
+	// blank and a profile is given, after the caller's check of them.
+	if err := a.prepare(opts.Prepare); err != nil {
+		a.closeAll()
+		return nil, nil, err
+	}
 	vol, sb, err := OpenVolume(a.devices(), OpenOptions{Profile: opts.Profile, Degraded: opts.Degraded,
 		Volume: VolumeOptions{Logger: opts.Logger}})
 	if err != nil {
@@ -66,6 +73,15 @@ func Assemble(paths []string, opts AssembleOptions) (*Volume, *Superblock, error
 	}
 	return vol, sb, nil
 }
+
+// AbsentError is a device path that does not exist and is not to be
+// created (no image size given).
+type AbsentError struct{ Path string }
+
+func (e *AbsentError) Error() string { return e.Path + " does not exist" }
+
+// Unwrap makes errors.Is(err, fs.ErrNotExist) hold.
+func (e *AbsentError) Unwrap() error { return fs.ErrNotExist }
 
 // OpenDevices is btrfs_open_devices for paths that all exist: every one
 // opened and claimed (see OpenDevice), two paths to one device refused.
@@ -151,7 +167,10 @@ func (a *assembly) openExisting() ([]string, error) {
 // createAbsent opens the paths not opened yet, creating images of size
 // bytes (size 0: they must exist by now).
 func (a *assembly) createAbsent(size int64) error {
-	for i := range a.paths {
+	for i, path := range a.paths {
+		if a.slots[i] == nil && size == 0 {
+			return &AbsentError{Path: path}
+		}
 		if a.slots[i] == nil {
 			if err := a.open(i, size); err != nil {
 				return err
@@ -189,6 +208,14 @@ func (a *assembly) open(i int, create int64) error {
 // find is the index of the open device that is id, or -1.
 func (a *assembly) find(id DeviceID) int {
 	return slices.IndexFunc(a.slots, func(d *Device) bool { return d != nil && d.ID() == id })
+}
+
+// prepare runs fn, if any, on the open devices.
+func (a *assembly) prepare(fn func([]*Device) error) error {
+	if fn == nil {
+		return nil
+	}
+	return fn(a.devices())
 }
 
 // devices are the open devices in path order.

@@ -115,7 +115,7 @@ func OpenDevice(path string, opts DeviceOptions) (*Device, error) {
 			return nil, fmt.Errorf("raid: device %s: %w", path, err)
 		}
 	case errors.Is(err, fs.ErrNotExist):
-		return nil, fmt.Errorf("raid: device %s does not exist (set Create and Size to make an image): %w", path, err)
+		return nil, fmt.Errorf("raid: device %s does not exist: %w", path, err)
 	case err != nil:
 		return nil, fmt.Errorf("raid: device %s: %w", path, err)
 	}

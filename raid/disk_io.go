@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"strings"
 
 	"github.com/sirupsen/logrus"
 
@@ -334,7 +335,7 @@ func OpenVolume(devs []*Device, opts OpenOptions) (*Volume, *Superblock, error) 
 	}
 	if blank == len(devs) {
 		if opts.Profile == AnyProfile {
-			return nil, nil, errors.New("raid: blank devices and no profile to format them with")
+			return nil, nil, fmt.Errorf("raid: no volume to open: %s blank (no superblock)", devicePaths(devs))
 		}
 		sb, err := Format(devs, opts.Profile)
 		if err != nil {
@@ -382,6 +383,18 @@ func dropInvalid(devs []*Device, sbs []*Superblock, errs []error, log logrus.Fie
 		return nil, nil, errors.Join(append([]error{errors.New("raid: no device holds a valid superblock")}, errs...)...)
 	}
 	return keptDevs, keptSbs, nil
+}
+
+// devicePaths lists the devices' paths for a message.
+func devicePaths(devs []*Device) string {
+	paths := make([]string, len(devs))
+	for i, d := range devs {
+		paths[i] = d.Path()
+	}
+	if len(paths) == 1 {
+		return paths[0] + " is"
+	}
+	return strings.Join(paths, ", ") + " are"
 }
 
 // checkMembers is the fs_devices check of open_ctree: one fsid, the

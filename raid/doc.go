@@ -11,7 +11,10 @@
 //   - fs/btrfs/raid56.c: full-stripe writes, read-modify-write and recovery
 //     reads (raid56.go), over lib/raid6's P/Q math (raid6.go);
 //   - fs/btrfs/scrub.c's idea: compare every copy and parity (scrub.go);
-//   - struct btrfs_device over a backing file or block device (device.go).
+//   - struct btrfs_device over a backing file or block device (device.go);
+//   - what mkfs.btrfs asks libblkid before it formats a device, and what
+//     wipefs erases: the signatures of partition tables, filesystems, swap,
+//     LUKS, LVM and md RAID (probe.go).
 //
 // The package knows nothing of the layers above: it moves the bytes of
 // blk.Bio pages to and from devices. Like the kernel, it reads a write's

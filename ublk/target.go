@@ -164,7 +164,7 @@ func (p TargetParams) validate(pageSize int) error {
 	case p.MaxIOBytes > MaxUserCopyBytes:
 		return fmt.Errorf("ublk: max I/O size %d exceeds the 32 MiB a ublk request can carry", p.MaxIOBytes)
 	case p.FUA && !p.VolatileCache:
-		return fmt.Errorf("ublk: FUA needs VolatileCache (the kernel ignores FUA without a write cache)")
+		return fmt.Errorf("ublk: FUA needs a volatile write cache (the kernel ignores FUA without one)")
 	case (p.Discard || p.WriteZeroes) && !pow2(p.DiscardGranularity):
 		return fmt.Errorf("ublk: discard granularity %d must be a power of two", p.DiscardGranularity)
 	}

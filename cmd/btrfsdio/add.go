@@ -221,15 +221,24 @@ func checkIDFree(id uint32) error {
 
 // reporter tells whoever started the server how setup went.
 type reporter interface {
+	// note passes on what setup does that the user should know (images
+	// being formatted).
+	note(msg string)
 	ready(dev *ublk.Device)
 	failed(err error)
 }
+
+// noticer is a TargetFactory whose Build has news for the user: serve
+// hands it the reporter's note.
+type noticer interface{ setNotice(func(string)) }
 
 // printReporter is --foreground: the list line on stdout, errors on stderr.
 type printReporter struct {
 	e    *env
 	verb string
 }
+
+func (r *printReporter) note(msg string) { fmt.Fprintf(r.e.stderr, "btrfsdio: %s\n", msg) }
 
 func (r *printReporter) ready(dev *ublk.Device) {
 	if st, err := ublk.List(dev.ID()); err == nil {
@@ -243,6 +252,10 @@ func (r *printReporter) failed(err error) { r.e.failf(exitFail, "%s: %v", r.verb
 
 // pipeReporter is the daemon side of daemonize: one line on the ready pipe.
 type pipeReporter struct{ f *os.File }
+
+func (r *pipeReporter) note(msg string) {
+	fmt.Fprintf(r.f, "NOTE %s\n", strings.ReplaceAll(msg, "\n", "; "))
+}
 
 func (r *pipeReporter) ready(dev *ublk.Device) {
 	fmt.Fprintf(r.f, "READY %d\n", dev.ID())
@@ -270,6 +283,9 @@ func serve(spec *addSpec, rep reporter, log *logrus.Logger, logPath string, daem
 		}
 		rep.failed(err)
 		return exitFail
+	}
+	if n, ok := spec.factory.(noticer); ok {
+		n.setNotice(rep.note)
 	}
 	target, params, err := spec.factory.Build()
 	if err != nil {
@@ -364,8 +380,7 @@ func daemonize(e *env, spec *addSpec) int {
 		return e.failf(exitFail, "%s: start server: %v", spec.verb(), err)
 	}
 	w.Close() // the daemon holds the only write end: EOF means it is done or dead
-	line, _ := bufio.NewReader(r).ReadString('\n')
-	line = strings.TrimSpace(line)
+	line := readReady(e, bufio.NewReader(r))
 	switch {
 	case strings.HasPrefix(line, "READY "):
 		id, err := strconv.ParseUint(strings.TrimPrefix(line, "READY "), 10, 32)
@@ -380,6 +395,25 @@ func daemonize(e *env, spec *addSpec) int {
 	}
 	werr := cmd.Wait()
 	return e.failf(exitFail, "%s: server exited (%v) before the device was ready; see %s", spec.verb(), werr, logPath)
+}
+
+// readReady returns the daemon's READY or ERROR line, printing the NOTE
+// lines before it on stderr; "" when the pipe closed without an answer.
+func readReady(e *env, r *bufio.Reader) string {
+	for {
+		line, err := r.ReadString('\n')
+		line = strings.TrimSpace(line)
+		if msg, ok := strings.CutPrefix(line, "NOTE "); ok {
+			fmt.Fprintf(e.stderr, "btrfsdio: %s\n", msg)
+			continue
+		}
+		switch {
+		case line != "":
+			return line
+		case err != nil:
+			return ""
+		}
+	}
 }
 
 // printList prints the list line of a device the daemon just made live.

@@ -88,7 +88,7 @@ func TestBadCommandLines(t *testing.T) {
 		{[]string{"scrub", "--profile", "raid9", "-f", file}, exitUsage, "scrub: --profile"},
 		{[]string{"scrub", "-f", file}, exitFail, "is too small"},
 		{[]string{"scrub", "--profile", "raid1"}, exitUsage, "at least one -f IMG"},
-		{[]string{"scrub", "--profile", "raid1", "-f", "/nonexistent/a", "-f", "/nonexistent/b"}, exitFail, "no such file"},
+		{[]string{"scrub", "--profile", "raid1", "-f", "/nonexistent/a", "-f", "/nonexistent/b"}, exitFail, "scrub: /nonexistent/a does not exist\n"},
 		{[]string{"race"}, exitUsage, "race: -d DEV is required"},
 		{[]string{"race", "-d", file, "--bs", "1000"}, exitUsage, "--bs must be a positive multiple of 4096"},
 		{[]string{"del"}, exitUsage, "del: missing -n ID or -a"},

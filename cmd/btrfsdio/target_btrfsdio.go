@@ -19,7 +19,7 @@ import (
 func init() {
 	registerTarget(targetType{
 		name:  "btrfsdio",
-		usage: "--profile P --dio bounce|zerocopy [--datasum] [--nocow] [--faithful] [--bounce-pool SIZE|off] [--detect-volatile=false] [--size S] [--degraded] -f IMG [-f IMG...]",
+		usage: "--profile P --dio bounce|zerocopy [--datasum] [--nocow] [--faithful] [--bounce-pool SIZE|off] [--detect-volatile=false] [--size S] [--force] [--degraded] -f IMG [-f IMG...]",
 		new:   func() TargetFactory { return &btrfsFactory{} },
 	})
 }
@@ -41,6 +41,10 @@ type btrfsFactory struct {
 	faithful bool
 	size     string
 	degraded bool
+	// force formats blank images over the signatures of something else.
+	force bool
+	// notice tells whoever runs add that its images are being formatted.
+	notice func(string)
 	// bouncePool is --bounce-pool as given; pool is its value in bytes.
 	bouncePool string
 	pool       int64
@@ -62,6 +66,7 @@ func (f *btrfsFactory) Flags(fs *flag.FlagSet) {
 	fs.BoolVar(&f.faithful, "faithful", false, "reproduce the seed patch's flaws exactly")
 	fs.StringVar(&f.bouncePool, "bounce-pool", "32M", bouncePoolUsage)
 	fs.StringVar(&f.size, "size", "", "create missing images of this size (e.g. 256M, 1G)")
+	fs.BoolVar(&f.force, "force", false, forceUsage)
 	fs.BoolVar(&f.degraded, "degraded", false,
 		"run with devices missing (images absent or too few given), as many as the profile tolerates; writes go to the others")
 	fs.BoolVar(&f.detectVolatile, "detect-volatile", true,
@@ -97,17 +102,10 @@ func (f *btrfsFactory) Validate() error {
 		}
 	}
 	for _, p := range f.files {
-		st, err := os.Stat(p)
-		switch {
 		// Absent images are created with --size, or are the missing
 		// devices of the volume the others hold (raid.Assemble decides).
-		case errors.Is(err, os.ErrNotExist) && (f.imgs > 0 || f.degraded || someExist):
-		case err != nil:
-			return fmt.Errorf("btrfsdio: %w (give --size to create it)", err)
-		case st.IsDir():
-			return fmt.Errorf("btrfsdio: %s is a directory", p)
-		case !st.Mode().IsRegular() && (st.Mode()&os.ModeDevice == 0 || st.Mode()&os.ModeCharDevice != 0):
-			return fmt.Errorf("btrfsdio: %s is %s, not a regular file or block device", p, fileKind(st.Mode()))
+		if err := checkImagePath(p, f.imgs > 0 || f.degraded || someExist); err != nil {
+			return fmt.Errorf("btrfsdio: %w", err)
 		}
 	}
 	if err := raid.CheckDistinct(f.files); err != nil {
@@ -136,9 +134,7 @@ func fileKind(m os.FileMode) string {
 
 func (f *btrfsFactory) Build() (ublk.Target, ublk.TargetParams, error) {
 	log := logrus.StandardLogger()
-	vol, sb, err := raid.Assemble(f.files, raid.AssembleOptions{
-		Profile: f.p, Create: f.imgs, Degraded: f.degraded, Holder: imageHolder, Logger: log,
-	})
+	vol, sb, err := assembleVolume(f.files, f.p, f.imgs, f.degraded, formatOptions{force: f.force, notice: f.notice}, log)
 	if err != nil {
 		return nil, ublk.TargetParams{}, err
 	}
@@ -166,6 +162,9 @@ func (f *btrfsFactory) Build() (ublk.Target, ublk.TargetParams, error) {
 		vol.Profile(), f.mode, !inode.NoDataSum, inode.NoDataCow, len(f.files), inode.ISize(), fs.Generation())
 	return t, t.Params(), nil
 }
+
+// setNotice implements noticer.
+func (f *btrfsFactory) setNotice(fn func(string)) { f.notice = fn }
 
 func (f *btrfsFactory) Info() map[string]any {
 	return map[string]any{

@@ -1,0 +1,242 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io/fs"
+	"os"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/btrfsdio/btrfsdio/btrfsdio"
+	"github.com/btrfsdio/btrfsdio/raid"
+)
+
+const mkfsUsage = "--profile P [--datasum] [--nocow] [--size S] [--force] -f IMG [-f IMG...]"
+
+func init() {
+	registerCommand(&command{
+		name: "mkfs", usage: mkfsUsage, run: runMkfs,
+		summary: "offline: make a btrfsdio volume on images or block devices (no ublk needed); add then serves it",
+		help: `Formats the images as one volume of profile P and commits its empty
+metadata, with the inode flags, as mkfs.btrfs does. 'btrfsdio add -t btrfsdio
+-f IMG...' then serves it with those flags, and 'btrfsdio check -f IMG...'
+checks it.
+
+  --profile P  data profile: single dup raid0 raid1 raid1c3 raid1c4 raid10 raid5 raid6
+  --datasum    data checksums (direct writes fall back to stable buffered writes)
+  --nocow      NODATACOW: overwrite extents in place
+  --size S     create the images that do not exist, sparse, of this size (e.g. 256M, 1G)
+  --force      format images that hold something: a partition table, a
+               filesystem, swap, LUKS, LVM, md RAID or a btrfsdio volume.
+               Without it mkfs names what it found and refuses; with it
+               the signatures found are erased.
+
+exit status:
+  0  the volume is made
+  1  it could not be made, or the images hold something and --force was not given
+  2  bad command line`,
+	})
+}
+
+// forceUsage is --force for add and mkfs.
+const forceUsage = "format images that hold a partition table, filesystem, swap, LUKS, LVM or md signature (erasing it)"
+
+// runMkfs is mkfs.btrfs for a btrfsdio volume: create the missing images,
+// probe and format them (assembleVolume), commit the empty metadata with the
+// inode flags (btrfsdio.OpenFsInfo's first commit) and close.
+func runMkfs(e *env, args []string) int {
+	fl := newFlagSet("mkfs")
+	var files fileList
+	fl.Var(&files, "f", "image or block device (repeat, in device order)")
+	fl.Var(&files, "file", "same as -f")
+	profile := fl.String("profile", "", "data profile")
+	datasum := fl.Bool("datasum", false, "data checksums")
+	nocow := fl.Bool("nocow", false, "NODATACOW")
+	size := fl.String("size", "", "create missing images of this size")
+	force := fl.Bool("force", false, forceUsage)
+	if err := parseOnly(fl, args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return runHelp(e, []string{"mkfs"})
+		}
+		return e.failf(exitUsage, "%v", err)
+	}
+	p, create, err := checkMkfs(files, *profile, *size, *datasum && *nocow)
+	if err != nil {
+		return e.failf(exitUsage, "mkfs: %v", err)
+	}
+	log := logrus.New()
+	log.SetOutput(e.stderr)
+	log.SetLevel(logrus.WarnLevel)
+	created, err := createImages(files, create, log)
+	if err == nil {
+		err = makeVolume(e, files, p, btrfsdio.Options{DataSum: *datasum, NoCow: *nocow}, *force, log)
+	}
+	if err != nil {
+		for _, path := range created {
+			os.Remove(path)
+		}
+		return e.failf(exitFail, "mkfs: %v", err)
+	}
+	return exitOK
+}
+
+// checkMkfs validates mkfs's command line: the profile, the size of the
+// images to create, and images that exist or can be created.
+func checkMkfs(files []string, profile, size string, bothFlags bool) (raid.Profile, int64, error) {
+	if profile == "" {
+		return 0, 0, errors.New("--profile P is required (single dup raid0 raid1 raid1c3 raid1c4 raid10 raid5 raid6)")
+	}
+	p, err := raid.ParseProfile(profile)
+	if err != nil {
+		return 0, 0, fmt.Errorf("--profile: %w", err)
+	}
+	var create int64
+	if size != "" {
+		if create, err = parseSize(size); err != nil {
+			return 0, 0, fmt.Errorf("--size: %w", err)
+		}
+	}
+	switch {
+	case bothFlags:
+		return 0, 0, errors.New("--datasum and --nocow exclude each other (NODATACOW implies NODATASUM)")
+	case len(files) == 0:
+		return 0, 0, errors.New("at least one -f IMG is required")
+	case len(files) < p.MinDevices():
+		return 0, 0, fmt.Errorf("profile %s needs at least %d devices, got %d", p, p.MinDevices(), len(files))
+	}
+	for _, path := range files {
+		if err := checkImagePath(path, create > 0); err != nil {
+			return 0, 0, err
+		}
+	}
+	return p, create, nil
+}
+
+// checkImagePath accepts an existing regular file or block device, or
+// (canCreate) a path that does not exist yet.
+func checkImagePath(path string, canCreate bool) error {
+	st, err := os.Stat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist) && canCreate:
+		return nil
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("%s does not exist (give --size to create it)", path)
+	case err != nil:
+		return err
+	case st.IsDir():
+		return fmt.Errorf("%s is a directory", path)
+	case !st.Mode().IsRegular() && (st.Mode()&os.ModeDevice == 0 || st.Mode()&os.ModeCharDevice != 0):
+		return fmt.Errorf("%s is %s, not a regular file or block device", path, fileKind(st.Mode()))
+	}
+	return nil
+}
+
+// createImages creates the files that do not exist, sparse, of size
+// bytes, and returns their paths (mkfs removes them if it fails).
+func createImages(files []string, size int64, log logrus.FieldLogger) ([]string, error) {
+	var created []string
+	for _, path := range files {
+		if _, err := os.Stat(path); !errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		d, err := raid.OpenDevice(path, raid.DeviceOptions{Create: true, Size: size, Logger: log})
+		if err != nil {
+			return created, err
+		}
+		created = append(created, path)
+		if err := d.Close(); err != nil {
+			return created, err
+		}
+	}
+	return created, nil
+}
+
+// makeVolume formats the images (refusing ones that hold something unless
+// force) and makes the first commit, which records the inode flags of
+// opts, then closes the volume: what mkfs.btrfs's make_btrfs writes.
+func makeVolume(e *env, files []string, p raid.Profile, opts btrfsdio.Options, force bool, log logrus.FieldLogger) error {
+	vol, _, err := assembleVolume(files, p, 0, false, formatOptions{force: force, mkfs: true}, log)
+	if err != nil {
+		return err
+	}
+	opts.Log, opts.NoVolatileDetect = log, true
+	fsi, err := btrfsdio.OpenFsInfo(vol, opts)
+	if err != nil {
+		vol.Close()
+		return err
+	}
+	inode := fsi.Inode()
+	size, datasum, nocow := inode.ISize(), !inode.NoDataSum, inode.NoDataCow
+	if err := fsi.Close(); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "made a %s volume on %s: %d bytes to serve, datasum %s, nocow %s\n",
+		p, plural(len(files), "device"), size, onOff(datasum), onOff(nocow))
+	return nil
+}
+
+// plural is "1 device", "2 devices".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}
+
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
+}
+
+// formatOptions is what assembleVolume may format over: add formats blank
+// images, mkfs every image.
+type formatOptions struct {
+	// force formats over the signatures found (--force).
+	force bool
+	// mkfs formats images holding a volume too (raid.FormatCheck.Reformat).
+	mkfs bool
+	// notice is told that images are being formatted (add's stderr).
+	notice func(string)
+}
+
+// assembleVolume is raid.Assemble for add and mkfs: images that hold
+// something else are refused unless fo.force (prepareFormat), and an image
+// that does not exist says how to create it.
+func assembleVolume(files []string, p raid.Profile, create int64, degraded bool, fo formatOptions, log logrus.FieldLogger) (*raid.Volume, *raid.Superblock, error) {
+	vol, sb, err := raid.Assemble(files, raid.AssembleOptions{
+		Profile: p, Create: create, Degraded: degraded, Holder: imageHolder, Logger: log,
+		Prepare: func(devs []*raid.Device) error { return prepareFormat(devs, p, false, fo, log) },
+	})
+	if errors.Is(err, fs.ErrNotExist) && create == 0 {
+		err = fmt.Errorf("%w (give --size to create it)", err)
+	}
+	return vol, sb, err
+}
+
+// prepareFormat runs just before raid.Assemble's format step (raid.OpenVolume
+// formats blank devices): it refuses images that hold something else,
+// naming what, unless fo.force (raid.PrepareFormat), and says when images
+// are being formatted. Read-only opens and raid.AnyProfile (check, scrub)
+// never format.
+func prepareFormat(devs []*raid.Device, p raid.Profile, readOnly bool, fo formatOptions, log logrus.FieldLogger) error {
+	if readOnly || p == raid.AnyProfile {
+		return nil
+	}
+	formatting, err := raid.PrepareFormat(devs, raid.FormatCheck{Force: fo.force, Reformat: fo.mkfs})
+	switch {
+	case errors.Is(err, raid.ErrForeign):
+		return fmt.Errorf("%w (use --force)", err)
+	case err != nil || !formatting || fo.mkfs:
+		return err
+	}
+	msg := fmt.Sprintf("formatting %s as %s", plural(len(devs), "blank image"), p)
+	log.Info(msg)
+	if fo.notice != nil {
+		fo.notice(msg)
+	}
+	return nil
+}
