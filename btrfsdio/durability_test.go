@@ -80,6 +80,9 @@ type failedCommit struct {
 	pf   *persistFS
 	a, b []byte
 	gen  uint64
+	// torn is the offset of a superblock copy the test left as garbage
+	// (0: none): check must name it as damage, and a scrub repairs it.
+	torn uint64
 }
 
 func newFailedCommit(t *testing.T, opts Options) *failedCommit {
@@ -124,12 +127,38 @@ func (fc *failedCommit) checkReopened(t *testing.T) {
 	if !bytes.Equal(all[mib:mib+len(fc.b)], wantB) {
 		t.Fatalf("generation %d: the unflushed write is not what that generation holds", got)
 	}
+	fc.repairTorn(t)
 	pf.mustCheckClean(t)
 	if _, err := pf.write(2*mib, fc.a, 0); err != nil {
 		t.Fatalf("write after a fresh mount: %v", err)
 	}
 	if err := pf.Flush(); err != nil {
 		t.Fatalf("flush after a fresh mount: %v", err)
+	}
+}
+
+// repairTorn checks that the torn superblock copy, if any, is the only bad
+// one check reports, then rewrites it as scrub --repair does.
+func (fc *failedCommit) repairTorn(t *testing.T) {
+	t.Helper()
+	if fc.torn == 0 {
+		return
+	}
+	rep, err := Check(fc.pf.Vol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var bad []uint64
+	for _, c := range rep.Supers {
+		if c.Err != nil {
+			bad = append(bad, c.Bytenr)
+		}
+	}
+	if len(bad) != 1 || bad[0] != fc.torn {
+		t.Fatalf("check names bad superblock copies at %v, want only the torn one at %d", bad, fc.torn)
+	}
+	if _, err := fc.pf.Vol.ScrubSupers(true); err != nil {
+		t.Fatalf("repairing the torn copy: %v", err)
 	}
 }
 
@@ -219,6 +248,7 @@ func TestTornSuperblockCopy(t *testing.T) {
 			if g := newestSuper(t, pf.paths[0]); g != fc.gen && g != fc.gen+1 {
 				t.Fatalf("newest valid superblock: generation %d", g)
 			}
+			fc.torn = off
 			fc.checkReopened(t)
 		})
 	}

@@ -70,7 +70,7 @@ func TestSuperblockWritesSurvivePowerCut(t *testing.T) {
 	}
 	d.observe = nil
 	after := imageSupers(t, paths[0])
-	reader, err := OpenDevice(paths[0], DeviceOptions{Buffered: true, ReadOnly: true, Logger: testLogger()})
+	reader, err := OpenDevice(paths[0], DeviceOptions{Buffered: true, ReadOnly: true, Unclaimed: true, Logger: testLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}
