@@ -333,3 +333,74 @@ func TestSubtractSpans(t *testing.T) {
 		t.Fatalf("got %v, want %v", got, want)
 	}
 }
+
+// TestIntentLogCommitRacesWrites: writes and punches complete while
+// commits run, so changes land between a commit's snapshot and its end;
+// the trim after each commit drops only what the snapshot holds, and after
+// the death every completed change is back.
+func TestIntentLogCommitRacesWrites(t *testing.T) {
+	f := newIntentFS(t, raid.Raid1, Options{Mode: Bounce, DataSum: true}, 8)
+	const writers = 4
+	region := int64(len(f.model)) / writers &^ (SectorSize - 1)
+	stop := make(chan struct{})
+	flushed := make(chan error, 1)
+	go func() {
+		var err error
+		for {
+			select {
+			case <-stop:
+				flushed <- err
+				return
+			default:
+			}
+			if ferr := f.Flush(); ferr != nil && err == nil {
+				err = ferr
+			}
+		}
+	}()
+	errs := make(chan error, writers)
+	for w := 0; w < writers; w++ {
+		go func() {
+			rng := rand.New(rand.NewPCG(uint64(w), 11))
+			base := int64(w) * region
+			model := f.model[base : base+region]
+			buf := mmapBuf(t, 128<<10)
+			for i := 0; i < 40; i++ {
+				off := rng.Int64N(region/SectorSize-32) * SectorSize
+				l := (1 + rng.Int64N(32)) * SectorSize
+				if i%7 == 6 {
+					if err := f.Inode().PunchHole(uint64(base+off), uint64(l)); err != nil {
+						errs <- err
+						return
+					}
+					clear(model[off : off+l])
+					continue
+				}
+				fillPattern(buf[:l], rng.Uint64())
+				if _, err := f.write(base+off, buf[:l], 0); err != nil {
+					errs <- err
+					return
+				}
+				copy(model[off:], buf[:l])
+			}
+			errs <- nil
+		}()
+	}
+	for w := 0; w < writers; w++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(stop)
+	if err := <-flushed; err != nil {
+		t.Fatal(err)
+	}
+	// The last changes may be after the last commit: write some more.
+	for n := 0; n < 4; n++ {
+		f.randomWrite(t)
+	}
+	f.die()
+	f.reopen(t)
+	f.mustMatch(t, "after writes that raced commits")
+	f.mustCheckClean(t)
+}
