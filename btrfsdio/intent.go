@@ -386,9 +386,9 @@ func (l *intentLog) cut(gen uint64) {
 	l.writeSlot()
 }
 
-// committed is the log's part of btrfs_commit_transaction's end (the
-// tree-log is freed with the transaction that made it useless): a commit
-// of generation gen is on disk, so the entries of its snapshot go.
+// committed is btrfs_free_log at the end of btrfs_commit_transaction (the
+// tree-log goes with the transaction that made it useless): a commit of
+// generation gen is on disk, so the entries of its snapshot go.
 func (l *intentLog) committed(gen uint64) {
 	if l == nil {
 		return
@@ -445,11 +445,12 @@ func (l *intentLog) close(remove bool) error {
 	return nil
 }
 
-// openIntents is the intent log's part of open_ctree, after the committed
-// metadata is loaded: open the volume's log in Options.IntentLogDir and,
-// when a dead server left changes there, replay them and commit
-// (btrfs_recover_log_trees, which runs at every mount that finds a log
-// tree: a log left by a crash is never ignored).
+// openIntents is btrfs_recover_log_trees, called by open_ctree once the
+// committed metadata is loaded: open the volume's log in
+// Options.IntentLogDir and, when a dead server left changes there, replay
+// them and commit. Like btrfs, which replays a log tree at every mount that
+// finds one, it does so whoever mounts: a log left by a crash is never
+// ignored.
 func (fs *FsInfo) openIntents() error {
 	if fs.Opts.IntentLogDir == "" {
 		return nil
