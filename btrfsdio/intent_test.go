@@ -404,3 +404,32 @@ func TestIntentLogCommitRacesWrites(t *testing.T) {
 	f.mustMatch(t, "after writes that raced commits")
 	f.mustCheckClean(t)
 }
+
+// TestIntentLogGoneAfterPowerLoss: a power loss takes the tmpfs and the
+// log with it; the next mount finds the last commit, as for any disk with
+// a volatile cache, and starts a new log.
+func TestIntentLogGoneAfterPowerLoss(t *testing.T) {
+	f := newIntentFS(t, raid.Raid1, Options{Mode: Bounce}, 12)
+	f.writeAt(t, 0, 16*SectorSize)
+	if err := f.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	committed := bytes.Clone(f.model)
+	gen := f.Generation()
+	f.writeAt(t, 0, 8*SectorSize)
+	path := intentLogPath(f.opts.IntentLogDir, f.meta.Fsid())
+	f.die()
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	f.reopen(t)
+	if f.Generation() != gen {
+		t.Fatalf("generation %d, want the last commit's %d", f.Generation(), gen)
+	}
+	f.model = committed
+	f.mustMatch(t, "after the log was lost")
+	f.mustCheckClean(t)
+	if _, err := os.Stat(path); err != nil {
+		t.Fatalf("no new log: %v", err)
+	}
+}
