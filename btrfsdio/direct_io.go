@@ -713,12 +713,18 @@ func (inode *Inode) DirectWrite(iocb *iomap.Kiocb, from *iomap.IovIter) (int, er
 		}
 		written = n
 		if from.Count() == 0 {
+			if err := inode.fs.commitUnlogged(); err != nil {
+				return 0, err
+			}
 			return written, nil
 		}
 	}
 	n, err := inode.bufferedWrite(uint64(iocb.Pos), from)
 	written += n
 	iocb.Pos += int64(n)
+	if err == nil {
+		err = inode.fs.commitUnlogged()
+	}
 	if err != nil {
 		return 0, err
 	}

@@ -209,12 +209,13 @@ func (inode *Inode) PunchHole(pos, length uint64) error {
 	end := pos + length - 1
 	inode.lockAndFlushOrderedRange(pos, end)
 	inode.fs.trans.mu.RLock()
+	inode.fs.ilog.record(pos, length, holeAddr, nil)
 	for _, s := range inode.extents.replace(pos, length, holeAddr) {
 		inode.fs.freeData(s.start, s.len)
 	}
 	inode.fs.trans.mu.RUnlock()
 	inode.IOTree.UnlockExtent(pos, end)
-	return nil
+	return inode.fs.commitUnlogged()
 }
 
 // Flush is btrfs_sync_file: every write completed before it, and every

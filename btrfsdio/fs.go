@@ -97,7 +97,19 @@ type Options struct {
 	// room for copy-on-write (see DefaultSize). Size, DataSum and NoCow
 	// are recorded by the first commit: OpenFsInfo takes them from there.
 	Size uint64
-	Log  logrus.FieldLogger
+	// IntentLogDir keeps the volume's intent log (see intent.go) in this
+	// directory, which must be a tmpfs such as /run/btrfsdio: every write
+	// reported complete then survives the death of the process, and
+	// OpenFsInfo replays the log a dead server left. Empty: no log; a
+	// crash loses what the last commit does not hold.
+	IntentLogDir string
+	// ReplayStep, when set, is called before each change of the intent log
+	// is replayed; an error stops the mount there (fault injection: a
+	// crash in the middle of the replay).
+	ReplayStep func(n int) error
+	Log        logrus.FieldLogger
+	// intentRingSize overrides the intent log's ring size (tests).
+	intentRingSize int
 }
 
 // DefaultBouncePool is the bounce pool's default size: one 1 MiB bounce
@@ -239,6 +251,8 @@ type FsInfo struct {
 	trans transaction
 	// fsErr is BTRFS_FS_STATE_ERROR, set once by abortTransaction.
 	fsErr atomic.Pointer[fsError]
+	// ilog is the intent log, nil without Options.IntentLogDir.
+	ilog *intentLog
 }
 
 // Inode is struct btrfs_inode for the one file the device exposes.

@@ -252,6 +252,9 @@ func (inode *Inode) finishOrderedIO(oe *OrderedExtent) {
 		// In place: the mapping already points here; only csums change.
 		inode.insertSums(oe)
 	default:
+		oe.mu.Lock()
+		fs.ilog.record(oe.FileOffset, oe.NumBytes, oe.DiskBytenr, oe.sums)
+		oe.mu.Unlock()
 		for _, s := range inode.extents.replace(oe.FileOffset, oe.NumBytes, oe.DiskBytenr) {
 			fs.freeData(s.start, s.len)
 		}

@@ -108,6 +108,7 @@ func (fs *FsInfo) CommitTransaction() error {
 	t.mu.Lock()
 	img := fs.snapshotMeta()
 	pinned := t.takePinned()
+	fs.ilog.cut(t.generation + 1)
 	t.mu.Unlock()
 	img.generation = t.generation + 1
 	root := raid.MetaRoot{Generation: img.generation, Slot: int(img.generation % 2)}
@@ -127,6 +128,7 @@ func (fs *FsInfo) CommitTransaction() error {
 		return fmt.Errorf("btrfsdio: commit of generation %d: %w", root.Generation, err)
 	}
 	t.generation = root.Generation
+	fs.ilog.committed(root.Generation)
 	for _, s := range pinned {
 		fs.space.release(s.start, s.len) // btrfs_unpin_extent_range
 	}
@@ -305,6 +307,9 @@ func OpenFsInfo(vol *raid.Volume, opts Options) (*FsInfo, error) {
 		if err := fs.CommitTransaction(); err != nil {
 			return nil, fmt.Errorf("btrfsdio: open_ctree: first commit: %w", err)
 		}
+		if err := fs.openIntents(); err != nil {
+			return nil, err
+		}
 		return fs, nil
 	}
 	img, status, err := loadRoot(meta, vol.Capacity()&^(SectorSize-1))
@@ -341,6 +346,9 @@ func OpenFsInfo(vol *raid.Volume, opts Options) (*FsInfo, error) {
 		fs.allocHint.Store(last.start + last.len)
 	}
 	fs.meta, fs.trans.generation = meta, img.generation
+	if err := fs.openIntents(); err != nil {
+		return nil, err
+	}
 	return fs, nil
 }
 
@@ -351,9 +359,11 @@ func (fs *FsInfo) Generation() uint64 {
 	return fs.trans.generation
 }
 
-// Close is close_ctree: commit, then close the volume.
+// Close is close_ctree: commit, then close the volume. The intent log
+// goes with a successful commit and stays for the next mount otherwise.
 func (fs *FsInfo) Close() error {
 	cerr := fs.CommitTransaction()
+	cerr = errors.Join(cerr, fs.ilog.close(cerr == nil))
 	if err := fs.Vol.Close(); err != nil {
 		return errors.Join(cerr, fmt.Errorf("btrfsdio: close: %w", err))
 	}

@@ -33,6 +33,7 @@ type Options struct {
 	Params       TargetParams  // what the device looks like
 	UserRecovery bool          // request UBLK_F_USER_RECOVERY: a new server can take over with Recover
 	Reissue      bool          // with UserRecovery: UBLK_F_USER_RECOVERY_REISSUE, requests the dead server held are reissued
+	FailIO       bool          // with UserRecovery: UBLK_F_USER_RECOVERY_FAIL_IO, IO fails instead of waiting while no server runs
 	NoUserCopy   bool          // do not request UBLK_F_USER_COPY: use per-tag buffers
 	StopTimeout  time.Duration // how long Stop waits for the kernel to abort the queues; default 30s
 	Logger       logrus.FieldLogger
@@ -83,7 +84,29 @@ func (o Options) requestedFlags() uint64 {
 	if o.Reissue {
 		flags |= FlagUserRecoveryReissue
 	}
+	if o.FailIO {
+		flags |= FlagUserRecovery | FlagUserRecoveryFailIO
+	}
 	return flags
+}
+
+// checkFeatures refuses flags the driver does not know, which ADD_DEV
+// would drop without a word (ublksrv checks UBLK_U_CMD_GET_FEATURES the
+// same way). Only FailIO is checked: the others are in every driver this
+// server runs on.
+func checkFeatures(ctrl *Control, o Options) error {
+	if !o.FailIO {
+		return nil
+	}
+	features, err := ctrl.GetFeatures()
+	if err != nil {
+		return fmt.Errorf("ublk: asking the driver for its features: %w", err)
+	}
+	if features&FlagUserRecoveryFailIO == 0 {
+		return fmt.Errorf("ublk: this kernel's ublk driver cannot fail IO while a device waits for a new server "+
+			"(UBLK_F_USER_RECOVERY_FAIL_IO, Linux 6.13 and later; the driver offers %#x): %w", features, unix.EOPNOTSUPP)
+	}
+	return nil
 }
 
 // Device is a running ublk device served by this process (ublksrv's
@@ -145,6 +168,10 @@ func prepare(opts Options, target Target) (Options, *Control, error) {
 func Add(opts Options, target Target) (*Device, error) {
 	opts, ctrl, err := prepare(opts, target)
 	if err != nil {
+		return nil, err
+	}
+	if err := checkFeatures(ctrl, opts); err != nil {
+		ctrl.Close()
 		return nil, err
 	}
 	id := uint32(anyDevID)

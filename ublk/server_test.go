@@ -82,6 +82,10 @@ func TestOptionsNormalize(t *testing.T) {
 	if f := o.requestedFlags(); f != FlagCmdIoctlEncode|FlagUserRecovery {
 		t.Errorf("flags %v", FlagNames(f))
 	}
+	o.FailIO = true
+	if f := o.requestedFlags(); f != FlagCmdIoctlEncode|FlagUserRecovery|FlagUserRecoveryFailIO {
+		t.Errorf("flags %v", FlagNames(f))
+	}
 	for _, bad := range []Options{
 		{ID: -2, Params: TargetParams{Size: 4096}},
 		{ID: 1 << 20, Params: TargetParams{Size: 4096}},

@@ -34,7 +34,7 @@ const (
 	envRecover  = "BTRFSDIO_RECOVER"   // the daemon recovers this device id instead of adding one
 )
 
-const addUsage = "-t TYPE [-n ID] [-q QUEUES] [-d DEPTH] [-r 0|1] [-i 0|1] [--max-io BYTES] [--no-user-copy] [--foreground] [target flags...]"
+const addUsage = "-t TYPE [-n ID] [-q QUEUES] [-d DEPTH] [-r 0|1] [-i 0|1] [-e 0|1] [--max-io BYTES] [--no-user-copy] [--foreground] [target flags...]"
 
 func init() {
 	registerCommand(&command{
@@ -55,6 +55,7 @@ type addSpec struct {
 	depth      int
 	recovery   int
 	reissue    int
+	failIO     int
 	recoverID  int // >= 0: take over this device (recover) instead of adding one
 	maxIO      uint
 	noUserCopy bool
@@ -84,6 +85,8 @@ func parseAdd(args []string) (*addSpec, error) {
 	fs.IntVar(&spec.recovery, "recovery", 0, "same as -r")
 	fs.IntVar(&spec.reissue, "i", 0, "1: with -r 1, reissue the requests a dead server held (UBLK_F_USER_RECOVERY_REISSUE)")
 	fs.IntVar(&spec.reissue, "recovery-reissue", 0, "same as -i")
+	fs.IntVar(&spec.failIO, "e", 0, "1: with -r 1, fail IO while no server runs instead of queueing it (UBLK_F_USER_RECOVERY_FAIL_IO, Linux 6.13+)")
+	fs.IntVar(&spec.failIO, "recovery-fail-io", 0, "same as -e")
 	fs.UintVar(&spec.maxIO, "max-io", 0, "largest request in bytes (default: the target's, 1 MiB)")
 	fs.BoolVar(&spec.noUserCopy, "no-user-copy", false, "do not use UBLK_F_USER_COPY (per-tag buffers)")
 	fs.BoolVar(&spec.foreground, "foreground", false, "serve in this process, log to stderr")
@@ -141,6 +144,12 @@ func (s *addSpec) check() error {
 		return fmt.Errorf("add: -i %d: must be 0 or 1", s.reissue)
 	case s.reissue == 1 && s.recovery != 1:
 		return errors.New("add: -i 1 (reissue) needs -r 1 (user recovery)")
+	case s.failIO != 0 && s.failIO != 1:
+		return fmt.Errorf("add: -e %d: must be 0 or 1", s.failIO)
+	case s.failIO == 1 && s.recovery != 1:
+		return errors.New("add: -e 1 (fail IO while no server runs) needs -r 1 (user recovery)")
+	case s.failIO == 1 && s.reissue == 1:
+		return errors.New("add: -e 1 (fail IO while no server runs) and -i 1 (reissue it) exclude each other")
 	case s.maxIO != 0 && (s.maxIO%page != 0 || s.maxIO > ublk.MaxUserCopyBytes):
 		return fmt.Errorf("add: --max-io %d: must be a multiple of %d up to %d", s.maxIO, page, ublk.MaxUserCopyBytes)
 	}
@@ -303,7 +312,7 @@ func serve(spec *addSpec, rep reporter, log *logrus.Logger, logPath string, daem
 	}
 	opts := ublk.Options{
 		ID: spec.id, Queues: spec.queues, Depth: spec.depth, Params: params,
-		UserRecovery: spec.recovery == 1, Reissue: spec.reissue == 1,
+		UserRecovery: spec.recovery == 1, Reissue: spec.reissue == 1, FailIO: spec.failIO == 1,
 		NoUserCopy: spec.noUserCopy, Logger: log,
 	}
 	start := ublk.Add

@@ -21,6 +21,18 @@ func TestMain(m *testing.M) {
 	if os.Getenv(envReadyFD) != "" {
 		os.Exit(run(&env{stdout: os.Stdout, stderr: os.Stderr}, os.Args[1:]))
 	}
+	// Targets built by the tests keep their intent logs and run files
+	// here, not in the host's /run/btrfsdio.
+	if os.Getenv(envRunDir) == "" {
+		dir, err := os.MkdirTemp("", "btrfsdio-run-")
+		if err != nil {
+			panic(err)
+		}
+		os.Setenv(envRunDir, dir)
+		code := m.Run()
+		os.RemoveAll(dir)
+		os.Exit(code)
+	}
 	os.Exit(m.Run())
 }
 
@@ -68,6 +80,9 @@ func TestBadCommandLines(t *testing.T) {
 		{[]string{"add", "-t", "loop", "-f", file, "--max-io", "1000"}, exitUsage, "--max-io 1000"},
 		{[]string{"add", "-t", "loop", "-f", file, "-i", "2"}, exitUsage, "-i 2: must be 0 or 1"},
 		{[]string{"add", "-t", "loop", "-f", file, "-i", "1"}, exitUsage, "-i 1 (reissue) needs -r 1"},
+		{[]string{"add", "-t", "loop", "-f", file, "-e", "2"}, exitUsage, "-e 2: must be 0 or 1"},
+		{[]string{"add", "-t", "loop", "-f", file, "-e", "1"}, exitUsage, "-e 1 (fail IO while no server runs) needs -r 1"},
+		{[]string{"add", "-t", "loop", "-f", file, "-r", "1", "-i", "1", "-e", "1"}, exitUsage, "exclude each other"},
 		{[]string{"recover"}, exitUsage, "recover: missing -n ID"},
 		{[]string{"recover", "-n", "-2"}, exitUsage, "recover: missing -n ID"},
 		{[]string{"recover", "-n", "1", "x"}, exitUsage, `unexpected argument "x"`},

@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/sirupsen/logrus"
 
@@ -141,9 +142,13 @@ func (f *btrfsFactory) Build() (ublk.Target, ublk.TargetParams, error) {
 	log.Infof("volume %x: %s, %d devices, generation %d", sb.Fsid[:4], sb.Profile, sb.NumDevices, sb.Generation)
 	// Existing images are mounted with their data; a volume whose
 	// metadata has no valid copy is refused, never reformatted.
+	// The intent log in the run directory (a tmpfs) makes every completed
+	// write survive the server's death: the next server on these images,
+	// `recover` or a new `add`, replays it before it serves anything.
 	fs, err := btrfsdio.OpenFsInfo(vol, btrfsdio.Options{
 		Mode: f.mode, Faithful: f.faithful, DataSum: f.datasum, NoCow: f.nocow, Log: log,
 		NoVolatileDetect: !f.detectVolatile, BouncePool: f.pool,
+		IntentLogDir: runDir(), ReplayStep: replayFault(log),
 	})
 	if err != nil {
 		vol.Close()
@@ -172,6 +177,26 @@ func (f *btrfsFactory) Info() map[string]any {
 		"nocow": f.nocow, "faithful": f.faithful, "files": []string(f.files), "degraded": f.degraded,
 		"bounce_pool":     f.bouncePool,
 		"detect_volatile": f.mode == btrfsdio.ZeroCopy && f.detectVolatile,
+	}
+}
+
+// envReplayKill names the test hook that kills the server (SIGKILL) just
+// before it replays change N of an intent log: a crash in the middle of the
+// replay, for tests/recovery/008.
+const envReplayKill = "BTRFSDIO_TEST_REPLAY_KILL"
+
+// replayFault is the ReplayStep of envReplayKill, nil when it is not set.
+func replayFault(log logrus.FieldLogger) func(int) error {
+	at, err := strconv.Atoi(os.Getenv(envReplayKill))
+	if err != nil {
+		return nil
+	}
+	return func(n int) error {
+		if n == at {
+			log.Warnf("%s=%d: killing the server before change %d of the replay", envReplayKill, at, n)
+			syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		}
+		return nil
 	}
 }
 
