@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/btrfsdio/btrfsdio/raid"
 	"github.com/btrfsdio/btrfsdio/ublk"
 	"github.com/btrfsdio/btrfsdio/ublk/loop"
 )
@@ -101,6 +102,13 @@ func (f *loopFactory) Validate() error {
 // Build opens the backing file with loop.Open.
 func (f *loopFactory) Build() (ublk.Target, ublk.TargetParams, error) {
 	l, err := loop.Open(f.file, loop.Options{ReadOnly: f.readOnly})
+	if errors.Is(err, loop.ErrInUse) {
+		if id, lerr := raid.LookupDevice(f.file); lerr == nil {
+			if holder := imageHolder(id); holder != "" {
+				err = fmt.Errorf("loop: %s is in use by %s", f.file, holder)
+			}
+		}
+	}
 	if err != nil {
 		return nil, ublk.TargetParams{}, err
 	}

@@ -45,9 +45,9 @@ func Open(path string, opts Options) (*Loop, error) {
 	if opts.ReadOnly {
 		flags = unix.O_RDONLY | unix.O_CLOEXEC
 	}
-	fd, err := unix.Open(path, flags, 0)
+	fd, err := openClaimed(path, flags)
 	if err != nil {
-		return nil, fmt.Errorf("loop: open %s: %w", path, err)
+		return nil, err
 	}
 	l := &Loop{fd: fd, path: path, readOnly: opts.ReadOnly, maxIO: opts.MaxIOBytes, lbs: 512, pbs: 512}
 	if l.maxIO == 0 {
@@ -59,6 +59,52 @@ func Open(path string, opts Options) (*Loop, error) {
 	}
 	l.bufs.New = func() any { b := make([]byte, l.maxIO); return &b }
 	return l, nil
+}
+
+// ErrInUse is what Open returns when another process holds the backing
+// store: a server, a scrub of it, or a mount of the block device.
+var ErrInUse = errors.New("in use by another process")
+
+// openClaimed opens path and claims it for as long as it is open, as the
+// kernel's loop driver cannot but ublksrv's users expect: a block device
+// O_EXCL (which keeps out mounts and other exclusive openers), a file with
+// a flock on the open file description (LOCK_EX, or LOCK_SH read-only),
+// so two servers never write one backing store.
+func openClaimed(path string, flags int) (int, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err == nil && st.Mode&unix.S_IFMT == unix.S_IFBLK {
+		flags |= unix.O_EXCL
+	}
+	fd, err := unix.Open(path, flags, 0)
+	if errors.Is(err, unix.EBUSY) {
+		return -1, fmt.Errorf("loop: %s is %w", path, ErrInUse)
+	}
+	if err != nil {
+		return -1, fmt.Errorf("loop: open %s: %w", path, err)
+	}
+	if flags&unix.O_EXCL != 0 {
+		return fd, nil
+	}
+	how := unix.LOCK_EX
+	if flags&unix.O_ACCMODE == unix.O_RDONLY {
+		how = unix.LOCK_SH
+	}
+	for {
+		err = unix.Flock(fd, how|unix.LOCK_NB)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	switch {
+	case err == nil, errors.Is(err, unix.ENOLCK), errors.Is(err, unix.EOPNOTSUPP), errors.Is(err, unix.ENOSYS):
+		// A filesystem without flock cannot keep two owners apart.
+		return fd, nil
+	case errors.Is(err, unix.EWOULDBLOCK):
+		unix.Close(fd)
+		return -1, fmt.Errorf("loop: %s is %w", path, ErrInUse)
+	}
+	unix.Close(fd)
+	return -1, fmt.Errorf("loop: locking %s: %w", path, err)
 }
 
 // probe finds the size and block sizes of the backing store.

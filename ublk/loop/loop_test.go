@@ -254,3 +254,38 @@ func TestWrappingSectorRefused(t *testing.T) {
 		t.Error("a refused request changed the backing file")
 	}
 }
+
+// TestOpenClaimsTheBackingFile: while a loop target has its file open, a
+// second writer is refused with ErrInUse, and so is a reader; two readers
+// share it; Close releases it.
+func TestOpenClaimsTheBackingFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "backing")
+	if err := os.WriteFile(path, make([]byte, fileSize), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, opts := range []Options{{}, {ReadOnly: true}} {
+		if _, err := Open(path, opts); !errors.Is(err, ErrInUse) {
+			t.Errorf("second open (read-only %v) while a writer holds it: %v, want ErrInUse", opts.ReadOnly, err)
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r1, err := Open(path, Options{ReadOnly: true})
+	if err != nil {
+		t.Fatalf("open after Close: %v", err)
+	}
+	defer r1.Close()
+	r2, err := Open(path, Options{ReadOnly: true})
+	if err != nil {
+		t.Fatalf("two readers: %v", err)
+	}
+	defer r2.Close()
+	if _, err := Open(path, Options{}); !errors.Is(err, ErrInUse) {
+		t.Errorf("a writer beside readers: %v, want ErrInUse", err)
+	}
+}
