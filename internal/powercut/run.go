@@ -76,7 +76,7 @@ func Run(s Scenario, cfg Config) *Result {
 		res.Err = err
 		return res
 	}
-	cuts := chooseCuts(lg, mounted, rng, cfg)
+	cuts := chooseCuts(lg, m, mounted, rng, cfg)
 	res.Cuts = len(cuts)
 	crashDir := filepath.Join(dir, "crash")
 	if err := os.Mkdir(crashDir, 0o755); err != nil {
@@ -123,6 +123,9 @@ func record(s Scenario, cfg Config, rng *rand.Rand, dir string) (*Log, *model, i
 	defer vol.Close() // no commit: the log is what matters now
 	opts := s.options()
 	opts.Log = quiet()
+	if opts.Size, err = fileSize(vol.Capacity()); err != nil {
+		return nil, nil, 0, err
+	}
 	fs, err := btrfsdio.OpenFsInfo(vol, opts)
 	if err != nil {
 		return nil, nil, 0, fmt.Errorf("powercut: mount: %w", err)
@@ -142,11 +145,26 @@ func record(s Scenario, cfg Config, rng *rand.Rand, dir string) (*Log, *model, i
 	return lg, m, mounted, nil
 }
 
+// maxFile bounds the device the workload writes: every cut reads it all.
+const maxFile = 6 << 20
+
+// fileSize is the device's size on a data chunk of capacity bytes: room
+// left for a 2 MiB copy-on-write request over a fully mapped file, plus
+// what the extents it replaces keep pinned until the next commit.
+func fileSize(capacity uint64) (uint64, error) {
+	const slack = 3 << 20
+	if capacity < slack+1<<20 {
+		return 0, fmt.Errorf("powercut: a %d-byte data chunk is too small for 2 MiB copy-on-write requests", capacity)
+	}
+	return min(capacity-slack, maxFile) &^ (1<<20 - 1), nil
+}
+
 // chooseCuts picks the cut points (event counts) after mounted: right after
 // every device flush completed, after the last write before it and the
-// first write after it, plus random points to reach MinCuts; MaxCuts
-// samples them down.
-func chooseCuts(lg *Log, mounted int, rng *rand.Rand, cfg Config) []int {
+// first write after it, right after every write or discard request was
+// acknowledged, plus random points, a quarter of MinCuts or what
+// it takes to reach it; MaxCuts samples the flush cuts down.
+func chooseCuts(lg *Log, m *model, mounted int, rng *rand.Rand, cfg Config) []int {
 	lg.mu.Lock()
 	set := map[int]bool{}
 	add := func(c int) {
@@ -172,6 +190,11 @@ func chooseCuts(lg *Log, mounted int, rng *rand.Rand, cfg Config) []int {
 			}
 		}
 	}
+	for _, r := range m.reqs { // right after a write or discard is acknowledged
+		if !r.durable() {
+			add(r.ack + 1)
+		}
+	}
 	n := len(lg.events)
 	lg.mu.Unlock()
 	cuts := make([]int, 0, len(set))
@@ -179,15 +202,18 @@ func chooseCuts(lg *Log, mounted int, rng *rand.Rand, cfg Config) []int {
 		cuts = append(cuts, c)
 	}
 	slices.Sort(cuts)
-	if cfg.MaxCuts > 0 && len(cuts) > cfg.MaxCuts {
+	// A quarter of the cuts, at least, fall at random events: mostly in
+	// the middle of writes, where no flush is near.
+	random := max(cfg.MinCuts/4, cfg.MinCuts-len(cuts))
+	if cfg.MaxCuts > 0 && len(cuts) > cfg.MaxCuts-random {
 		rng.Shuffle(len(cuts), func(i, j int) { cuts[i], cuts[j] = cuts[j], cuts[i] })
-		cuts = cuts[:cfg.MaxCuts]
-		slices.Sort(cuts)
+		cuts = cuts[:max(0, cfg.MaxCuts-random)]
 	}
-	for tries := 0; len(cuts) < cfg.MinCuts && tries < 100*cfg.MinCuts && n > mounted+1; tries++ {
+	for tries := 0; random > 0 && tries < 100*cfg.MinCuts && n > mounted+1; tries++ {
 		c := mounted + 1 + rng.IntN(n-mounted)
 		if !slices.Contains(cuts, c) {
 			cuts = append(cuts, c)
+			random--
 		}
 	}
 	slices.Sort(cuts)
@@ -291,7 +317,7 @@ func compare(tg *target.Btrfs, m *model, cut int, sectorAtomic bool) string {
 		for at := uint64(0); at < n; at += blockSize {
 			b := (off + at) / blockSize
 			vals, last := m.allowed(b, cut)
-			if msg := verify(buf[at:at+blockSize], b, vals, unit); msg != "" {
+			if msg := m.verify(buf[at:at+blockSize], b, vals, unit); msg != "" {
 				nbad++
 				if len(bad) < 3 {
 					bad = append(bad, fmt.Sprintf("block at %d holds %s; allowed: %s (last acknowledged flush: request %d)",

@@ -42,7 +42,8 @@ func (r request) durable() bool { return r.kind == reqFlush || r.kind == reqWrit
 
 // genRequests draws n requests on a file of size bytes: writes of 4 KiB to
 // 2 MiB (sizes spread evenly on a log scale), some with FUA, discards, and
-// FLUSHes.
+// FLUSHes. Half of them start where an earlier one did, so that blocks are
+// overwritten after a commit made them durable, not only filled.
 func genRequests(rng *rand.Rand, n int, size uint64) []request {
 	out := make([]request, 0, n)
 	blocks := size / blockSize
@@ -66,6 +67,9 @@ func genRequests(rng *rand.Rand, n int, size uint64) []request {
 			}
 			r.len = min(nb, 512) * blockSize
 			r.off = rng.Uint64N(blocks-r.len/blockSize+1) * blockSize
+			if len(out) > 0 && rng.IntN(2) == 0 {
+				r.off = min(out[rng.IntN(len(out))].off, size-r.len)
+			}
 		}
 		out = append(out, r)
 	}

@@ -1,0 +1,61 @@
+package powercut
+
+import (
+	"fmt"
+	"io"
+)
+
+// Summary is what a run of several scenarios found.
+type Summary struct {
+	Cuts, Scenarios int
+	// Failures counts the scenarios that broke a promise without being
+	// expected to, and the expected failures that passed.
+	Failures int
+}
+
+// Line is the run's last line.
+func (s Summary) Line() string {
+	return fmt.Sprintf("powercut: %d cut points, %d scenarios, %d failures", s.Cuts, s.Scenarios, s.Failures)
+}
+
+// maxShown is how many failing cut points a report details per scenario.
+const maxShown = 5
+
+// Report runs every scenario of list with cfg and writes one line per
+// scenario to w: ok, FAIL (with the failing cut points and how to replay
+// them: replay names the command for a scenario and seed), XFAIL (expected,
+// with the reason) or XPASS (an expected failure that passed: a failure
+// until ExpectedFailures is updated).
+func Report(w io.Writer, list []Scenario, cfg Config, replay func(Scenario, uint64) string) Summary {
+	var sum Summary
+	for _, s := range list {
+		r := Run(s, cfg)
+		sum.Scenarios++
+		sum.Cuts += r.Cuts
+		why := Expected(s)
+		switch {
+		case r.Err != nil:
+			sum.Failures++
+			fmt.Fprintf(w, "FAIL  %s: %v\n      replay: %s\n", s.Name(), r.Err, replay(s, cfg.Seed))
+		case r.Failed() && why != "":
+			fmt.Fprintf(w, "XFAIL %s: %d of %d cut points fail (%s)\n", s.Name(), len(r.Failures), r.Cuts, why)
+		case r.Failed():
+			sum.Failures++
+			fmt.Fprintf(w, "FAIL  %s: %d of %d cut points fail; replay: %s\n", s.Name(), len(r.Failures), r.Cuts, replay(s, cfg.Seed))
+			for i, f := range r.Failures {
+				if i == maxShown {
+					fmt.Fprintf(w, "      ... %d more\n", len(r.Failures)-maxShown)
+					break
+				}
+				fmt.Fprintf(w, "      %s\n", f)
+			}
+		case why != "":
+			sum.Failures++
+			fmt.Fprintf(w, "XPASS %s: %d cut points, none fails, but it is listed in ExpectedFailures (%s): remove the row\n",
+				s.Name(), r.Cuts, why)
+		default:
+			fmt.Fprintf(w, "ok    %s: %d cut points\n", s.Name(), r.Cuts)
+		}
+	}
+	return sum
+}
