@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"runtime"
 
 	"github.com/btrfsdio/btrfsdio/internal/powercut"
 )
@@ -18,12 +19,14 @@ func main() {
 	scenario := flag.String("scenario", "", "run only this scenario (profile/kind/dio, as printed)")
 	requests := flag.Int("requests", 32, "requests in each scenario's workload")
 	minCuts := flag.Int("cuts", 40, "fewest cut points per scenario")
+	jobs := flag.Int("j", runtime.NumCPU(), "scenarios run at once")
+	maxCuts := flag.Int("maxcuts", 0, "sample the flush cut points of a scenario down to this many (0: every flush)")
 	flag.Usage = func() {
-		fmt.Fprintf(flag.CommandLine.Output(), "usage: powercut [-seed N] [-scenario NAME] [-requests N] [-cuts N]\n")
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: powercut [-seed N] [-scenario NAME] [-requests N] [-cuts N] [-maxcuts N] [-j N]\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
-	if flag.NArg() > 0 || *requests < 1 || *minCuts < 1 {
+	if flag.NArg() > 0 || *requests < 1 || *minCuts < 1 || *maxCuts < 0 {
 		flag.Usage()
 		os.Exit(2)
 	}
@@ -36,9 +39,10 @@ func main() {
 		}
 		list = []powercut.Scenario{s}
 	}
-	cfg := powercut.Config{Seed: *seed, DevSize: 16 << 20, Requests: *requests, MinCuts: *minCuts}
-	sum := powercut.Report(os.Stdout, list, cfg, func(s powercut.Scenario, seed uint64) string {
-		return fmt.Sprintf("go run ./cmd/powercut -seed %d -scenario %s -requests %d -cuts %d", seed, s.Name(), *requests, *minCuts)
+	cfg := powercut.Config{Seed: *seed, DevSize: 16 << 20, Requests: *requests, MinCuts: *minCuts, MaxCuts: *maxCuts}
+	sum := powercut.Report(os.Stdout, list, cfg, *jobs, func(s powercut.Scenario, seed uint64) string {
+		return fmt.Sprintf("go run ./cmd/powercut -seed %d -scenario %s -requests %d -cuts %d -maxcuts %d",
+			seed, s.Name(), *requests, *minCuts, *maxCuts)
 	})
 	fmt.Println(sum.Line())
 	if sum.Failures > 0 {

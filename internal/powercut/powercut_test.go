@@ -38,7 +38,7 @@ var smallMatrix = []Scenario{
 
 // smallConfig keeps go test -race under a minute on two cores.
 func smallConfig() Config {
-	return Config{Seed: *seedFlag, DevSize: 16 << 20, Requests: 16, MinCuts: 40, MaxCuts: 40}
+	return Config{Seed: *seedFlag, DevSize: 16 << 20, Requests: 24, MinCuts: 40, MaxCuts: 40}
 }
 
 func replayTest(s Scenario, seed uint64) string {

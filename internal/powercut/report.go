@@ -26,10 +26,22 @@ const maxShown = 5
 // them: replay names the command for a scenario and seed), XFAIL (expected,
 // with the reason) or XPASS (an expected failure that passed: a failure
 // until ExpectedFailures is updated).
-func Report(w io.Writer, list []Scenario, cfg Config, replay func(Scenario, uint64) string) Summary {
+//
+// Up to jobs scenarios run at once; the lines keep the order of list.
+func Report(w io.Writer, list []Scenario, cfg Config, jobs int, replay func(Scenario, uint64) string) Summary {
+	results := make([]chan *Result, len(list))
+	sem := make(chan struct{}, max(jobs, 1))
+	for i, s := range list {
+		results[i] = make(chan *Result, 1)
+		go func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			results[i] <- Run(s, cfg)
+		}()
+	}
 	var sum Summary
-	for _, s := range list {
-		r := Run(s, cfg)
+	for i, s := range list {
+		r := <-results[i]
 		sum.Scenarios++
 		sum.Cuts += r.Cuts
 		why := Expected(s)
