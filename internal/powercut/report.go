@@ -23,9 +23,11 @@ const maxShown = 5
 
 // Report runs every scenario of list with cfg and writes one line per
 // scenario to w: ok, FAIL (with the failing cut points and how to replay
-// them: replay names the command for a scenario and seed), XFAIL (expected,
-// with the reason) or XPASS (an expected failure that passed: a failure
-// until ExpectedFailures is updated).
+// them: replay names the command for a scenario and seed), XFAIL (an
+// expected failure, with its reason: only the copies or parity of committed
+// data disagree; any other fault of such a scenario is a FAIL) or XPASS (an
+// expected failure that passed: a failure until ExpectedFailures is
+// updated).
 //
 // Up to jobs scenarios run at once; the lines keep the order of list.
 func Report(w io.Writer, list []Scenario, cfg Config, jobs int, replay func(Scenario, uint64) string) Summary {
@@ -49,18 +51,20 @@ func Report(w io.Writer, list []Scenario, cfg Config, jobs int, replay func(Scen
 		case r.Err != nil:
 			sum.Failures++
 			fmt.Fprintf(w, "FAIL  %s: %v\n      replay: %s\n", s.Name(), r.Err, replay(s, cfg.Seed))
-		case r.Failed() && why != "":
-			fmt.Fprintf(w, "XFAIL %s: %d of %d cut points fail (%s)\n", s.Name(), len(r.Failures), r.Cuts, why)
-		case r.Failed():
+		case len(r.Failures) > 0 || len(r.Inconsistent) > 0 && why == "":
 			sum.Failures++
-			fmt.Fprintf(w, "FAIL  %s: %d of %d cut points fail; replay: %s\n", s.Name(), len(r.Failures), r.Cuts, replay(s, cfg.Seed))
-			for i, f := range r.Failures {
+			fmt.Fprintf(w, "FAIL  %s: %d of %d cut points fail; replay: %s\n", s.Name(),
+				len(r.Failures)+len(r.Inconsistent), r.Cuts, replay(s, cfg.Seed))
+			all := append(r.Failures, r.Inconsistent...)
+			for i, f := range all {
 				if i == maxShown {
-					fmt.Fprintf(w, "      ... %d more\n", len(r.Failures)-maxShown)
+					fmt.Fprintf(w, "      ... %d more\n", len(all)-maxShown)
 					break
 				}
 				fmt.Fprintf(w, "      %s\n", f)
 			}
+		case len(r.Inconsistent) > 0:
+			fmt.Fprintf(w, "XFAIL %s: %d of %d cut points leave copies that disagree (%s)\n", s.Name(), len(r.Inconsistent), r.Cuts, why)
 		case why != "":
 			sum.Failures++
 			fmt.Fprintf(w, "XPASS %s: %d cut points, none fails, but it is listed in ExpectedFailures (%s): remove the row\n",

@@ -8,9 +8,11 @@ import (
 
 // ExpectedFailures is the one table of scenarios known to fail today, each
 // with the reason and the issue that owns it. A scenario listed here must
-// fail (at least one cut point breaks a promise): when a change fixes it,
-// the run reports it as an unexpected pass, which counts as a failure until
-// the row is removed. Everything else must pass.
+// fail, and only in the way the reason says: at some cut point the copies
+// or parity of committed data disagree (check's differing copies and
+// parity mismatches); any other fault is a failure like in any scenario.
+// When a change fixes it, the run reports an unexpected pass, which counts
+// as a failure until the row is removed. Everything else must pass.
 var ExpectedFailures = []struct {
 	Profiles []raid.Profile
 	Kinds    []Kind
