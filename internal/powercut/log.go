@@ -11,6 +11,18 @@
 // that reached the device (completed or still in flight) may be there or
 // not, independently per 4 KiB block, with no order kept across devices or
 // within one, and a 4 KiB block may be torn at 512-byte granularity.
+//
+// What the mounted images must show, per 4 KiB block of the device: the
+// value it had when the last FLUSH (or FUA write, which commits) acknowledged
+// before the cut was issued, or the value of any later request issued
+// before the cut; a NODATACOW block, overwritten in place, may mix those
+// per 512-byte sector (it is as atomic as the device under it, no more).
+// The volume must mount, and check must find no damage.
+//
+// A seed fixes the workload, the cut points and every random choice of the
+// images; the order of the device operations of one request (the copies and
+// stripes go out on goroutines) may differ from run to run, so a replay
+// reproduces the scenario and the kind of cut, not always the very bytes.
 package powercut
 
 import (
