@@ -41,8 +41,12 @@ func main() {
 	}
 	cfg := powercut.Config{Seed: *seed, DevSize: 16 << 20, Requests: *requests, MinCuts: *minCuts, MaxCuts: *maxCuts}
 	sum := powercut.Report(os.Stdout, list, cfg, *jobs, func(s powercut.Scenario, seed uint64) string {
-		return fmt.Sprintf("go run ./cmd/powercut -seed %d -scenario %s -requests %d -cuts %d -maxcuts %d",
-			seed, s.Name(), *requests, *minCuts, *maxCuts)
+		env := "" // make powercut GOFLAGS=-tags=nobarrier: the replay needs the same build
+		if g := os.Getenv("GOFLAGS"); g != "" {
+			env = fmt.Sprintf("GOFLAGS=%q ", g)
+		}
+		return fmt.Sprintf("%sgo run ./cmd/powercut -seed %d -scenario %s -requests %d -cuts %d -maxcuts %d",
+			env, seed, s.Name(), *requests, *minCuts, *maxCuts)
 	})
 	fmt.Println(sum.Line())
 	if sum.Failures > 0 {
