@@ -148,7 +148,7 @@ func (fs *FsInfo) writeRoot(img *metaImage, root *raid.MetaRoot) error {
 	if root.Bytes > fs.meta.SlotBytes() {
 		return fmt.Errorf("metadata of %d bytes exceeds the %d-byte slot: %w", len(b), fs.meta.SlotBytes(), syscall.ENOSPC)
 	}
-	if err := fs.Vol.Flush(); err != nil {
+	if err := fs.Vol.Barrier(); err != nil {
 		return fs.abortTransaction("flushing data", err)
 	}
 	if err := fs.meta.WriteSlot(root.Slot, b); err != nil {

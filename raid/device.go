@@ -91,7 +91,27 @@ type Device struct {
 	injected                       atomic.Uint64
 	closeOnce                      sync.Once
 	closeErr                       error
+
+	// rec sees every write and flush issued here (SetRecorder); nil in
+	// production.
+	rec Recorder
 }
+
+// Recorder is dm-log-writes under this device: it sees every write and
+// flush that reaches the backing, in the order they are issued and
+// complete, so that a harness (internal/powercut, after CrashMonkey and
+// fstests' replay-log) can rebuild what a power cut would leave. Begin is
+// called right before the operation is issued, with the bytes of a write
+// (valid only during the call) or nil for a flush, and returns what to
+// call with its result once it completed. Reads are not recorded.
+type Recorder interface {
+	Begin(d *Device, op blk.Op, off uint64, data []byte) (end func(error))
+}
+
+// SetRecorder attaches r to d; call it before any I/O (no kernel
+// counterpart: dm-log-writes is a device-mapper target stacked under the
+// filesystem).
+func (d *Device) SetRecorder(r Recorder) { d.rec = r }
 
 // OpenDevice is btrfs_open_one_device for an image file or block device:
 // O_DIRECT when the backing allows it (else buffered, logged and reported by
@@ -399,9 +419,10 @@ func NewMissingDevice(devid, size uint64, log logrus.FieldLogger) *Device {
 func (d *Device) Missing() bool { return d.missing }
 
 // account wraps one device operation of n bytes: it applies fault
-// injection, counts the operation, and wraps the error with where it
+// injection, counts the operation, hands it to the recorder if one is
+// attached (src gives a write's bytes), and wraps the error with where it
 // happened (btrfs_log_dev_io_error's information).
-func (d *Device) account(op blk.Op, off uint64, n int, io func() error) error {
+func (d *Device) account(op blk.Op, off uint64, n int, src func() ([]byte, error), io func() error) error {
 	ops, errs, bytes := &d.reads, &d.readErrs, &d.bytesRead
 	switch op {
 	case blk.OpWrite:
@@ -419,6 +440,8 @@ func (d *Device) account(op blk.Op, off uint64, n int, io func() error) error {
 		err = errInjected
 	case uint64(n) > d.size || off > d.size-uint64(n): // off+n may wrap
 		err = fmt.Errorf("%d bytes at %d run beyond the device end %d: %w", n, off, d.size, syscall.EIO)
+	case d.rec != nil:
+		err = d.recorded(op, off, src, io)
 	default:
 		err = io()
 	}
@@ -438,11 +461,29 @@ func (d *Device) account(op blk.Op, off uint64, n int, io func() error) error {
 	return nil
 }
 
+// recorded runs io between the recorder's Begin and end. A write whose
+// source cannot be read is left unrecorded: io fails the same way.
+func (d *Device) recorded(op blk.Op, off uint64, src func() ([]byte, error), io func() error) error {
+	var data []byte
+	if op == blk.OpWrite {
+		var err error
+		if data, err = src(); err != nil {
+			return io()
+		}
+	} else if op != blk.OpFlush {
+		return io()
+	}
+	end := d.rec.Begin(d, op, off, data)
+	err := io()
+	end(err)
+	return err
+}
+
 // flush is REQ_PREFLUSH on this device: fdatasync of the backing. A
 // failure marks the device for good (wait_dev_flush setting
 // BTRFS_DEV_STATE_FLUSH_FAILED; see FlushFailed).
 func (d *Device) flush() error {
-	err := d.account(blk.OpFlush, 0, 0, func() error {
+	err := d.account(blk.OpFlush, 0, 0, nil, func() error {
 		var serr error
 		if err := d.control(func(fd uintptr) { serr = unix.Fdatasync(int(fd)) }); err != nil {
 			return err
@@ -465,12 +506,22 @@ func (d *Device) FlushFailed() bool { return d.flushFailed.Load() }
 // readBuf reads len(buf) bytes at off into memory this package allocated
 // (blk.AlignedBuffer, fit for O_DIRECT).
 func (d *Device) readBuf(buf []byte, off uint64) error {
-	return d.account(blk.OpRead, off, len(buf), func() error { return d.preadFull(buf, off) })
+	return d.account(blk.OpRead, off, len(buf), nil, func() error { return d.preadFull(buf, off) })
 }
 
 // writeBuf writes buf (aligned, this package's memory) at off.
 func (d *Device) writeBuf(buf []byte, off uint64) error {
-	return d.account(blk.OpWrite, off, len(buf), func() error { return d.pwriteFull(buf, off) })
+	return d.account(blk.OpWrite, off, len(buf), func() ([]byte, error) { return buf, nil },
+		func() error { return d.pwriteFull(buf, off) })
+}
+
+// barrier is a flush that orders a commit (data before metadata before
+// superblocks): flush, or nothing under the nobarrier build tag.
+func (d *Device) barrier() error {
+	if !barriers {
+		return nil
+	}
+	return d.flush()
 }
 
 func (d *Device) preadFull(buf []byte, off uint64) error {
@@ -517,7 +568,12 @@ func segsLen(segs []seg) int {
 // how a device DMA from user pages behaves.
 func (d *Device) rwSegs(op blk.Op, off uint64, segs []seg) error {
 	n := segsLen(segs)
-	return d.account(op, off, n, func() error {
+	src := func() ([]byte, error) { // the recorder's copy of a write
+		b := make([]byte, n)
+		cur := segCursor{segs: segs}
+		return b, cur.copyOut(b)
+	}
+	return d.account(op, off, n, src, func() error {
 		if op == blk.OpWrite && d.readOnly {
 			return fmt.Errorf("device opened read-only: %w", syscall.EROFS)
 		}

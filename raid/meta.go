@@ -177,7 +177,7 @@ func (m *MetaArea) WriteSlot(slot int, b []byte) error {
 		}
 	}
 	for _, d := range m.devs {
-		if err := d.flush(); err != nil {
+		if err := d.barrier(); err != nil {
 			m.bad[d] = true
 			errs = append(errs, fmt.Errorf("raid: flushing metadata: %w", err))
 		} else if d.FlushFailed() { // an earlier flush failed: its data may be gone

@@ -465,6 +465,16 @@ func (v *Volume) Flush() error {
 	return nil
 }
 
+// Barrier is barrier_all_devices as a commit uses it between the data and
+// the metadata that maps it: Flush, or nothing in a nobarrier build (see
+// barrier.go).
+func (v *Volume) Barrier() error {
+	if !barriers {
+		return nil
+	}
+	return v.Flush()
+}
+
 // Close is close_ctree's device half: wait for in-flight bios, then close
 // every device (btrfs_close_devices). Bios submitted afterwards fail.
 func (v *Volume) Close() error {

@@ -1,0 +1,55 @@
+// Command powercut runs the power-loss replay harness (internal/powercut,
+// after dm-log-writes, CrashMonkey and fstests' replay-log) over the whole
+// matrix: nine profiles, COW, COW with data checksums and NODATACOW, bounce
+// and zero-copy direct IO. It ends with one line, "powercut: N cut points,
+// M scenarios, F failures", and exits 1 when F is not 0 (make powercut).
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"runtime"
+
+	"github.com/btrfsdio/btrfsdio/internal/powercut"
+)
+
+func main() {
+	seed := flag.Uint64("seed", 1, "base seed (a failure prints the one to replay it)")
+	scenario := flag.String("scenario", "", "run only this scenario (profile/kind/dio, as printed)")
+	requests := flag.Int("requests", 32, "requests in each scenario's workload")
+	minCuts := flag.Int("cuts", 40, "fewest cut points per scenario")
+	jobs := flag.Int("j", runtime.NumCPU(), "scenarios run at once")
+	maxCuts := flag.Int("maxcuts", 0, "sample the flush cut points of a scenario down to this many (0: every flush)")
+	flag.Usage = func() {
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: powercut [-seed N] [-scenario NAME] [-requests N] [-cuts N] [-maxcuts N] [-j N]\n")
+		flag.PrintDefaults()
+	}
+	flag.Parse()
+	if flag.NArg() > 0 || *requests < 1 || *minCuts < 1 || *maxCuts < 0 {
+		flag.Usage()
+		os.Exit(2)
+	}
+	list := powercut.Matrix()
+	if *scenario != "" {
+		s, err := powercut.ParseScenario(*scenario)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "powercut: %v\n", err)
+			os.Exit(2)
+		}
+		list = []powercut.Scenario{s}
+	}
+	cfg := powercut.Config{Seed: *seed, DevSize: 16 << 20, Requests: *requests, MinCuts: *minCuts, MaxCuts: *maxCuts}
+	sum := powercut.Report(os.Stdout, list, cfg, *jobs, func(s powercut.Scenario, seed uint64) string {
+		env := "" // make powercut GOFLAGS=-tags=nobarrier: the replay needs the same build
+		if g := os.Getenv("GOFLAGS"); g != "" {
+			env = fmt.Sprintf("GOFLAGS=%q ", g)
+		}
+		return fmt.Sprintf("%sgo run ./cmd/powercut -seed %d -scenario %s -requests %d -cuts %d -maxcuts %d",
+			env, seed, s.Name(), *requests, *minCuts, *maxCuts)
+	})
+	fmt.Println(sum.Line())
+	if sum.Failures > 0 {
+		os.Exit(1)
+	}
+}
