@@ -417,6 +417,23 @@ func (l *intentLog) needsCommit() bool {
 	return l.lost || l.pendingLost
 }
 
+// drop unlinks the log file while its mapping stays in use: after an
+// aborted transaction the data its entries map may be gone with the failed
+// flush (the page cache drops pages whose writeback failed), so no later
+// mount may replay them; the next one gets the last good commit, as
+// btrfs, which never writes a log tree root after an abort, does.
+func (l *intentLog) drop() error {
+	if l == nil {
+		return nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := os.Remove(l.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("intent log %s: %w", l.path, err)
+	}
+	return nil
+}
+
 // close unmaps the log; remove deletes it (a clean unmount: everything is
 // committed).
 func (l *intentLog) close(remove bool) error {
@@ -471,7 +488,11 @@ func (fs *FsInfo) openIntents() error {
 	if err := fs.CommitTransaction(); err != nil {
 		fs.ilog = nil
 		l.close(false)
-		return fmt.Errorf("btrfsdio: commit after replaying %s (left in place): %w", l.path, err)
+		kept := "left in place"
+		if fs.FsError() != nil {
+			kept = "dropped with the aborted transaction"
+		}
+		return fmt.Errorf("btrfsdio: commit after replaying %s (%s): %w", l.path, kept, err)
 	}
 	fs.log.Infof("BTRFS info: replayed %d changes of the intent log %s on generation %d, committed as %d",
 		len(entries), l.path, entries[0].gen, fs.trans.generation)

@@ -8,10 +8,12 @@ import (
 	"math/rand/v2"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/btrfsdio/btrfsdio/blk"
 	"github.com/btrfsdio/btrfsdio/raid"
 )
 
@@ -432,4 +434,35 @@ func TestIntentLogGoneAfterPowerLoss(t *testing.T) {
 	if _, err := os.Stat(path); err != nil {
 		t.Fatalf("no new log: %v", err)
 	}
+}
+
+// TestIntentLogDroppedOnAbort: a commit that aborts (a failed flush) drops
+// the log at once, so a later mount, even after the server died without
+// closing, gets the last good commit and never maps extents whose data may
+// have gone with the failed flush.
+func TestIntentLogDroppedOnAbort(t *testing.T) {
+	f := newIntentFS(t, raid.Single, Options{Mode: Bounce}, 14)
+	f.writeAt(t, 0, 16*SectorSize)
+	if err := f.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	committed := bytes.Clone(f.model)
+	gen := f.Generation()
+	f.writeAt(t, 32*SectorSize, 8*SectorSize)
+	path := intentLogPath(f.opts.IntentLogDir, f.meta.Fsid())
+	f.Vol.Devices()[0].InjectFault(blk.OpFlush, 1)
+	if err := f.Flush(); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("FLUSH with a failing device flush: %v, want EIO", err)
+	}
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the intent log outlived the aborted transaction: %v", err)
+	}
+	f.die()
+	f.reopen(t)
+	if f.Generation() != gen {
+		t.Fatalf("generation %d, want the last good commit's %d", f.Generation(), gen)
+	}
+	f.model = committed
+	f.mustMatch(t, "after the abort")
+	f.mustCheckClean(t)
 }

@@ -179,6 +179,9 @@ func (fs *FsInfo) abortTransaction(step string, err error) error {
 	if fs.fsErr.CompareAndSwap(nil, &fsError{step: step, err: err}) {
 		fs.log.Errorf("BTRFS error: transaction aborted while %s: %v; the device is read-only from now on: "+
 			"writes and flushes fail, reads work; delete it, run check on its images, then add it again", step, err)
+		if derr := fs.ilog.drop(); derr != nil {
+			fs.log.Errorf("BTRFS error: %v: a later mount may replay changes whose data was not flushed", derr)
+		}
 	}
 	return fmt.Errorf("transaction aborted while %s, read-only from now on: %w: %w", step, syscall.EIO, err)
 }
