@@ -2,7 +2,6 @@ package btrfsdio
 
 import (
 	"fmt"
-	"slices"
 
 	"github.com/btrfsdio/btrfsdio/raid"
 )
@@ -85,16 +84,7 @@ func Check(vol *raid.Volume) (*CheckReport, error) {
 		end := min((e.diskBytenr+e.len+gran-1)/gran*gran, img.capacity)
 		ranges = append(ranges, span{start, end - start})
 	}
-	slices.SortFunc(ranges, func(a, b span) int { return cmpU64(a.start, b.start) })
-	var merged []span
-	for _, r := range ranges {
-		if n := len(merged); n > 0 && merged[n-1].start+merged[n-1].len >= r.start {
-			merged[n-1].len = max(merged[n-1].len, r.start+r.len-merged[n-1].start)
-			continue
-		}
-		merged = append(merged, r)
-	}
-	for _, r := range merged {
+	for _, r := range mergeSpans(ranges) {
 		s, err := vol.Scrub(r.start, r.len, csums.lookup)
 		if err != nil {
 			return rep, fmt.Errorf("btrfsdio: check: %w", err)
