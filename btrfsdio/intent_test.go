@@ -344,22 +344,7 @@ func TestIntentLogCommitRacesWrites(t *testing.T) {
 	f := newIntentFS(t, raid.Raid1, Options{Mode: Bounce, DataSum: true}, 8)
 	const writers = 4
 	region := int64(len(f.model)) / writers &^ (SectorSize - 1)
-	stop := make(chan struct{})
-	flushed := make(chan error, 1)
-	go func() {
-		var err error
-		for {
-			select {
-			case <-stop:
-				flushed <- err
-				return
-			default:
-			}
-			if ferr := f.Flush(); ferr != nil && err == nil {
-				err = ferr
-			}
-		}
-	}()
+	stopFlushing := flushLoop(f.Flush)
 	errs := make(chan error, writers)
 	for w := 0; w < writers; w++ {
 		go func() {
@@ -393,8 +378,7 @@ func TestIntentLogCommitRacesWrites(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	close(stop)
-	if err := <-flushed; err != nil {
+	if err := stopFlushing(); err != nil {
 		t.Fatal(err)
 	}
 	// The last changes may be after the last commit: write some more.

@@ -576,22 +576,7 @@ func TestCommitRacesWrites(t *testing.T) {
 		const writers = 4
 		region := pf.Inode().ISize() / writers &^ (SectorSize - 1)
 		models := make([][]byte, writers)
-		stop := make(chan struct{})
-		flushed := make(chan error, 1)
-		go func() {
-			var err error
-			for {
-				select {
-				case <-stop:
-					flushed <- err
-					return
-				default:
-				}
-				if ferr := pf.Flush(); ferr != nil && err == nil {
-					err = ferr
-				}
-			}
-		}()
+		stopFlushing := flushLoop(pf.Flush)
 		errs := make(chan error, writers)
 		for w := 0; w < writers; w++ {
 			models[w] = make([]byte, region)
@@ -625,8 +610,7 @@ func TestCommitRacesWrites(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		close(stop)
-		if err := <-flushed; err != nil {
+		if err := stopFlushing(); err != nil {
 			t.Fatal(err)
 		}
 		if err := pf.Close(); err != nil {
@@ -779,5 +763,30 @@ func TestDegradedCommit(t *testing.T) {
 		if !bytes.Equal(got[i*mib:(i+1)*mib], want) {
 			t.Errorf("MiB %d differs after the degraded commits", i)
 		}
+	}
+}
+
+// flushLoop calls flush over and over, beside the writers of a test, until
+// the returned stop is called; stop returns the first flush error.
+func flushLoop(flush func() error) (stop func() error) {
+	done := make(chan struct{})
+	flushed := make(chan error, 1)
+	go func() {
+		var err error
+		for {
+			select {
+			case <-done:
+				flushed <- err
+				return
+			default:
+			}
+			if ferr := flush(); ferr != nil && err == nil {
+				err = ferr
+			}
+		}
+	}()
+	return func() error {
+		close(done)
+		return <-flushed
 	}
 }
