@@ -26,6 +26,12 @@ const (
 	ReqSync     Opf = 1 << 11
 	ReqFUA      Opf = 1 << 17
 	ReqPreflush Opf = 1 << 18
+	// ReqOverwrite marks a write that overwrites data in place (a NOCOW
+	// extent), so the RAID layer protects it from a crash between its
+	// copies (write-intent bitmap) or between data and parity. No kernel
+	// counterpart: btrfs has no bitmap, and md cannot tell COW from
+	// in-place. The bit is above every REQ_* flag of blk_types.h.
+	ReqOverwrite Opf = 1 << 30
 )
 
 // Op is bio_op: the operation part of bi_opf.

@@ -76,6 +76,9 @@ func (fs *FsInfo) SubmitBbio(bbio *BtrfsBio, mirror int) {
 			return
 		}
 	}
+	if write && bbio.Ordered != nil && bbio.Ordered.Flags()&OrderedNocow != 0 {
+		bio.Opf |= blk.ReqOverwrite
+	}
 	var readIter blk.BvecIter
 	if !write {
 		readIter = bio.Iter
