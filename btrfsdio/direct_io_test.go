@@ -253,7 +253,9 @@ func TestBounceENOMEMAtEveryPage(t *testing.T) {
 //   - on that ENOMEM path the tail of the ordered range is finished by the
 //     error label and again by btrfs_dio_iomap_end, because
 //     dio_data->submitted never counted it ("bad ordered extent
-//     accounting"); for reads the tail is unlocked twice.
+//     accounting", then a second btrfs_finish_one_ordered: double removal
+//     from the ordered tree, refcount underflow); for reads the tail is
+//     unlocked twice.
 //
 // Our port frees the page, drops the empty bbio and counts the tail as
 // accounted, so each happens once. The review's fourth point, the spinlock
@@ -307,12 +309,18 @@ func TestFaithfulFlaws(t *testing.T) {
 		t.Fatalf("fixed: %d empty bbios submitted", st.EmptyBbios)
 	}
 	// Failing in the middle of the first bbio: the tail is finished in the
-	// error path and again in btrfs_dio_iomap_end.
-	if st := run(true, 100); st.AccountingBugs == 0 {
-		t.Fatal("faithful: no double finish of the ENOMEM tail")
+	// error path and again in btrfs_dio_iomap_end. As in the kernel, the
+	// second finish clamps bytes_left and runs btrfs_finish_one_ordered
+	// again: the extent is removed from the ordered tree a second time, the
+	// tree's reference dropped twice, and btrfs_dio_iomap_end's put of
+	// dio_data->ordered takes the refcount below zero.
+	if st := run(true, 100); st.DoubleFinishes != 1 || st.DoubleRemovals != 1 || st.OrderedRefUnderflows != 1 || st.AccountingBugs < 2 {
+		t.Fatalf("faithful ENOMEM tail: %d double finishes, %d double removals, %d refcount underflows, %d accounting errors; want 1, 1, 1 and at least 2",
+			st.DoubleFinishes, st.DoubleRemovals, st.OrderedRefUnderflows, st.AccountingBugs)
 	}
-	if st := run(false, 100); st.AccountingBugs != 0 {
-		t.Fatalf("fixed: %d accounting errors", st.AccountingBugs)
+	if st := run(false, 100); st.AccountingBugs != 0 || st.DoubleFinishes != 0 || st.DoubleRemovals != 0 || st.OrderedRefUnderflows != 0 {
+		t.Fatalf("fixed: %d accounting errors, %d double finishes, %d double removals, %d refcount underflows",
+			st.AccountingBugs, st.DoubleFinishes, st.DoubleRemovals, st.OrderedRefUnderflows)
 	}
 	// The pooled path also allocates a bbio and then its folio: failing the
 	// second folio leaves an empty bbio in hand, which it drops, and a tail
@@ -325,6 +333,10 @@ func TestFaithfulFlaws(t *testing.T) {
 	fs.Pages.FailAt(0)
 	if st := fs.Stats(); st.EmptyBbios != 0 || st.BounceBbios != 2 {
 		t.Fatalf("pooled: %d bbios, %d empty submitted; want 2 made, none empty submitted", st.BounceBbios, st.EmptyBbios)
+	}
+	if st := fs.Stats(); st.DoubleFinishes != 0 || st.DoubleRemovals != 0 || st.OrderedRefUnderflows != 0 {
+		t.Fatalf("pooled ENOMEM tail: %d double finishes, %d double removals, %d refcount underflows",
+			st.DoubleFinishes, st.DoubleRemovals, st.OrderedRefUnderflows)
 	}
 	fs.checkQuiescent(t)
 }

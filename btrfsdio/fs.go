@@ -189,6 +189,14 @@ type Stats struct {
 	// AccountingBugs counts "bad ordered extent accounting" warnings and
 	// over-puts: always 0 unless the faithful flaws are on.
 	AccountingBugs int64 `json:"accounting_bugs"`
+	// DoubleFinishes counts ordered extents finished a second time,
+	// DoubleRemovals removals of an ordered extent no longer in the
+	// inode's ordered tree, and OrderedRefUnderflows puts that took an
+	// ordered extent's refcount below zero. They model what the kernel
+	// suffers from the seed's double finish; always 0 unless Faithful.
+	DoubleFinishes       int64 `json:"double_finishes"`
+	DoubleRemovals       int64 `json:"double_removals"`
+	OrderedRefUnderflows int64 `json:"ordered_ref_underflows"`
 	// BounceCtls counts bounce_ctl structures made; BounceCtlsDone those
 	// whose pending count reached zero (each must, exactly once).
 	BounceCtls     int64 `json:"bounce_ctls"`
@@ -215,6 +223,7 @@ type stats struct {
 	orderedCreated, orderedCompleted, orderedFailed atomic.Int64
 	orderedBytesFinished                            atomic.Int64
 	accountingBugs                                  atomic.Int64
+	doubleFinishes, doubleRemovals, refUnderflows   atomic.Int64
 	bounceCtls, bounceCtlsDone                      atomic.Int64
 	bounceBbios, emptyBbios, leakedPages            atomic.Int64
 	readRepairs, csumErrors, bufferedWrites         atomic.Int64
@@ -325,7 +334,9 @@ func (fs *FsInfo) Stats() Stats {
 		OrderedCreated: s.orderedCreated.Load(), OrderedCompleted: s.orderedCompleted.Load(),
 		OrderedFailed: s.orderedFailed.Load(), OrderedBytesFinished: s.orderedBytesFinished.Load(),
 		AccountingBugs: s.accountingBugs.Load(), BounceBbios: s.bounceBbios.Load(),
-		BounceCtls: s.bounceCtls.Load(), BounceCtlsDone: s.bounceCtlsDone.Load(),
+		DoubleFinishes: s.doubleFinishes.Load(), DoubleRemovals: s.doubleRemovals.Load(),
+		OrderedRefUnderflows: s.refUnderflows.Load(),
+		BounceCtls:           s.bounceCtls.Load(), BounceCtlsDone: s.bounceCtlsDone.Load(),
 		EmptyBbios: s.emptyBbios.Load(), LeakedPages: s.leakedPages.Load(),
 		ReadRepairs: s.readRepairs.Load(), CsumErrors: s.csumErrors.Load(),
 		BufferedWrites: s.bufferedWrites.Load(),

@@ -89,13 +89,17 @@ func (inode *Inode) insertOrderedLocked(oe *OrderedExtent) {
 	inode.ordered[i] = oe
 }
 
-func (inode *Inode) removeOrderedLocked(oe *OrderedExtent) {
+// removeOrderedLocked is btrfs_remove_ordered_extent's rb_erase. It reports
+// whether oe was in the tree: the kernel would rb_erase a node already
+// erased and corrupt the tree, we only tell the caller.
+func (inode *Inode) removeOrderedLocked(oe *OrderedExtent) bool {
 	for i, o := range inode.ordered {
 		if o == oe {
 			inode.ordered = append(inode.ordered[:i], inode.ordered[i+1:]...)
-			return
+			return true
 		}
 	}
+	return false
 }
 
 // LookupOrderedRange is btrfs_lookup_ordered_range: the first ordered extent
@@ -120,10 +124,13 @@ func (inode *Inode) OrderedCount() int {
 	return len(inode.ordered)
 }
 
-// PutOrderedExtent is btrfs_put_ordered_extent.
+// PutOrderedExtent is btrfs_put_ordered_extent. A put below zero is
+// refcount_t's "underflow; use-after-free" in the kernel (the extent was
+// freed at zero); here it is counted and warned about.
 func (oe *OrderedExtent) PutOrderedExtent() {
 	if oe.refs.Add(-1) < 0 {
-		oe.inode.fs.warnf("ordered extent %d+%d put too many times", oe.FileOffset, oe.NumBytes)
+		oe.inode.fs.warnf("refcount_t: underflow; use-after-free: ordered extent %d+%d put too many times", oe.FileOffset, oe.NumBytes)
+		oe.inode.fs.stats.refUnderflows.Add(1)
 		oe.inode.fs.stats.accountingBugs.Add(1)
 	}
 }
@@ -170,13 +177,20 @@ func (oe *OrderedExtent) SplitOrderedExtent(length uint64) (*OrderedExtent, erro
 
 // canFinishLocked is can_finish_ordered_extent: account length bytes of oe
 // as done; true when this was the last of them.
+//
+// Finishing more than bytes_left is "bad ordered extent accounting": the
+// kernel (6.12) warns, clamps bytes_left to 0 and goes on, so an extent
+// finished twice returns true twice and btrfs_finish_one_ordered runs twice.
+// With Options.Faithful we do the same, and finishOrderedIO detects what the
+// second run does; otherwise an extent already IO_DONE is refused here.
 func (oe *OrderedExtent) canFinishLocked(length uint64, uptodate bool) bool {
-	if oe.flags&OrderedIODone != 0 || length > oe.bytesLeft {
-		// "bad ordered extent accounting": the kernel warns and clamps.
-		oe.inode.fs.warnf("bad ordered extent accounting, file_offset %d num_bytes %d bytes_left %d finishing %d",
+	fs := oe.inode.fs
+	again := oe.flags&OrderedIODone != 0
+	if length > oe.bytesLeft || (again && !fs.Opts.Faithful) {
+		fs.warnf("bad ordered extent accounting, file_offset %d num_bytes %d bytes_left %d finishing %d",
 			oe.FileOffset, oe.NumBytes, oe.bytesLeft, length)
-		oe.inode.fs.stats.accountingBugs.Add(1)
-		if oe.flags&OrderedIODone != 0 {
+		fs.stats.accountingBugs.Add(1)
+		if again && !fs.Opts.Faithful {
 			return false
 		}
 		oe.bytesLeft = 0
@@ -238,7 +252,12 @@ func (inode *Inode) finishOrderedIO(oe *OrderedExtent) {
 	inode.orderedMu.Lock()
 	ioerr := oe.flags&OrderedIOErr != 0
 	nocow := oe.flags&OrderedNocow != 0
+	again := oe.flags&OrderedComplete != 0
 	inode.orderedMu.Unlock()
+	if again {
+		inode.finishOrderedIOAgain(oe)
+		return
+	}
 	// The metadata changes below belong to the running transaction.
 	fs.trans.mu.RLock()
 	switch {
@@ -268,6 +287,29 @@ func (inode *Inode) finishOrderedIO(oe *OrderedExtent) {
 	close(oe.done)
 	fs.stats.orderedCompleted.Add(1)
 	oe.PutOrderedExtent() // the tree's reference
+}
+
+// finishOrderedIOAgain is btrfs_finish_one_ordered run a second time on an
+// ordered extent, which only Options.Faithful lets can_finish_ordered_extent
+// allow (the seed's ENOMEM tail). It records what the kernel would suffer
+// and does none of it to our own state: the kernel would redo the metadata
+// step (btrfs_free_reserved_extent of an extent already freed, for a failed
+// COW extent, or a second file extent item), btrfs_remove_ordered_extent
+// would rb_erase a node no longer in the inode's ordered tree, and the tree's
+// reference would be dropped again, taking the refcount to zero while its
+// holder (btrfs_dio_data) still uses it: that holder's put underflows.
+func (inode *Inode) finishOrderedIOAgain(oe *OrderedExtent) {
+	fs := inode.fs
+	fs.warnf("ordered extent %d+%d finished twice (btrfs_finish_one_ordered runs again)", oe.FileOffset, oe.NumBytes)
+	fs.stats.doubleFinishes.Add(1)
+	inode.orderedMu.Lock()
+	removed := inode.removeOrderedLocked(oe)
+	inode.orderedMu.Unlock()
+	if !removed {
+		fs.warnf("btrfs_remove_ordered_extent: ordered extent %d+%d is not in the ordered tree (rb_erase of an erased node)", oe.FileOffset, oe.NumBytes)
+		fs.stats.doubleRemovals.Add(1)
+	}
+	oe.PutOrderedExtent() // the tree's reference, a second time
 }
 
 func (inode *Inode) insertSums(oe *OrderedExtent) {
