@@ -3,6 +3,7 @@ package blk
 import (
 	"fmt"
 	"sync"
+	"time"
 )
 
 // MinMempoolBytes is the smallest folio mempool: one folio of MaxFolioOrder,
@@ -30,6 +31,10 @@ type Mempool struct {
 	inUse int64
 	peak  int64
 	waits int64
+	// waitLimit bounds one wait for room (SetWaitLimit; 0: wait for
+	// ever, as mempool_alloc does); timeouts counts the waits it ended.
+	waitLimit time.Duration
+	timeouts  int64
 }
 
 // NewMempool is mempool_create for folios: a pool of at most limit bytes
@@ -66,6 +71,7 @@ func FolioOrder(size uint32) int {
 // wait until the pool has room, then take the folio from the page
 // allocator. It returns nil when the allocator refuses (an order above
 // MaxFolioOrder, or an injected failure); the pool's room is given back then.
+// It also returns nil when a wait outlasts SetWaitLimit's limit.
 func (mp *Mempool) Alloc(order int) *Page {
 	if order < 0 || order > MaxFolioOrder {
 		return nil
@@ -74,8 +80,10 @@ func (mp *Mempool) Alloc(order int) *Page {
 	mp.mu.Lock()
 	if mp.inUse+size > mp.limit {
 		mp.waits++
-		for mp.inUse+size > mp.limit {
-			mp.freed.Wait()
+		if !mp.waitLocked(size) {
+			mp.timeouts++
+			mp.mu.Unlock()
+			return nil
 		}
 	}
 	mp.inUse += size
@@ -88,6 +96,43 @@ func (mp *Mempool) Alloc(order int) *Page {
 	}
 	p.pool = mp
 	return p
+}
+
+// waitLocked sleeps until size bytes fit under the bound, or until
+// waitLimit has passed (then false).
+func (mp *Mempool) waitLocked(size int64) bool {
+	if mp.waitLimit <= 0 {
+		for mp.inUse+size > mp.limit {
+			mp.freed.Wait()
+		}
+		return true
+	}
+	deadline := time.Now().Add(mp.waitLimit)
+	// A sync.Cond has no timed wait: the timer wakes every waiter once the
+	// limit is up, and each looks at its own deadline.
+	t := time.AfterFunc(mp.waitLimit, func() {
+		mp.mu.Lock()
+		mp.freed.Broadcast()
+		mp.mu.Unlock()
+	})
+	defer t.Stop()
+	for mp.inUse+size > mp.limit {
+		if !time.Now().Before(deadline) {
+			return false
+		}
+		mp.freed.Wait()
+	}
+	return true
+}
+
+// SetWaitLimit bounds how long Alloc waits for room; past it Alloc gives up
+// and returns nil, and Stats counts a timeout. Tests set it so that a pool
+// whose folios leak fails them instead of hanging them (no kernel
+// counterpart: mempool_alloc waits for ever).
+func (mp *Mempool) SetWaitLimit(d time.Duration) {
+	mp.mu.Lock()
+	mp.waitLimit = d
+	mp.mu.Unlock()
 }
 
 // Free is mempool_free: give the folio back to the page allocator and wake
@@ -120,6 +165,8 @@ type MempoolStats struct {
 	InUse int64 // bytes handed out now
 	Peak  int64 // most bytes handed out at once
 	Waits int64 // allocations that had to wait for room
+	// WaitTimeouts counts waits that SetWaitLimit's limit ended.
+	WaitTimeouts int64
 }
 
 // Stats returns the pool's counters (no kernel counterpart: mempool_t keeps
@@ -127,5 +174,5 @@ type MempoolStats struct {
 func (mp *Mempool) Stats() MempoolStats {
 	mp.mu.Lock()
 	defer mp.mu.Unlock()
-	return MempoolStats{InUse: mp.inUse, Peak: mp.peak, Waits: mp.waits}
+	return MempoolStats{InUse: mp.inUse, Peak: mp.peak, Waits: mp.waits, WaitTimeouts: mp.timeouts}
 }

@@ -5,6 +5,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 func TestMempoolRejectsBadSizes(t *testing.T) {
@@ -163,5 +164,42 @@ func TestMempoolWakesWaiter(t *testing.T) {
 	}
 	if st := mp.Stats(); st.InUse != 0 || st.Waits != 1 || st.Peak != MinMempoolBytes {
 		t.Fatalf("stats %+v", st)
+	}
+}
+
+// TestMempoolWaitLimit: with a wait limit, an allocation that never gets
+// room (the pool's only folio leaked) gives up with nil and is counted,
+// instead of sleeping for ever; one that gets room in time still succeeds.
+func TestMempoolWaitLimit(t *testing.T) {
+	a := &PageAllocator{}
+	mp, err := NewMempool(a, MinMempoolBytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mp.SetWaitLimit(20 * time.Millisecond)
+	leaked := mp.Alloc(MaxFolioOrder)
+	if leaked == nil {
+		t.Fatal("first folio refused")
+	}
+	if p := mp.Alloc(0); p != nil {
+		t.Fatal("allocation past the bound succeeded while the pool's folio is out")
+	}
+	if st := mp.Stats(); st.WaitTimeouts != 1 || st.InUse != MinMempoolBytes {
+		t.Fatalf("%d timeouts, %d bytes out; want 1 and %d", st.WaitTimeouts, st.InUse, MinMempoolBytes)
+	}
+	mp.SetWaitLimit(time.Minute)
+	go func() {
+		time.Sleep(5 * time.Millisecond)
+		mp.Free(leaked)
+	}()
+	p := mp.Alloc(0)
+	if p == nil {
+		t.Fatal("allocation refused although the folio came back within the limit")
+	}
+	if err := mp.Free(p); err != nil {
+		t.Fatal(err)
+	}
+	if st := mp.Stats(); st.WaitTimeouts != 1 || st.InUse != 0 {
+		t.Fatalf("%d timeouts, %d bytes out; want 1 and 0", st.WaitTimeouts, st.InUse)
 	}
 }

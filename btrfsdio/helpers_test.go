@@ -90,8 +90,24 @@ func newTestFS(t testing.TB, p raid.Profile, devSize int64, opts Options) *testF
 	if err != nil {
 		t.Fatal(err)
 	}
+	if fs.BouncePool != nil {
+		// A pool whose folios leak would make the next submitter wait for
+		// ever: bound the wait, and fail the test naming the leak.
+		fs.BouncePool.SetWaitLimit(poolWaitLimit)
+		t.Cleanup(func() {
+			if st := fs.BouncePool.Stats(); st.WaitTimeouts != 0 {
+				t.Errorf("bounce pool: %d waits for room gave up after %v with %d of %d bytes out: bounce folios leaked (never given back to the pool)",
+					st.WaitTimeouts, poolWaitLimit, st.InUse, fs.BouncePool.Limit())
+			}
+		})
+	}
 	return &testFS{FsInfo: fs, paths: paths}
 }
+
+// poolWaitLimit is how long a test's bounce pool lets a submitter wait for
+// room: far beyond any wait for in-flight IO, even under -race on a loaded
+// machine.
+const poolWaitLimit = 20 * time.Second
 
 // mmapBuf is memory outside the Go heap: the buffers that the tests scribble
 // on while IO is in flight are racy on purpose, and the race detector only
