@@ -69,6 +69,9 @@ func (fs *FsInfo) SubmitBbio(bbio *BtrfsBio, mirror int) {
 	}
 	bbio.MirrorNum = mirror
 	write := bio.Opf.Op() == blk.OpWrite
+	if write && fs.submitted != nil {
+		fs.submitted(bbio)
+	}
 	if write && bbio.Inode != nil && !bbio.Inode.NoDataSum && bbio.Ordered != nil {
 		if err := fs.csumOneBio(bbio); err != nil {
 			bio.Status = blk.ErrnoToStatus(blk.ErrnoOf(err))

@@ -240,6 +240,10 @@ type FsInfo struct {
 	// are allocated page by page (zero-copy mode, Faithful, NoBouncePool).
 	BouncePool *blk.Mempool
 	Faults     Faults
+	// submitted, when set (tests), sees every write bbio as SubmitBbio
+	// takes it, before the devices do: the volatile-writer tests change the
+	// caller's buffer there, the moment a bounce copy must already be done.
+	submitted func(bbio *BtrfsBio)
 	// DioBioset is btrfs_dio_bioset.
 	DioBioset blk.BioSet
 	// BioBioset is btrfs_bioset (buffered writeback, repair).
