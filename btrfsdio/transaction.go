@@ -291,7 +291,8 @@ func loadRoot(meta *raid.MetaArea, capacity uint64) (*metaImage, []MetaCopyStatu
 // metadata is loaded, its i_size and inode flags win over opts (a differing
 // opts.Size is refused), and the allocator is rebuilt from the file
 // extents. Corrupt copies fall back to the others; with none valid the
-// open is refused and nothing is written.
+// open is refused and nothing is written. Devices that came back behind
+// the volume are resynced before it returns (resyncStale).
 func OpenFsInfo(vol *raid.Volume, opts Options) (*FsInfo, error) {
 	if vol == nil {
 		return nil, errors.New("btrfsdio: no volume")
@@ -311,6 +312,9 @@ func OpenFsInfo(vol *raid.Volume, opts Options) (*FsInfo, error) {
 			return nil, fmt.Errorf("btrfsdio: open_ctree: first commit: %w", err)
 		}
 		if err := fs.openIntents(); err != nil {
+			return nil, err
+		}
+		if err := fs.resyncStale(); err != nil {
 			return nil, err
 		}
 		return fs, nil
@@ -352,7 +356,29 @@ func OpenFsInfo(vol *raid.Volume, opts Options) (*FsInfo, error) {
 	if err := fs.openIntents(); err != nil {
 		return nil, err
 	}
+	if err := fs.resyncStale(); err != nil {
+		return nil, err
+	}
 	return fs, nil
+}
+
+// resyncStale brings the devices that came back behind the volume up to
+// date before the filesystem serves (raid.Volume.Resync), then commits, so
+// that their superblocks name the current generation and their metadata
+// slot holds the current root. A resync that fails leaves them stale: the
+// volume runs on the others, as degraded, and the open goes on.
+func (fs *FsInfo) resyncStale() error {
+	if len(fs.Vol.StaleDevices()) == 0 {
+		return nil
+	}
+	if err := fs.Vol.Resync(); err != nil {
+		fs.warnf("%v: running on the current devices only", err)
+		return nil
+	}
+	if err := fs.CommitTransaction(); err != nil {
+		return fmt.Errorf("btrfsdio: open_ctree: commit after the resync: %w", err)
+	}
+	return nil
 }
 
 // Generation is the last committed generation (fs_info->last_trans_committed).

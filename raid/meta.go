@@ -197,12 +197,14 @@ func (m *MetaArea) WriteSlot(slot int, b []byte) error {
 // good flush may be gone, so a superblock there must not claim the new
 // root), or whose superblock write fails, keep their older root; like
 // write_all_supers (max_errors = devices - 1), the commit stands once one
-// superblock holds the new root.
+// superblock holds the new root. So do stale devices (Device.Stale) until
+// Volume.Resync brought them up to date: the commit after it makes them
+// current, with the slot it just wrote to them.
 func (m *MetaArea) WriteSupers(root MetaRoot) error {
 	var errs []error
 	written := 0
 	for i, d := range m.devs {
-		if m.bad[d] || d.FlushFailed() { // it may have lost data the new root maps
+		if m.bad[d] || d.FlushFailed() || d.Stale() { // it may have lost, or never had, data the new root maps
 			continue
 		}
 		sb := *m.sbs[i]
