@@ -140,14 +140,14 @@ func TestStaleDeviceResync(t *testing.T) {
 				pf, left, b := staleSetup(t, p, o.opts)
 				vol := openDevices(t, pf.paths, false)
 				stale := vol.StaleDevices()
-				if len(stale) != 1 || stale[0].Path != left || stale[0].Generation >= vol.Generation() {
-					t.Fatalf("stale devices %+v (generation %d), want only %s", stale, vol.Generation(), left)
-				}
 				pf.FsInfo = mountVol(t, vol, o.opts)
+				checkCurrent(t, pf, b)
+				if len(stale) != 1 || stale[0].Path != left || stale[0].Generation >= vol.Generation() {
+					t.Fatalf("stale devices at open %+v (generation %d), want only %s", stale, vol.Generation(), left)
+				}
 				if pr := pf.Vol.ResyncProgress(); pr.Err != nil || pr.Done != pr.Total || pr.Total != pf.Vol.Capacity() {
 					t.Fatalf("resync progress %+v, want the whole chunk of %d bytes done", pr, pf.Vol.Capacity())
 				}
-				checkCurrent(t, pf, b)
 			})
 		}
 	}
@@ -155,8 +155,9 @@ func TestStaleDeviceResync(t *testing.T) {
 
 // TestStaleDeviceResyncInterrupted: the resync fails part way (writes to
 // the stale device fail after a few), the mount goes on with the device
-// still stale, unread and without a new superblock; a crash, a remount
-// finishes the resync and everything is current.
+// still stale, unread and without a new superblock even when a commit
+// writes to it; a crash, a remount finishes the resync and everything is
+// current.
 func TestStaleDeviceResyncInterrupted(t *testing.T) {
 	for _, p := range []raid.Profile{raid.Raid1, raid.Raid10, raid.Raid5, raid.Raid6} {
 		t.Run(p.String(), func(t *testing.T) {
@@ -184,6 +185,7 @@ func TestStaleDeviceResyncInterrupted(t *testing.T) {
 					t.Fatalf("read %d during the stale period: %d, %v, equal %v", i, n, err, bytes.Equal(got, b))
 				}
 			}
+			staleDev.InjectFault(blk.OpWrite, 0) // the device works again: only its staleness keeps its superblock old
 			if err := pf.CommitTransaction(); err != nil {
 				t.Fatal(err)
 			}
