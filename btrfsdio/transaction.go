@@ -215,7 +215,10 @@ type MetaCopyStatus struct {
 	Path   string
 	Index  int
 	Offset uint64
-	Err    error // nil: the copy is valid
+	Err    error // nil: the copy is valid (or Stale)
+	// Stale: the copy is on a device behind the volume, not read; the
+	// resync at the next mount, then its commit, rewrite it.
+	Stale bool
 	// Repaired is set when ScrubMeta rewrote the bad copy from a valid
 	// one and flushed its device; RepairErr says why it could not.
 	Repaired  bool
@@ -238,6 +241,10 @@ func readRootCopies(meta *raid.MetaArea, capacity uint64) (*metaImage, []byte, [
 	var raw []byte
 	var status []MetaCopyStatus
 	for _, c := range meta.ReadSlot(root.Slot, root.Bytes) {
+		if c.Stale {
+			status = append(status, MetaCopyStatus{Where: c.Where, Path: c.Path, Index: c.Index, Offset: c.Offset, Stale: true})
+			continue
+		}
 		dec, err := checkRootCopy(meta, c, capacity)
 		status = append(status, MetaCopyStatus{Where: c.Where, Path: c.Path, Index: c.Index, Offset: c.Offset, Err: err})
 		if err == nil && good == nil {
