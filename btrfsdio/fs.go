@@ -209,6 +209,13 @@ type Stats struct {
 	// ReadOnly says why the device stopped taking writes after a failed
 	// flush or commit (FsError); empty while it is writable.
 	ReadOnly string `json:"read_only,omitempty"`
+	// Resync says, in words, which devices came back behind the volume
+	// at the mount and whether the resync brought them up to date;
+	// ResyncDone and ResyncTotal are its bytes (raid.Volume.Resync).
+	// Empty and zero when every device was current.
+	Resync      string `json:"resync,omitempty"`
+	ResyncDone  uint64 `json:"resync_done_bytes,omitempty"`
+	ResyncTotal uint64 `json:"resync_total_bytes,omitempty"`
 }
 
 type stats struct {
@@ -253,6 +260,9 @@ type FsInfo struct {
 	fsErr atomic.Pointer[fsError]
 	// ilog is the intent log, nil without Options.IntentLogDir.
 	ilog *intentLog
+	// staleAtOpen are the devices the mount found behind the volume
+	// (resyncStale), for Stats.Resync.
+	staleAtOpen []raid.StaleDevice
 }
 
 // Inode is struct btrfs_inode for the one file the device exposes.
@@ -321,7 +331,7 @@ func (fs *FsInfo) Inode() *Inode { return fs.inode }
 // Stats returns a snapshot of the counters (no kernel counterpart).
 func (fs *FsInfo) Stats() Stats {
 	s := &fs.stats
-	return Stats{
+	st := Stats{
 		OrderedCreated: s.orderedCreated.Load(), OrderedCompleted: s.orderedCompleted.Load(),
 		OrderedFailed: s.orderedFailed.Load(), OrderedBytesFinished: s.orderedBytesFinished.Load(),
 		AccountingBugs: s.accountingBugs.Load(), BounceBbios: s.bounceBbios.Load(),
@@ -332,7 +342,11 @@ func (fs *FsInfo) Stats() Stats {
 		VolatileWrites: s.volatileWrites.Load(), VolatileChecked: s.volatileChecked.Load(),
 		Commits: s.commits.Load(), CommitFailures: s.commitFailures.Load(),
 		ReadOnly: fs.readOnlyReason(),
+		Resync:   fs.resyncReport(),
 	}
+	pr := fs.Vol.ResyncProgress()
+	st.ResyncDone, st.ResyncTotal = pr.Done, pr.Total
+	return st
 }
 
 // readOnlyReason is FsError's cause for Stats, "" while writable.

@@ -375,7 +375,8 @@ func OpenFsInfo(vol *raid.Volume, opts Options) (*FsInfo, error) {
 // slot holds the current root. A resync that fails leaves them stale: the
 // volume runs on the others, as degraded, and the open goes on.
 func (fs *FsInfo) resyncStale() error {
-	if len(fs.Vol.StaleDevices()) == 0 {
+	fs.staleAtOpen = fs.Vol.StaleDevices()
+	if len(fs.staleAtOpen) == 0 {
 		return nil
 	}
 	if err := fs.Vol.Resync(); err != nil {
@@ -386,6 +387,29 @@ func (fs *FsInfo) resyncStale() error {
 		return fmt.Errorf("btrfsdio: open_ctree: commit after the resync: %w", err)
 	}
 	return nil
+}
+
+// resyncReport is Stats.Resync: for every device stale at the mount, its
+// generation against the volume's and how its resync went.
+func (fs *FsInfo) resyncReport() string {
+	if len(fs.staleAtOpen) == 0 {
+		return ""
+	}
+	pr := fs.Vol.ResyncProgress()
+	var out []string
+	for _, d := range fs.staleAtOpen {
+		what := fmt.Sprintf("%s came back behind the volume (generation %d, the volume at %d)", d.Path, d.Generation, fs.Vol.Generation())
+		switch still := slices.ContainsFunc(fs.Vol.StaleDevices(), func(s raid.StaleDevice) bool { return s.Devid == d.Devid }); {
+		case !still:
+			what += fmt.Sprintf(": resynced (%d bytes)", pr.Total)
+		case pr.Err != nil:
+			what += fmt.Sprintf(": not read; its resync stopped at %d of %d bytes (%v); it is tried again at the next add", pr.Done, pr.Total, pr.Err)
+		default:
+			what += fmt.Sprintf(": not read; resyncing, %d of %d bytes done", pr.Done, pr.Total)
+		}
+		out = append(out, what)
+	}
+	return strings.Join(out, "; ")
 }
 
 // Generation is the last committed generation (fs_info->last_trans_committed).
