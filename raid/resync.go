@@ -18,8 +18,9 @@ type resyncState struct {
 	err         error // why the last resync stopped, nil when it finished
 }
 
-// markStale is the generation check of open_ctree, stricter than btrfs's
-// (which only warns about a device whose superblock generation is behind):
+// markStale is device_list_add's generation check (latest_dev is the
+// device with the newest superblock), stricter than btrfs's, which reads
+// an older device like a current one:
 // devs[i] read sbs[i] at open; every device whose generation is below the
 // newest one missed commits (it was left out of a degraded mount, lost a
 // flush, or a crash cut write_all_supers short) and is marked stale, like an
@@ -117,9 +118,9 @@ func (v *Volume) ResyncProgress() ResyncProgress {
 	return ResyncProgress{Done: v.resync.done.Load(), Total: v.resync.total.Load(), Err: v.resync.err}
 }
 
-// Resync is md's recovery of members whose event count is behind (no
-// kernel counterpart: btrfs leaves a stale mirror to scrub or to csum
-// failures, and has none for nodatasum data). Every range staleRanges gives
+// Resync is md_do_sync, drivers/md's recovery of members whose event count
+// is behind (btrfs has no counterpart: it leaves a stale mirror to scrub or
+// to csum failures, and has none for nodatasum data). Every range staleRanges gives
 // for the oldest stale device is brought up to date on every stale device:
 // mirrored profiles copy a current copy, RAID5/6 rebuild the stale device's
 // columns (data, P or Q) from the others (recover_sectors + finish_rmw's
