@@ -13,8 +13,8 @@ import (
 )
 
 // TestStaleDeviceShown: an image left out of a degraded add comes back
-// behind the volume; check (offline) names it with its generation and the
-// volume's, the next add resyncs it and list says so, reads return the last
+// behind the volume; check and scrub (offline) name it with its generation
+// and the volume's, the next add resyncs it and list says so, reads return the last
 // write and check is clean again.
 func TestStaleDeviceShown(t *testing.T) {
 	dir := t.TempDir()
@@ -52,6 +52,12 @@ func TestStaleDeviceShown(t *testing.T) {
 	if code != exitOK || !strings.Contains(out.String(), "device "+b+" is behind the volume: generation ") ||
 		!strings.Contains(out.String(), "not resynced yet") {
 		t.Fatalf("check with a stale image: %d %q %q", code, out.String(), errb.String())
+	}
+
+	out.Reset()
+	code = run(e, []string{"scrub", "-f", a, "-f", b})
+	if code != exitOK || !strings.Contains(out.String(), "device "+b+" is behind the volume: generation ") {
+		t.Fatalf("scrub with a stale image: %d %q %q", code, out.String(), errb.String())
 	}
 
 	tg, err := buildBtrfs(t, args...)
