@@ -107,7 +107,13 @@ type Options struct {
 	// is replayed; an error stops the mount there (fault injection: a
 	// crash in the middle of the replay).
 	ReplayStep func(n int) error
-	Log        logrus.FieldLogger
+	// ResyncInBackground lets OpenFsInfo return before the devices that
+	// came back behind the volume are resynced: the resync runs beside
+	// the I/O (raid.Volume.Resync), Stats shows its progress, WaitResync
+	// waits for it and Close stops it (the devices stay stale until the
+	// next mount). Off: the mount resyncs before it returns.
+	ResyncInBackground bool
+	Log                logrus.FieldLogger
 	// intentRingSize overrides the intent log's ring size (tests).
 	intentRingSize int
 }
@@ -263,6 +269,8 @@ type FsInfo struct {
 	// staleAtOpen are the devices the mount found behind the volume
 	// (resyncStale), for Stats.Resync.
 	staleAtOpen []raid.StaleDevice
+	// resyncDone is closed when a background resync ended (nil: none).
+	resyncDone chan struct{}
 }
 
 // Inode is struct btrfs_inode for the one file the device exposes.

@@ -202,3 +202,58 @@ func TestStaleDeviceResyncInterrupted(t *testing.T) {
 		})
 	}
 }
+
+// TestStaleDeviceResyncBackground: with the resync beside the I/O, reads
+// during it never return the stale copy, writes during it are not undone
+// by it, and once it ends everything is current; a close in the middle
+// stops it, and the next mount finishes it.
+func TestStaleDeviceResyncBackground(t *testing.T) {
+	for _, p := range []raid.Profile{raid.Raid1, raid.Raid10, raid.Raid5, raid.Raid6} {
+		t.Run(p.String(), func(t *testing.T) {
+			opts := Options{Mode: Bounce, ResyncInBackground: true}
+			pf, _, b := staleSetup(t, p, opts)
+			pf.FsInfo = mountVol(t, openDevices(t, pf.paths, false), opts)
+			c := mmapBuf(t, 256<<10)
+			stamp(c, 3, mib)
+			if _, err := pf.write(mib, c, 0); err != nil {
+				t.Fatal(err)
+			}
+			copy(b[mib:], c)
+			for i := 0; i < 4; i++ {
+				got := mmapBuf(t, len(b))
+				if n, err := pf.read(0, got, 0); err != nil || n != len(b) || !bytes.Equal(got, b) {
+					t.Fatalf("read %d beside the resync: %d, %v, equal %v", i, n, err, bytes.Equal(got, b))
+				}
+			}
+			pf.WaitResync()
+			if pr := pf.Vol.ResyncProgress(); pr.Err != nil || pr.Running || pr.Done != pr.Total || pr.Total == 0 {
+				t.Fatalf("resync progress %+v after WaitResync", pr)
+			}
+			checkCurrent(t, pf, b)
+			if err := pf.Close(); err != nil {
+				t.Fatal(err)
+			}
+
+			// Stale again (a degraded mount writes b2), then closed as
+			// soon as mounted: wherever the resync stood, the next
+			// mount ends it.
+			pf.FsInfo = mountVol(t, openDevices(t, pf.paths[:len(pf.paths)-1], true), opts)
+			stamp(c, 4, 0)
+			if _, err := pf.write(0, c, 0); err != nil {
+				t.Fatal(err)
+			}
+			copy(b, c)
+			if err := pf.Close(); err != nil {
+				t.Fatal(err)
+			}
+			pf.FsInfo = mountVol(t, openDevices(t, pf.paths, false), opts)
+			if err := pf.Close(); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("resync at the close: %+v", pf.Vol.ResyncProgress())
+			pf.opts = Options{Mode: Bounce}
+			pf.reopen(t)
+			checkCurrent(t, pf, b)
+		})
+	}
+}

@@ -370,23 +370,49 @@ func OpenFsInfo(vol *raid.Volume, opts Options) (*FsInfo, error) {
 }
 
 // resyncStale brings the devices that came back behind the volume up to
-// date before the filesystem serves (raid.Volume.Resync), then commits, so
-// that their superblocks name the current generation and their metadata
-// slot holds the current root. A resync that fails leaves them stale: the
-// volume runs on the others, as degraded, and the open goes on.
+// date (raid.Volume.Resync), before the filesystem serves or, with
+// Options.ResyncInBackground, beside it, then commits, so that their
+// superblocks name the current generation and their metadata slot holds
+// the current root. A resync that fails leaves them stale: the volume runs
+// on the others, as degraded, and the open goes on.
 func (fs *FsInfo) resyncStale() error {
 	fs.staleAtOpen = fs.Vol.StaleDevices()
 	if len(fs.staleAtOpen) == 0 {
 		return nil
 	}
+	if fs.Opts.ResyncInBackground {
+		fs.resyncDone = make(chan struct{})
+		go func() {
+			defer close(fs.resyncDone)
+			if err := fs.resync(); err != nil {
+				fs.log.Errorf("BTRFS error: %v", err)
+			}
+		}()
+		return nil
+	}
+	return fs.resync()
+}
+
+// resync is resyncStale's work: the resync, then the commit that makes the
+// resynced devices current.
+func (fs *FsInfo) resync() error {
 	if err := fs.Vol.Resync(); err != nil {
 		fs.warnf("%v: running on the current devices only", err)
 		return nil
 	}
 	if err := fs.CommitTransaction(); err != nil {
-		return fmt.Errorf("btrfsdio: open_ctree: commit after the resync: %w", err)
+		return fmt.Errorf("btrfsdio: commit after the resync: %w", err)
 	}
 	return nil
+}
+
+// WaitResync waits for a background resync to end (Options.
+// ResyncInBackground; no kernel counterpart: md's sync_action idle) and
+// returns at once when none runs.
+func (fs *FsInfo) WaitResync() {
+	if fs.resyncDone != nil {
+		<-fs.resyncDone
+	}
 }
 
 // resyncReport is Stats.Resync: for every device stale at the mount, its
@@ -419,9 +445,14 @@ func (fs *FsInfo) Generation() uint64 {
 	return fs.trans.generation
 }
 
-// Close is close_ctree: commit, then close the volume. The intent log
-// goes with a successful commit and stays for the next mount otherwise.
+// Close is close_ctree: stop a background resync, commit, then close the
+// volume. The intent log goes with a successful commit and stays for the
+// next mount otherwise.
 func (fs *FsInfo) Close() error {
+	if fs.resyncDone != nil { // stop a background resync first: its commit must not follow the close
+		fs.Vol.StopResync()
+		<-fs.resyncDone
+	}
 	cerr := fs.CommitTransaction()
 	cerr = errors.Join(cerr, fs.ilog.close(cerr == nil))
 	if err := fs.Vol.Close(); err != nil {

@@ -13,6 +13,8 @@ import (
 // resyncState is what Volume.Resync has done so far (ResyncProgress).
 type resyncState struct {
 	running     atomic.Bool // a resync is to run or running: mirrored writes take the region locks
+	active      atomic.Bool // Resync is running
+	stop        atomic.Bool // StopResync or Close asked it to stop
 	done, total atomic.Uint64
 	mu          sync.Mutex
 	err         error // why the last resync stopped, nil when it finished
@@ -109,14 +111,26 @@ type ResyncProgress struct {
 	Done, Total uint64
 	// Err is why the last resync stopped short (nil when it finished).
 	Err error
+	// Running is set while Resync runs.
+	Running bool
 }
 
 // ResyncProgress reports the last or running resync.
 func (v *Volume) ResyncProgress() ResyncProgress {
 	v.resync.mu.Lock()
 	defer v.resync.mu.Unlock()
-	return ResyncProgress{Done: v.resync.done.Load(), Total: v.resync.total.Load(), Err: v.resync.err}
+	return ResyncProgress{Done: v.resync.done.Load(), Total: v.resync.total.Load(), Err: v.resync.err, Running: v.resync.active.Load()}
 }
+
+// errResyncStopped is why a resync that StopResync or Close interrupted
+// ended.
+var errResyncStopped = errors.New("stopped before the end (the volume is closing)")
+
+// StopResync asks a running Resync to stop before its next region and
+// return; the devices it did not finish stay stale (no kernel counterpart:
+// md's MD_RECOVERY_INTR). Volume.Close calls it, so closing never waits for
+// a whole resync.
+func (v *Volume) StopResync() { v.resync.stop.Store(true) }
 
 // Resync is md_do_sync, drivers/md's recovery of members whose event count
 // is behind (btrfs has no counterpart: it leaves a stale mirror to scrub or
@@ -130,13 +144,16 @@ func (v *Volume) ResyncProgress() ResyncProgress {
 // and flushed, a device stops being stale and is read again; its superblock
 // still names its old generation until the next commit writes it
 // (MetaArea.WriteSupers), so a crash before then only resyncs it again. It
-// may run while the volume serves I/O. On an error the devices stay stale
-// (and unread) and the error is returned.
+// may run while the volume serves I/O; StopResync (or Close) ends it early.
+// On an error the devices stay stale (and unread) and the error is
+// returned.
 func (v *Volume) Resync() error {
 	if !v.enter() {
 		return fmt.Errorf("raid: resync: volume closed: %w", syscall.EIO)
 	}
 	defer v.inflight.Done()
+	v.resync.active.Store(true)
+	defer v.resync.active.Store(false)
 	stale := v.StaleDevices()
 	if len(stale) == 0 {
 		v.resync.running.Store(false)
@@ -183,6 +200,9 @@ func (v *Volume) resyncRanges(ranges []byteRange) error {
 	buf := blk.AlignedBuffer(StripeLen)
 	for _, r := range ranges {
 		for at := r.lo / step * step; at < r.hi; at += step {
+			if v.resync.stop.Load() {
+				return errResyncStopped
+			}
 			var err error
 			if v.profile.IsRaid56() {
 				err = v.resyncFullStripe(at)

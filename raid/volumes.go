@@ -491,6 +491,7 @@ func (v *Volume) Close() error {
 	if already {
 		return nil
 	}
+	v.StopResync() // a resync in flight ends at its next region; its devices stay stale
 	v.inflight.Wait()
 	var errs []error
 	for _, d := range v.devs {

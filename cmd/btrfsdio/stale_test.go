@@ -64,6 +64,7 @@ func TestStaleDeviceShown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	tg.FS.WaitResync() // add resyncs beside the I/O
 	st := tg.FS.Stats()
 	var l bytes.Buffer
 	printDevice(&l, ublk.Status{}, &runInfo{Stats: &st})
