@@ -10,6 +10,10 @@ import (
 // check and scrub print theirs).
 type CheckReport struct {
 	Generation uint64
+	// Stale lists the devices behind the volume (raid.Volume.StaleDevices):
+	// not read here, resynced at the next mount. Not damage: Clean
+	// ignores them.
+	Stale []raid.StaleDevice
 	// Supers is the status of every superblock copy of every present
 	// device (raid.Volume.ScrubSupers).
 	Supers []raid.SuperCopy
@@ -57,7 +61,7 @@ func Check(vol *raid.Volume) (*CheckReport, error) {
 	if err != nil {
 		return nil, fmt.Errorf("btrfsdio: check: %w", err)
 	}
-	rep := &CheckReport{Generation: meta.Root().Generation}
+	rep := &CheckReport{Generation: meta.Root().Generation, Stale: vol.StaleDevices()}
 	if rep.Supers, err = vol.ScrubSupers(false); err != nil {
 		return nil, fmt.Errorf("btrfsdio: check: %w", err)
 	}

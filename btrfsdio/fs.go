@@ -107,7 +107,13 @@ type Options struct {
 	// is replayed; an error stops the mount there (fault injection: a
 	// crash in the middle of the replay).
 	ReplayStep func(n int) error
-	Log        logrus.FieldLogger
+	// ResyncInBackground lets OpenFsInfo return before the devices that
+	// came back behind the volume are resynced: the resync runs beside
+	// the I/O (raid.Volume.Resync), Stats shows its progress, WaitResync
+	// waits for it and Close stops it (the devices stay stale until the
+	// next mount). Off: the mount resyncs before it returns.
+	ResyncInBackground bool
+	Log                logrus.FieldLogger
 	// intentRingSize overrides the intent log's ring size (tests).
 	intentRingSize int
 }
@@ -217,6 +223,13 @@ type Stats struct {
 	// ReadOnly says why the device stopped taking writes after a failed
 	// flush or commit (FsError); empty while it is writable.
 	ReadOnly string `json:"read_only,omitempty"`
+	// Resync says, in words, which devices came back behind the volume
+	// at the mount and whether the resync brought them up to date;
+	// ResyncDone and ResyncTotal are its bytes (raid.Volume.Resync).
+	// Empty and zero when every device was current.
+	Resync      string `json:"resync,omitempty"`
+	ResyncDone  uint64 `json:"resync_done_bytes,omitempty"`
+	ResyncTotal uint64 `json:"resync_total_bytes,omitempty"`
 }
 
 type stats struct {
@@ -266,6 +279,11 @@ type FsInfo struct {
 	fsErr atomic.Pointer[fsError]
 	// ilog is the intent log, nil without Options.IntentLogDir.
 	ilog *intentLog
+	// staleAtOpen are the devices the mount found behind the volume
+	// (resyncStale), for Stats.Resync.
+	staleAtOpen []raid.StaleDevice
+	// resyncDone is closed when a background resync ended (nil: none).
+	resyncDone chan struct{}
 }
 
 // Inode is struct btrfs_inode for the one file the device exposes.
@@ -334,7 +352,7 @@ func (fs *FsInfo) Inode() *Inode { return fs.inode }
 // Stats returns a snapshot of the counters (no kernel counterpart).
 func (fs *FsInfo) Stats() Stats {
 	s := &fs.stats
-	return Stats{
+	st := Stats{
 		OrderedCreated: s.orderedCreated.Load(), OrderedCompleted: s.orderedCompleted.Load(),
 		OrderedFailed: s.orderedFailed.Load(), OrderedBytesFinished: s.orderedBytesFinished.Load(),
 		AccountingBugs: s.accountingBugs.Load(), BounceBbios: s.bounceBbios.Load(),
@@ -347,7 +365,11 @@ func (fs *FsInfo) Stats() Stats {
 		VolatileWrites: s.volatileWrites.Load(), VolatileChecked: s.volatileChecked.Load(),
 		Commits: s.commits.Load(), CommitFailures: s.commitFailures.Load(),
 		ReadOnly: fs.readOnlyReason(),
+		Resync:   fs.resyncReport(),
 	}
+	pr := fs.Vol.ResyncProgress()
+	st.ResyncDone, st.ResyncTotal = pr.Done, pr.Total
+	return st
 }
 
 // readOnlyReason is FsError's cause for Stats, "" while writable.

@@ -215,7 +215,10 @@ type MetaCopyStatus struct {
 	Path   string
 	Index  int
 	Offset uint64
-	Err    error // nil: the copy is valid
+	Err    error // nil: the copy is valid (or Stale)
+	// Stale: the copy is on a device behind the volume, not read; the
+	// resync at the next mount, then its commit, rewrite it.
+	Stale bool
 	// Repaired is set when ScrubMeta rewrote the bad copy from a valid
 	// one and flushed its device; RepairErr says why it could not.
 	Repaired  bool
@@ -238,6 +241,10 @@ func readRootCopies(meta *raid.MetaArea, capacity uint64) (*metaImage, []byte, [
 	var raw []byte
 	var status []MetaCopyStatus
 	for _, c := range meta.ReadSlot(root.Slot, root.Bytes) {
+		if c.Stale {
+			status = append(status, MetaCopyStatus{Where: c.Where, Path: c.Path, Index: c.Index, Offset: c.Offset, Stale: true})
+			continue
+		}
 		dec, err := checkRootCopy(meta, c, capacity)
 		status = append(status, MetaCopyStatus{Where: c.Where, Path: c.Path, Index: c.Index, Offset: c.Offset, Err: err})
 		if err == nil && good == nil {
@@ -291,7 +298,8 @@ func loadRoot(meta *raid.MetaArea, capacity uint64) (*metaImage, []MetaCopyStatu
 // metadata is loaded, its i_size and inode flags win over opts (a differing
 // opts.Size is refused), and the allocator is rebuilt from the file
 // extents. Corrupt copies fall back to the others; with none valid the
-// open is refused and nothing is written.
+// open is refused and nothing is written. Devices that came back behind
+// the volume are resynced before it returns (resyncStale).
 func OpenFsInfo(vol *raid.Volume, opts Options) (*FsInfo, error) {
 	if vol == nil {
 		return nil, errors.New("btrfsdio: no volume")
@@ -311,6 +319,9 @@ func OpenFsInfo(vol *raid.Volume, opts Options) (*FsInfo, error) {
 			return nil, fmt.Errorf("btrfsdio: open_ctree: first commit: %w", err)
 		}
 		if err := fs.openIntents(); err != nil {
+			return nil, err
+		}
+		if err := fs.resyncStale(); err != nil {
 			return nil, err
 		}
 		return fs, nil
@@ -352,7 +363,79 @@ func OpenFsInfo(vol *raid.Volume, opts Options) (*FsInfo, error) {
 	if err := fs.openIntents(); err != nil {
 		return nil, err
 	}
+	if err := fs.resyncStale(); err != nil {
+		return nil, err
+	}
 	return fs, nil
+}
+
+// resyncStale brings the devices that came back behind the volume up to
+// date (raid.Volume.Resync), before the filesystem serves or, with
+// Options.ResyncInBackground, beside it, then commits, so that their
+// superblocks name the current generation and their metadata slot holds
+// the current root. A resync that fails leaves them stale: the volume runs
+// on the others, as degraded, and the open goes on.
+func (fs *FsInfo) resyncStale() error {
+	fs.staleAtOpen = fs.Vol.StaleDevices()
+	if len(fs.staleAtOpen) == 0 {
+		return nil
+	}
+	if fs.Opts.ResyncInBackground {
+		fs.resyncDone = make(chan struct{})
+		go func() {
+			defer close(fs.resyncDone)
+			if err := fs.resync(); err != nil {
+				fs.log.Errorf("BTRFS error: %v", err)
+			}
+		}()
+		return nil
+	}
+	return fs.resync()
+}
+
+// resync is resyncStale's work: the resync, then the commit that makes the
+// resynced devices current.
+func (fs *FsInfo) resync() error {
+	if err := fs.Vol.Resync(); err != nil {
+		fs.warnf("%v: running on the current devices only", err)
+		return nil
+	}
+	if err := fs.CommitTransaction(); err != nil {
+		return fmt.Errorf("btrfsdio: commit after the resync: %w", err)
+	}
+	return nil
+}
+
+// WaitResync waits for a background resync to end (Options.
+// ResyncInBackground; no kernel counterpart: md's sync_action idle) and
+// returns at once when none runs.
+func (fs *FsInfo) WaitResync() {
+	if fs.resyncDone != nil {
+		<-fs.resyncDone
+	}
+}
+
+// resyncReport is Stats.Resync: for every device stale at the mount, its
+// generation against the volume's and how its resync went.
+func (fs *FsInfo) resyncReport() string {
+	if len(fs.staleAtOpen) == 0 {
+		return ""
+	}
+	pr := fs.Vol.ResyncProgress()
+	var out []string
+	for _, d := range fs.staleAtOpen {
+		what := fmt.Sprintf("%s came back behind the volume (generation %d, the volume at %d)", d.Path, d.Generation, fs.Vol.Generation())
+		switch still := slices.ContainsFunc(fs.Vol.StaleDevices(), func(s raid.StaleDevice) bool { return s.Devid == d.Devid }); {
+		case !still:
+			what += fmt.Sprintf(": resynced (%d bytes)", pr.Total)
+		case pr.Err != nil:
+			what += fmt.Sprintf(": not read; its resync stopped at %d of %d bytes (%v); it is tried again at the next add", pr.Done, pr.Total, pr.Err)
+		default:
+			what += fmt.Sprintf(": not read; resyncing, %d of %d bytes done", pr.Done, pr.Total)
+		}
+		out = append(out, what)
+	}
+	return strings.Join(out, "; ")
 }
 
 // Generation is the last committed generation (fs_info->last_trans_committed).
@@ -362,9 +445,14 @@ func (fs *FsInfo) Generation() uint64 {
 	return fs.trans.generation
 }
 
-// Close is close_ctree: commit, then close the volume. The intent log
-// goes with a successful commit and stays for the next mount otherwise.
+// Close is close_ctree: stop a background resync, commit, then close the
+// volume. The intent log goes with a successful commit and stays for the
+// next mount otherwise.
 func (fs *FsInfo) Close() error {
+	if fs.resyncDone != nil { // stop a background resync first: its commit must not follow the close
+		fs.Vol.StopResync()
+		<-fs.resyncDone
+	}
 	cerr := fs.CommitTransaction()
 	cerr = errors.Join(cerr, fs.ilog.close(cerr == nil))
 	if err := fs.Vol.Close(); err != nil {

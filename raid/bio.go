@@ -276,7 +276,7 @@ func subIter(bio *blk.Bio, iter blk.BvecIter, off, n uint32) blk.BvecIter {
 // fails: noteDegraded says it once).
 func (v *Volume) submitDevBio(bio *blk.Bio, iter blk.BvecIter, s IOStripe) blk.BlkStatus {
 	if err := s.Dev.rwSegs(bio.Opf.Op(), s.Physical, bioSegs(bio, iter)); err != nil {
-		if !s.Dev.Missing() {
+		if !s.Dev.unreadable() {
 			v.log.Warnf("raid: %v", err)
 		}
 		return blk.StsIOErr
@@ -290,8 +290,13 @@ func (v *Volume) submitDevBio(bio *blk.Bio, iter blk.BvecIter, s IOStripe) blk.B
 // why a buffer modified in flight leaves mirrors that differ). The write
 // fails only if more stripes fail than bioc->max_errors, as
 // btrfs_orig_write_end_io and btrfs_clone_write_end_io count; a write that
-// missed copies within max_errors is degraded (noteDegraded).
+// missed copies within max_errors is degraded (noteDegraded). While stale
+// devices await Resync the write holds the regions' stripe locks.
 func (v *Volume) submitMirrored(o *origBio, p piece) {
+	unlock := func() {}
+	if v.resync.running.Load() { // keep Resync from copying under this write
+		unlock = v.lockRegions(p.ioc.Logical, uint64(p.bio.Iter.Size))
+	}
 	var failed, remaining atomic.Int32
 	remaining.Store(int32(len(p.ioc.Stripes)))
 	for _, s := range p.ioc.Stripes {
@@ -311,6 +316,7 @@ func (v *Volume) submitMirrored(o *origBio, p piece) {
 			case n > 0:
 				v.noteDegraded("write", p.ioc.Logical, n, len(p.ioc.Stripes), p.ioc.MaxErrors)
 			}
+			unlock()
 			o.pieceDone(p.bio, st)
 		}()
 	}

@@ -72,7 +72,13 @@ type Device struct {
 	blockDev bool
 	// missing is BTRFS_DEV_STATE_MISSING: no backing, every I/O fails.
 	missing bool
-	log     logrus.FieldLogger
+	// stale is set at open when the superblock's generation is behind the
+	// volume's (markStale): reads of the data chunk and metadata area fail
+	// (errStale) until a resync clears it; writes go through.
+	stale atomic.Bool
+	// superGen is the generation of the superblock read at open.
+	superGen uint64
+	log      logrus.FieldLogger
 
 	// faults[op] is the number of further ops of that kind to fail (<0:
 	// all), after skips[op] more succeed; see InjectFault.
@@ -418,6 +424,19 @@ func NewMissingDevice(devid, size uint64, log logrus.FieldLogger) *Device {
 // from NewMissingDevice.
 func (d *Device) Missing() bool { return d.missing }
 
+// errStale is what a read of a stale device's data or metadata fails with:
+// what it holds may be older than what the volume committed.
+var errStale = fmt.Errorf("device stale (behind the volume, not yet resynced): %w", syscall.EIO)
+
+// Stale reports whether the device came back behind the volume and is not
+// resynced yet (no kernel counterpart: btrfs has no such state; md's
+// "faulty, being recovered" member is the model). See Volume.Resync.
+func (d *Device) Stale() bool { return d.stale.Load() }
+
+// unreadable is a copy a read must not be mapped to: a missing device or a
+// stale one, whose reads fail alike.
+func (d *Device) unreadable() bool { return d.missing || d.stale.Load() }
+
 // account wraps one device operation of n bytes: it applies fault
 // injection, counts the operation, hands it to the recorder if one is
 // attached (src gives a write's bytes), and wraps the error with where it
@@ -435,6 +454,8 @@ func (d *Device) account(op blk.Op, off uint64, n int, src func() ([]byte, error
 	switch {
 	case d.missing:
 		err = errMissing
+	case op == blk.OpRead && off >= ReservedBytes && d.stale.Load():
+		err = errStale
 	case d.takeFault(op):
 		d.injected.Add(1)
 		err = errInjected

@@ -315,7 +315,8 @@ const AnyProfile Profile = -1
 // btrfs_read_chunk_tree): read every superblock, format the devices if all
 // are blank, otherwise insist they form one complete volume of the
 // expected profile, put them in devid order and lay the chunk out as it was
-// at format time.
+// at format time. It returns the newest superblock; a device whose
+// superblock is older missed commits and is stale (see Volume.Resync).
 func OpenVolume(devs []*Device, opts OpenOptions) (*Volume, *Superblock, error) {
 	if len(devs) == 0 {
 		return nil, nil, errors.New("raid: no devices to open")
@@ -359,7 +360,10 @@ func OpenVolume(devs []*Device, opts OpenOptions) (*Volume, *Superblock, error) 
 	}
 	opts.Volume.MaxDeviceBytes = sbs[0].ChunkDevBytes
 	v, err := NewVolume(ordered, sbs[0].Profile, opts.Volume)
-	return v, sbs[0], err
+	if err != nil {
+		return nil, nil, err
+	}
+	return v, v.markStale(devs, sbs), nil
 }
 
 // dropInvalid is btrfs_scan_one_device failing for a device when mounting

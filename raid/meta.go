@@ -40,6 +40,9 @@ type MetaCopy struct {
 	Offset uint64
 	Data   []byte
 	Err    error
+	// Stale is set, with no Data and no Err, for a copy on a stale device
+	// (Device.Stale): it is not read, since it may hold an older commit.
+	Stale bool
 }
 
 // OpenMetaArea is btrfs_read_dev_super for every device of v, as open_ctree
@@ -112,12 +115,17 @@ func (m *MetaArea) copyIndex(i int) int { return i % int(m.sbs[0].MetaCopies) }
 
 // ReadSlot reads the first n bytes of every copy of slot
 // (read_extent_buffer trying each mirror); each copy carries its own error.
+// Copies on stale devices are listed, marked Stale, but not read.
 func (m *MetaArea) ReadSlot(slot int, n uint64) []MetaCopy {
 	devs, offs := m.copyOffsets(slot)
 	out := make([]MetaCopy, len(devs))
 	for i, d := range devs {
 		out[i].Where = fmt.Sprintf("%s@%d", d.Path(), offs[i])
 		out[i].Path, out[i].Index, out[i].Offset = d.Path(), m.copyIndex(i), offs[i]
+		if d.Stale() {
+			out[i].Stale = true
+			continue
+		}
 		if n > m.SlotBytes() {
 			out[i].Err = fmt.Errorf("raid: metadata of %d bytes exceeds the %d-byte slot", n, m.SlotBytes())
 			continue
@@ -197,12 +205,14 @@ func (m *MetaArea) WriteSlot(slot int, b []byte) error {
 // good flush may be gone, so a superblock there must not claim the new
 // root), or whose superblock write fails, keep their older root; like
 // write_all_supers (max_errors = devices - 1), the commit stands once one
-// superblock holds the new root.
+// superblock holds the new root. So do stale devices (Device.Stale) until
+// Volume.Resync brought them up to date: the commit after it makes them
+// current, with the slot it just wrote to them.
 func (m *MetaArea) WriteSupers(root MetaRoot) error {
 	var errs []error
 	written := 0
 	for i, d := range m.devs {
-		if m.bad[d] || d.FlushFailed() { // it may have lost data the new root maps
+		if m.bad[d] || d.FlushFailed() || d.Stale() { // it may have lost, or never had, data the new root maps
 			continue
 		}
 		sb := *m.sbs[i]

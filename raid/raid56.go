@@ -116,7 +116,7 @@ func (r *rbio) readStripes(ranges []byteRange, failed []bool) []error {
 			defer wg.Done()
 			for _, rg := range ranges {
 				if err := s.Dev.readBuf(r.bufs[i][rg.lo:rg.hi], s.Physical+rg.lo); err != nil {
-					if !s.Dev.Missing() {
+					if !s.Dev.unreadable() {
 						r.v.log.Warnf("raid: raid56 read of stripe %d of full stripe %d: %v", i, r.ioc.FullStripeLogical, err)
 					}
 					errs[i] = err

@@ -190,7 +190,7 @@ func (v *Volume) scrubMirrors(sc *scrubCtx, start, end uint64) {
 		errs := readCopies(ioc, bufs, n)
 		var views []mirrorView
 		for k, s := range ioc.Stripes {
-			if errs[k] != nil && !s.Dev.Missing() {
+			if errs[k] != nil && !s.Dev.unreadable() {
 				rep.ReadErrors = append(rep.ReadErrors, ReadError{Logical: cur, Length: n, Mirror: k + 1,
 					Device: s.Dev.Path(), Physical: s.Physical, Err: errs[k]})
 			}
@@ -260,7 +260,7 @@ func (v *Volume) scrubRaid56(sc *scrubCtx, start, end uint64) {
 
 func (r *rbio) reportReadErrors(rep *ScrubReport, errs []error) {
 	for i, err := range errs {
-		if err == nil || r.ioc.Stripes[i].Dev.Missing() {
+		if err == nil || r.ioc.Stripes[i].Dev.unreadable() {
 			continue
 		}
 		re := ReadError{Logical: r.ioc.FullStripeLogical, Length: StripeLen, Device: r.ioc.Stripes[i].Dev.Path(),

@@ -91,7 +91,7 @@ func (sc *scrubCtx) repairMirrors(ioc *IOContext, logical, off uint64, views []m
 	}
 	var bad []badCopy
 	for k, s := range ioc.Stripes {
-		if errs[k] != nil && !s.Dev.Missing() {
+		if errs[k] != nil && !s.Dev.unreadable() {
 			bad = append(bad, badCopy{k + 1, "unreadable"})
 		}
 	}
@@ -144,7 +144,7 @@ func (sc *scrubCtx) repairColumn(r *rbio, rg byteRange, failed []bool, inRange f
 		logical := r.ioc.RaidMap[t] + rg.lo
 		want, hasSum := sc.lookup(logical)
 		switch {
-		case failed[t] && !r.ioc.Stripes[t].Dev.Missing():
+		case failed[t] && !r.ioc.Stripes[t].Dev.unreadable():
 			why[t] = "unreadable"
 		case failed[t]:
 		case hasSum && crc32.Checksum(col[t], castagnoli) != want:
@@ -229,7 +229,7 @@ func (sc *scrubCtx) repairParity(r *rbio, rg byteRange, col [][]byte, failed []b
 		name := [...]string{"P", "Q"}[i]
 		var why string
 		switch {
-		case s.Dev.Missing():
+		case s.Dev.unreadable():
 			continue
 		case failed[idx]:
 			why = "unreadable"

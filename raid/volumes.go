@@ -70,6 +70,11 @@ type Volume struct {
 	// degradedWrites counts writes that missed copies (noteDegraded).
 	degradedWrites atomic.Uint64
 
+	// generation is the newest superblock generation at open (markStale);
+	// resync is the bringing up to date of stale devices (Resync).
+	generation uint64
+	resync     resyncState
+
 	mu       sync.RWMutex
 	closed   bool
 	inflight sync.WaitGroup
@@ -265,7 +270,7 @@ func (v *Volume) MapBlock(op blk.Op, logical, length uint64, mirror int) (*IOCon
 	case v.profile.IsRaid56() && (op == blk.OpWrite || mirror > 1):
 		v.mapRaid56Full(ioc, &g, offset)
 	case v.profile.IsRaid56() && mirror == 0 && v.raid56DataMissing(offset):
-		g.mirror = 2 // rebuild from parity rather than ask a missing device
+		g.mirror = 2 // rebuild from parity rather than ask a missing or stale device
 		v.mapRaid56Full(ioc, &g, offset)
 	case v.profile.IsRaid56():
 		v.mapRaid56Read(&g)
@@ -330,13 +335,14 @@ func (v *Volume) maxIOLen(op blk.Op, offset uint64) uint64 {
 // the kernel's default pid-based one (BTRFS_READ_POLICY_PID): successive
 // reads go to successive copies, so that when copies differ, what a read
 // returns really depends on which copy answers. Like find_live_mirror it
-// skips copies on missing devices (chunk stripes first..first+copies-1);
-// when all are missing the policy's pick stands, and fails.
+// skips copies on missing devices, and on stale ones too (chunk stripes
+// first..first+copies-1); when all are skipped the policy's pick stands,
+// and fails.
 func (v *Volume) readPolicyMirror(first, copies int) int {
 	m := int((v.readRR.Add(1)-1)%uint64(copies)) + 1
 	for i := 0; i < copies; i++ {
 		c := (m-1+i)%copies + 1
-		if !v.devs[v.chunk.stripes[first+c-1].dev].Missing() {
+		if !v.devs[v.chunk.stripes[first+c-1].dev].unreadable() {
 			return c
 		}
 	}
@@ -344,13 +350,13 @@ func (v *Volume) readPolicyMirror(first, copies int) int {
 }
 
 // raid56DataMissing reports whether the data stripe holding chunk offset
-// lives on a missing device (the placement of mapRaid56Read).
+// lives on a missing or stale device (the placement of mapRaid56Read).
 func (v *Volume) raid56DataMissing(offset uint64) bool {
 	nd := uint64(v.DataStripes())
 	stripeNr := offset / StripeLen
 	full := stripeNr / nd
 	idx := (full + stripeNr%nd) % uint64(v.chunk.numStripes())
-	return v.devs[v.chunk.stripes[idx].dev].Missing()
+	return v.devs[v.chunk.stripes[idx].dev].unreadable()
 }
 
 // mapMirrored is map_blocks_dup / map_blocks_raid1.
@@ -485,6 +491,7 @@ func (v *Volume) Close() error {
 	if already {
 		return nil
 	}
+	v.StopResync() // a resync in flight ends at its next region; its devices stay stale
 	v.inflight.Wait()
 	var errs []error
 	for _, d := range v.devs {

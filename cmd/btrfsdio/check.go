@@ -68,9 +68,16 @@ func printCheck(w io.Writer, vol *raid.Volume, rep *btrfsdio.CheckReport, verbos
 	p := vol.Profile()
 	badSupers := printSuperCopies(w, rep.Supers)
 	bad := printMetaCopies(w, rep.MetaCopies)
+	stale := 0
+	for _, c := range rep.MetaCopies {
+		if c.Stale {
+			stale++
+		}
+	}
 	fmt.Fprintf(w, "check %s: generation %d, %d of %d superblock copies valid, %d of %d metadata copies valid, %d extents, %d bytes mapped, %d csums\n",
-		p, rep.Generation, len(rep.Supers)-badSupers, len(rep.Supers), len(rep.MetaCopies)-bad, len(rep.MetaCopies),
+		p, rep.Generation, len(rep.Supers)-badSupers, len(rep.Supers), len(rep.MetaCopies)-bad-stale, len(rep.MetaCopies)-stale,
 		rep.Extents, rep.MappedBytes, rep.CsumSectors)
+	printStale(w, vol, rep.Stale)
 	s := &rep.Scrub
 	fmt.Fprintf(w, "data: %d sectors scrubbed, %d differing, %d parity mismatches, %d csum errors, %d read errors\n",
 		s.SectorsChecked, len(s.Differences), len(s.ParityMismatches), len(s.CsumErrors), len(s.ReadErrors))
@@ -120,4 +127,13 @@ func repairOutcome(repaired bool, err error) string {
 		return fmt.Sprintf(": not repaired: %v", err)
 	}
 	return ""
+}
+
+// printStale names the devices behind the volume, which check and scrub
+// neither read nor repair: the next add resyncs them.
+func printStale(w io.Writer, vol *raid.Volume, stale []raid.StaleDevice) {
+	for _, d := range stale {
+		fmt.Fprintf(w, "device %s is behind the volume: generation %d, the volume is at %d; it missed writes, so its copies were not checked; "+
+			"not resynced yet: the next add copies the current data onto it\n", d.Path, d.Generation, vol.Generation())
+	}
 }

@@ -127,6 +127,9 @@ func printDevice(w io.Writer, st ublk.Status, run *runInfo) {
 	if st := run.Stats; st != nil && st.VolatileChecked > 0 {
 		fmt.Fprintf(w, "\tzero-copy writes changed in flight: %d of %d\n", st.VolatileWrites, st.VolatileChecked)
 	}
+	if st := run.Stats; st != nil && st.Resync != "" {
+		fmt.Fprintf(w, "\tresync: %s\n", st.Resync)
+	}
 	if st := run.Stats; st != nil && st.ReadOnly != "" {
 		fmt.Fprintf(w, "\tREAD-ONLY after a failure: %s\n\t(writes and flushes fail, reads work: del, check the images, then add again)\n", st.ReadOnly)
 	}

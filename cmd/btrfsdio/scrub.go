@@ -80,6 +80,7 @@ func runScrub(e *env, args []string) int {
 		return e.failf(code, "scrub: %v", res.err)
 	}
 	printScrub(e.stdout, vol, res.data, *repair, *verbose)
+	printStale(e.stdout, vol, vol.StaleDevices())
 	printScrubCopies(e.stdout, res, *repair)
 	if res.flushErr != nil {
 		return e.failf(exitScrubUnrepairable, "scrub: the repairs may not be on disk: %v", res.flushErr)

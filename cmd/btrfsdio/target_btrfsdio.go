@@ -149,6 +149,9 @@ func (f *btrfsFactory) Build() (ublk.Target, ublk.TargetParams, error) {
 		Mode: f.mode, Faithful: f.faithful, DataSum: f.datasum, NoCow: f.nocow, Log: log,
 		NoVolatileDetect: !f.detectVolatile, BouncePool: f.pool,
 		IntentLogDir: runDir(), ReplayStep: replayFault(log),
+		// Images that came back behind the volume are resynced while the
+		// device serves (list shows how far); reads never use them before.
+		ResyncInBackground: true,
 	})
 	if err != nil {
 		vol.Close()
