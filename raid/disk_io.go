@@ -343,7 +343,13 @@ func OpenVolume(devs []*Device, opts OpenOptions) (*Volume, *Superblock, error) 
 		}
 		opts.Volume.MaxDeviceBytes = sb.ChunkDevBytes
 		v, err := NewVolume(devs, opts.Profile, opts.Volume)
-		return v, sb, err
+		if err != nil {
+			return nil, nil, err
+		}
+		if err := v.formatBitmap(sb.Fsid); err != nil {
+			return nil, nil, err
+		}
+		return v, sb, nil
 	}
 	if opts.Degraded {
 		var err error
@@ -359,7 +365,13 @@ func OpenVolume(devs []*Device, opts OpenOptions) (*Volume, *Superblock, error) 
 	}
 	opts.Volume.MaxDeviceBytes = sbs[0].ChunkDevBytes
 	v, err := NewVolume(ordered, sbs[0].Profile, opts.Volume)
-	return v, sbs[0], err
+	if err != nil {
+		return nil, nil, err
+	}
+	if v.bitmap != nil {
+		v.bitmap.load(sbs[0].Fsid)
+	}
+	return v, sbs[0], nil
 }
 
 // dropInvalid is btrfs_scan_one_device failing for a device when mounting
