@@ -36,12 +36,12 @@ type BitmapConfig struct {
 // BitmapRow is one measurement: IOPS per round, with and without the
 // bitmap, and the durable bitmap updates the bitmap runs wrote.
 type BitmapRow struct {
-	FlushEvery   int
-	With         []float64
-	Without      []float64
-	Updates      []uint64
-	TotalWrites  int
-	WithMedian   float64
+	FlushEvery    int
+	With          []float64
+	Without       []float64
+	Updates       []uint64
+	TotalWrites   int
+	WithMedian    float64
 	WithoutMedian float64
 }
 
