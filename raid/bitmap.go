@@ -181,10 +181,9 @@ func (b *writeIntentBitmap) startWrite(logical, length uint64, overwrite bool) (
 	return &bitmapWrite{first, last}, need
 }
 
-// waitDurable blocks until modification need is on every present device
-// and flushed, writing it out itself when no one else is (the
-// md_bitmap_unplug a writer waits for). Concurrent writers share one
-// write-out.
+// waitDurable is md_bitmap_unplug for one writer: it blocks until
+// modification need is on every present device and flushed, writing it
+// out itself when no one else is. Concurrent writers share one write-out.
 func (b *writeIntentBitmap) waitDurable(need uint64) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -34,9 +34,9 @@ func (v *Volume) formatBitmap(fsid [16]byte) error {
 	return nil
 }
 
-// ResyncBitmap is md's bitmap-driven resync at assembly after an unclean
-// shutdown (md_do_sync over the regions md_bitmap_start_sync finds dirty),
-// for the mirrored profiles: every copy of every dirty region is read,
+// ResyncBitmap is md_do_sync as md runs it at assembly after an unclean
+// shutdown, over the regions the bitmap marks dirty, for the mirrored
+// profiles: every copy of every dirty region is read,
 // one is chosen sector by sector (the first copy verify accepts, else the
 // first readable one, as md takes the first mirror), written over the
 // copies that differ or failed to read, the devices flushed, and then the
