@@ -466,3 +466,28 @@ func TestBitmapResyncPicksVerifiedCopy(t *testing.T) {
 		}
 	}
 }
+
+// TestBitmapGeometry: regions are whole 64 KiB stripes, whole RAID10 rows
+// (one stripe of every mirror group) and whole RAID5/6 full stripes, and
+// grow by powers of two until the bits fit the area.
+func TestBitmapGeometry(t *testing.T) {
+	for _, c := range []struct {
+		p    Profile
+		unit uint64
+	}{{Dup, S}, {Raid1, S}, {Raid1C3, S}, {Raid10, 2 * S}, {Raid5, 3 * S}, {Raid6, 2 * S}} {
+		v := newVolume(t, c.p, 4<<20)
+		b := v.bitmap
+		if b.regionSize != c.unit || b.nbits != (v.Capacity()+c.unit-1)/c.unit {
+			t.Errorf("%s: %d regions of %d, want regions of %d", c.p, b.nbits, b.regionSize, c.unit)
+		}
+		// A chunk far larger than the bits can cover at the unit.
+		laid := v.chunk.length
+		v.chunk.length = bitmapMaxBits*c.unit*5 + 1
+		region, nbits := bitmapGeometry(v)
+		v.chunk.length = laid
+		if region != 8*c.unit || nbits > bitmapMaxBits || nbits*region < bitmapMaxBits*c.unit*5+1 {
+			t.Errorf("%s: a huge chunk gets %d regions of %d, want regions of %d within %d bits",
+				c.p, nbits, region, 8*c.unit, bitmapMaxBits)
+		}
+	}
+}
