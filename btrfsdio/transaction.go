@@ -321,6 +321,9 @@ func OpenFsInfo(vol *raid.Volume, opts Options) (*FsInfo, error) {
 		if err := fs.openIntents(); err != nil {
 			return nil, err
 		}
+		if err := fs.resyncBitmap(); err != nil {
+			return nil, err
+		}
 		if err := fs.resyncStale(); err != nil {
 			return nil, err
 		}
@@ -363,6 +366,9 @@ func OpenFsInfo(vol *raid.Volume, opts Options) (*FsInfo, error) {
 	if err := fs.openIntents(); err != nil {
 		return nil, err
 	}
+	if err := fs.resyncBitmap(); err != nil {
+		return nil, err
+	}
 	if err := fs.resyncStale(); err != nil {
 		return nil, err
 	}
@@ -402,6 +408,28 @@ func (fs *FsInfo) resync() error {
 	}
 	if err := fs.CommitTransaction(); err != nil {
 		return fmt.Errorf("btrfsdio: commit after the resync: %w", err)
+	}
+	return nil
+}
+
+// resyncBitmap runs the RAID layer's write-intent bitmap resync at the end
+// of open_ctree, once the csums are loaded and the intent log replayed and
+// before anything is served (no btrfs counterpart: btrfs has no bitmap; md
+// resyncs the dirty regions at assembly). The csum tree tells a good copy
+// from a bad one where the data has checksums.
+func (fs *FsInfo) resyncBitmap() error {
+	n, err := fs.Vol.ResyncBitmap(func(logical uint64, data []byte) (ok, known bool) {
+		sum, found := fs.csums.lookup(logical)
+		if !found {
+			return false, false
+		}
+		return csumData(data) == sum, true
+	})
+	if err != nil {
+		return fmt.Errorf("btrfsdio: open_ctree: write-intent bitmap resync: %w", err)
+	}
+	if n > 0 {
+		fs.log.Infof("BTRFS info: write-intent bitmap: resynced %d dirty regions after an unclean shutdown", n)
 	}
 	return nil
 }

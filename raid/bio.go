@@ -236,18 +236,48 @@ func (v *Volume) submitChunks(o *origBio, mirror int) {
 
 // submitPiece is the tail of btrfs_submit_chunk: RAID5/6 writes and
 // recovery reads go to raid56, one-stripe I/O to btrfs_submit_dev_bio,
-// mirrored writes to btrfs_submit_mirrored_bio.
+// mirrored writes to btrfs_submit_mirrored_bio. A write first takes its
+// regions in the write-intent bitmap (md_bitmap_startwrite); when a bit
+// had to be set, the piece waits on its own goroutine until the bitmap
+// is durable, so no device sees the write before its bit.
 func (v *Volume) submitPiece(o *origBio, p piece) {
+	if p.bio.Opf.Op() != blk.OpWrite {
+		v.issuePiece(o, p, nil)
+		return
+	}
+	w, need := v.bitmap.startWrite(p.ioc.Logical, uint64(p.bio.Iter.Size), p.bio.Opf&blk.ReqOverwrite != 0)
+	if need == 0 {
+		v.issuePiece(o, p, w)
+		return
+	}
+	go func() {
+		if err := v.bitmap.waitDurable(need); err != nil {
+			v.log.Errorf("raid: write at %d: %v", p.ioc.Logical, err)
+			v.bitmap.endWrite(w, false)
+			o.pieceDone(p.bio, blk.StsIOErr)
+			return
+		}
+		v.issuePiece(o, p, w)
+	}()
+}
+
+// issuePiece sends a mapped piece to its devices; w is its bitmap hold,
+// released (md_bitmap_endwrite) before the piece completes.
+func (v *Volume) issuePiece(o *origBio, p piece, w *bitmapWrite) {
+	done := func(st blk.BlkStatus) {
+		v.bitmap.endWrite(w, st == blk.StsOK)
+		o.pieceDone(p.bio, st)
+	}
 	op := p.bio.Opf.Op()
 	switch {
 	case v.profile.IsRaid56() && op == blk.OpWrite:
-		go func() { o.pieceDone(p.bio, v.raid56Write(p.bio, p.ioc)) }()
+		go func() { done(v.raid56Write(p.bio, p.ioc)) }()
 	case v.profile.IsRaid56() && p.ioc.MirrorNum > 1:
-		go func() { o.pieceDone(p.bio, v.raid56Recover(p.bio, p.ioc)) }()
+		go func() { done(v.raid56Recover(p.bio, p.ioc)) }()
 	case len(p.ioc.Stripes) == 1:
-		go func() { o.pieceDone(p.bio, v.submitDevBio(p.bio, p.bio.Iter, p.ioc.Stripes[0])) }()
+		go func() { done(v.submitDevBio(p.bio, p.bio.Iter, p.ioc.Stripes[0])) }()
 	default:
-		v.submitMirrored(o, p)
+		v.submitMirrored(o, p, w)
 	}
 }
 
@@ -292,7 +322,7 @@ func (v *Volume) submitDevBio(bio *blk.Bio, iter blk.BvecIter, s IOStripe) blk.B
 // btrfs_orig_write_end_io and btrfs_clone_write_end_io count; a write that
 // missed copies within max_errors is degraded (noteDegraded). While stale
 // devices await Resync the write holds the regions' stripe locks.
-func (v *Volume) submitMirrored(o *origBio, p piece) {
+func (v *Volume) submitMirrored(o *origBio, p piece, w *bitmapWrite) {
 	unlock := func() {}
 	if v.resync.running.Load() { // keep Resync from copying under this write
 		unlock = v.lockRegions(p.ioc.Logical, uint64(p.bio.Iter.Size))
@@ -317,6 +347,7 @@ func (v *Volume) submitMirrored(o *origBio, p piece) {
 				v.noteDegraded("write", p.ioc.Logical, n, len(p.ioc.Stripes), p.ioc.MaxErrors)
 			}
 			unlock()
+			v.bitmap.endWrite(w, failed.Load() == 0) // a copy that failed keeps its bit
 			o.pieceDone(p.bio, st)
 		}()
 	}

@@ -344,7 +344,13 @@ func OpenVolume(devs []*Device, opts OpenOptions) (*Volume, *Superblock, error) 
 		}
 		opts.Volume.MaxDeviceBytes = sb.ChunkDevBytes
 		v, err := NewVolume(devs, opts.Profile, opts.Volume)
-		return v, sb, err
+		if err != nil {
+			return nil, nil, err
+		}
+		if err := v.formatBitmap(sb.Fsid); err != nil {
+			return nil, nil, err
+		}
+		return v, sb, nil
 	}
 	if opts.Degraded {
 		var err error
@@ -362,6 +368,9 @@ func OpenVolume(devs []*Device, opts OpenOptions) (*Volume, *Superblock, error) 
 	v, err := NewVolume(ordered, sbs[0].Profile, opts.Volume)
 	if err != nil {
 		return nil, nil, err
+	}
+	if v.bitmap != nil {
+		v.bitmap.load(sbs[0].Fsid)
 	}
 	return v, v.markStale(devs, sbs), nil
 }

@@ -17,6 +17,7 @@ import (
 // per device (two on a single device, like the DUP metadata profile). The
 // content is opaque here.
 type MetaArea struct {
+	v    *Volume
 	devs []*Device        // the devices present (a degraded volume's missing ones hold nothing)
 	sbs  []*Superblock    // devs[i]'s newest superblock
 	bad  map[*Device]bool // devices whose copy of the slot being committed failed
@@ -50,7 +51,7 @@ type MetaCopy struct {
 // metadata to every device before any superblock, so a crash between two
 // superblocks leaves the newest one pointing to metadata that is whole.
 func OpenMetaArea(v *Volume) (*MetaArea, error) {
-	m := &MetaArea{}
+	m := &MetaArea{v: v}
 	for _, d := range v.Devices() {
 		if !d.Missing() {
 			m.devs = append(m.devs, d)
@@ -81,6 +82,7 @@ func OpenMetaArea(v *Volume) (*MetaArea, error) {
 			m.root = MetaRoot{Generation: sb.Generation, Slot: int(sb.RootSlot), Bytes: sb.RootBytes}
 		}
 	}
+	v.noteCommitted(m.root.Generation)
 	return m, nil
 }
 
@@ -177,6 +179,7 @@ func (m *MetaArea) WriteSlot(slot int, b []byte) error {
 	copy(buf, b)
 	devs, offs := m.copyOffsets(slot)
 	m.bad = map[*Device]bool{}
+	epoch := m.v.bitmap.barrierBegin() // the data writes completed before it are flushed below
 	var errs []error
 	for i, d := range devs {
 		if err := d.writeBuf(buf, offs[i]); err != nil {
@@ -195,6 +198,9 @@ func (m *MetaArea) WriteSlot(slot int, b []byte) error {
 	}
 	if len(m.bad) == len(m.devs) {
 		return errors.Join(errs...)
+	}
+	if len(m.bad) == 0 && barriers {
+		m.v.bitmap.barrierDone(epoch)
 	}
 	return nil
 }
@@ -228,5 +234,6 @@ func (m *MetaArea) WriteSupers(root MetaRoot) error {
 		return fmt.Errorf("raid: committing generation %d: no superblock written: %w", root.Generation, errors.Join(errs...))
 	}
 	m.root = root
+	m.v.noteCommitted(root.Generation)
 	return nil
 }

@@ -34,6 +34,9 @@ type VolumeOptions struct {
 	// MaxDeviceBytes, when non-zero, caps how much of each device the chunk
 	// uses (measured from the device start, reserved MiB included).
 	MaxDeviceBytes uint64
+	// NoBitmap leaves the write-intent bitmap out (bitmap.go): only to
+	// measure what it costs; a crash then leaves mirrors that differ.
+	NoBitmap bool
 }
 
 // chunkStripe is struct btrfs_io_stripe in a chunk map: where one stripe
@@ -69,6 +72,8 @@ type Volume struct {
 
 	// degradedWrites counts writes that missed copies (noteDegraded).
 	degradedWrites atomic.Uint64
+	// bitmap is the write-intent bitmap; nil with NoBitmap.
+	bitmap *writeIntentBitmap
 
 	// generation is the newest superblock generation at open (markStale);
 	// resync is the bringing up to date of stale devices (Resync).
@@ -144,6 +149,9 @@ func NewVolume(devs []*Device, p Profile, opts VolumeOptions) (*Volume, error) {
 	v := &Volume{devs: devs, profile: p, attr: a, log: log}
 	v.chunk = layoutChunk(len(devs), a, stripeSize)
 	v.chunk.length = stripeSize * uint64(dataStripes(p, v.chunk.numStripes()))
+	if !opts.NoBitmap {
+		v.bitmap = newBitmap(v)
+	}
 	log.WithFields(logrus.Fields{"profile": p.String(), "devices": len(devs), "stripe_size": stripeSize,
 		"capacity": v.chunk.length}).Debug("raid: data chunk laid out")
 	return v, nil
@@ -436,6 +444,7 @@ func (v *Volume) mapRaid56Full(ioc *IOContext, g *ioGeometry, offset uint64) {
 // when more devices failed than the profile tolerates
 // (btrfs_check_rw_degradable); then all errors are joined.
 func (v *Volume) Flush() error {
+	epoch := v.bitmap.barrierBegin()
 	errs := make([]error, len(v.devs))
 	var wg sync.WaitGroup
 	for i, d := range v.devs {
@@ -467,7 +476,9 @@ func (v *Volume) Flush() error {
 	}
 	if failed > 0 {
 		v.noteDegraded("flush", 0, failed, len(v.devs), v.attr.toleratedFailures)
+		return nil
 	}
+	v.bitmap.barrierDone(epoch)
 	return nil
 }
 

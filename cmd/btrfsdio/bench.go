@@ -14,7 +14,7 @@ func init() {
 	registerCommand(&command{
 		name:    "bench",
 		summary: "in-process benchmark: the seed's table (zero-copy, pooled bounce, the seed's bounce; nodatasum vs datasum) next to the raw backing file, then peak RSS and allocations under a QD32 load",
-		usage:   "[--profile P] [--size BYTES] [--bs BYTES] [--rounds N] [--bounce-pool SIZE] [--qd N] [--qd-size BYTES] [--dir DIR] [--json FILE] [--svg FILE]",
+		usage:   "[--profile P] [--size BYTES] [--bs BYTES] [--rounds N] [--bounce-pool SIZE] [--qd N] [--qd-size BYTES] [--dir DIR] [--json FILE] [--svg FILE] | --bitmap [--profile P] [--rounds N] [--qd N] [--bitmap-file BYTES] [--bitmap-writes N] [--bitmap-flush-every N]",
 		run:     runBench,
 	})
 }
@@ -32,12 +32,19 @@ func runBench(e *env, args []string) int {
 	pool := fs.String("bounce-pool", "32M", "pooled bounce mode: bytes of bounce memory held at once (at least 1M)")
 	qd := fs.Int("qd", 32, "submitters of the memory load (0: skip it)")
 	qdSize := fs.String("qd-size", "256M", "bytes written and read per mode under the memory load")
+	bitmap := fs.Bool("bitmap", false, "instead of the matrix: the write-intent bitmap's cost, random 4 KiB NODATACOW overwrites with and without it")
+	bitmapFile := fs.String("bitmap-file", "64M", "--bitmap: file size")
+	bitmapWrites := fs.Int("bitmap-writes", 20000, "--bitmap: timed writes per pass")
+	bitmapFlush := fs.Int("bitmap-flush-every", 32, "--bitmap: a second row with a FLUSH after this many writes per submitter (0: none)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
 	p, err := raid.ParseProfile(*profile)
 	if err != nil {
 		return e.failf(exitUsage, "bench: --profile: %v", err)
+	}
+	if *bitmap {
+		return runBitmapBench(e, p, *dir, *bitmapFile, *bitmapWrites, *qd, *bitmapFlush, *rounds)
 	}
 	n, err := parseSize(*size)
 	if err != nil {
@@ -82,6 +89,24 @@ func runBench(e *env, args []string) int {
 			return e.failf(exitFail, "bench: %v", err)
 		}
 	}
+	return exitOK
+}
+
+// runBitmapBench is bench --bitmap: the write-intent bitmap's cost.
+func runBitmapBench(e *env, p raid.Profile, dir, file string, writes, qd, flushEvery, rounds int) int {
+	n, err := parseSize(file)
+	if err != nil {
+		return e.failf(exitUsage, "bench: --bitmap-file: %v", err)
+	}
+	cfg := bench.BitmapConfig{Dir: dir, Profile: p, File: n, Writes: writes, QD: max(qd, 1), FlushEvery: flushEvery, Rounds: rounds}
+	rows, err := bench.RunBitmap(cfg, func(round, rounds int, what string) {
+		fmt.Fprintf(e.stderr, "\rbench: round %d/%d: %-36s", round, rounds, what)
+	})
+	fmt.Fprintln(e.stderr)
+	if err != nil {
+		return e.failf(exitFail, "%v", err)
+	}
+	bench.WriteBitmapTable(e.stdout, cfg, rows)
 	return exitOK
 }
 

@@ -20,9 +20,10 @@ func main() {
 	requests := flag.Int("requests", 32, "requests in each scenario's workload")
 	minCuts := flag.Int("cuts", 40, "fewest cut points per scenario")
 	jobs := flag.Int("j", runtime.NumCPU(), "scenarios run at once")
+	noBitmap := flag.Bool("no-bitmap", false, "run without the write-intent bitmap (shows what it prevents)")
 	maxCuts := flag.Int("maxcuts", 0, "sample the flush cut points of a scenario down to this many (0: every flush)")
 	flag.Usage = func() {
-		fmt.Fprintf(flag.CommandLine.Output(), "usage: powercut [-seed N] [-scenario NAME] [-requests N] [-cuts N] [-maxcuts N] [-j N]\n")
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: powercut [-seed N] [-scenario NAME] [-requests N] [-cuts N] [-maxcuts N] [-no-bitmap] [-j N]\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -39,14 +40,18 @@ func main() {
 		}
 		list = []powercut.Scenario{s}
 	}
-	cfg := powercut.Config{Seed: *seed, DevSize: 16 << 20, Requests: *requests, MinCuts: *minCuts, MaxCuts: *maxCuts}
+	cfg := powercut.Config{Seed: *seed, DevSize: 16 << 20, Requests: *requests, MinCuts: *minCuts, MaxCuts: *maxCuts, NoBitmap: *noBitmap}
 	sum := powercut.Report(os.Stdout, list, cfg, *jobs, func(s powercut.Scenario, seed uint64) string {
 		env := "" // make powercut GOFLAGS=-tags=nobarrier: the replay needs the same build
 		if g := os.Getenv("GOFLAGS"); g != "" {
 			env = fmt.Sprintf("GOFLAGS=%q ", g)
 		}
-		return fmt.Sprintf("%sgo run ./cmd/powercut -seed %d -scenario %s -requests %d -cuts %d -maxcuts %d",
-			env, seed, s.Name(), *requests, *minCuts, *maxCuts)
+		nb := ""
+		if *noBitmap {
+			nb = " -no-bitmap"
+		}
+		return fmt.Sprintf("%sgo run ./cmd/powercut -seed %d -scenario %s -requests %d -cuts %d -maxcuts %d%s",
+			env, seed, s.Name(), *requests, *minCuts, *maxCuts, nb)
 	})
 	fmt.Println(sum.Line())
 	if sum.Failures > 0 {

@@ -32,6 +32,9 @@ type Config struct {
 	// os.TempDir(); only the speed depends on it: flushes are fdatasync on
 	// the recorded images, which tmpfs makes free).
 	Dir string
+	// NoBitmap runs without the RAID layer's write-intent bitmap, to show
+	// what it prevents: NOCOW mirrors then keep copies that differ.
+	NoBitmap bool
 }
 
 // Result is what one scenario's run found.
@@ -96,7 +99,7 @@ func Run(s Scenario, cfg Config) *Result {
 		crng := rand.New(rand.NewPCG(s.seed(cfg.Seed), uint64(2+i)))
 		pol := choosePolicy(crng)
 		where := fmt.Sprintf("cut %d (event %d of %d, %s)", i, cut, lg.Len(), pol)
-		switch copies, other := checkCut(s, lg, m, cut, pol, crng, crashDir); {
+		switch copies, other := checkCut(s, cfg, lg, m, cut, pol, crng, crashDir); {
 		case other != "":
 			res.Failures = append(res.Failures, fmt.Sprintf("%s: %s", where, strings.TrimPrefix(copies+"; "+other, "; ")))
 		case copies != "":
@@ -124,7 +127,7 @@ func record(s Scenario, cfg Config, rng *rand.Rand, dir string) (*Log, *model, i
 		devs = append(devs, d)
 	}
 	lg := NewLog(devs)
-	vol, _, err := raid.OpenVolume(devs, raid.OpenOptions{Profile: s.Profile, Volume: raid.VolumeOptions{Logger: quiet()}})
+	vol, _, err := raid.OpenVolume(devs, raid.OpenOptions{Profile: s.Profile, Volume: raid.VolumeOptions{Logger: quiet(), NoBitmap: cfg.NoBitmap}})
 	if err != nil {
 		for _, d := range devs {
 			d.Close()
@@ -249,7 +252,7 @@ func choosePolicy(rng *rand.Rand) Policy {
 // the device holds what the model allows. It returns what broke: copies
 // when only the copies or parity of committed data disagree, other for
 // everything else.
-func checkCut(s Scenario, lg *Log, m *model, cut int, pol Policy, rng *rand.Rand, dir string) (copies, other string) {
+func checkCut(s Scenario, cfg Config, lg *Log, m *model, cut int, pol Policy, rng *rand.Rand, dir string) (copies, other string) {
 	paths, err := lg.Crash(cut, pol, rng, dir)
 	if err != nil {
 		return "", err.Error()
@@ -266,7 +269,7 @@ func checkCut(s Scenario, lg *Log, m *model, cut int, pol Policy, rng *rand.Rand
 		}
 		devs = append(devs, d)
 	}
-	vol, _, err := raid.OpenVolume(devs, raid.OpenOptions{Profile: s.Profile, Volume: raid.VolumeOptions{Logger: quiet()}})
+	vol, _, err := raid.OpenVolume(devs, raid.OpenOptions{Profile: s.Profile, Volume: raid.VolumeOptions{Logger: quiet(), NoBitmap: cfg.NoBitmap}})
 	if err != nil {
 		for _, d := range devs {
 			d.Close()
@@ -278,12 +281,24 @@ func checkCut(s Scenario, lg *Log, m *model, cut int, pol Policy, rng *rand.Rand
 	if err != nil {
 		return "", fmt.Sprintf("check failed: %v", err)
 	}
-	copies, other = damage(rep)
+	// Copies that differ here are what the mount's write-intent bitmap
+	// resync repairs (md resyncs at assembly): the copies' agreement is
+	// judged by a second check after the mount, everything else by both.
+	_, other = damage(rep)
 	opts := s.options()
 	opts.Log = quiet()
 	fs, err := btrfsdio.OpenFsInfo(vol, opts)
 	if err != nil {
+		copies, _ = damage(rep)
 		return copies, strings.TrimPrefix(other+"; mount refused: "+err.Error(), "; ")
+	}
+	after, err := btrfsdio.Check(vol)
+	if err != nil {
+		return "", strings.TrimPrefix(other+"; check after the mount failed: "+err.Error(), "; ")
+	}
+	copies, otherAfter := damage(after)
+	if otherAfter != "" && otherAfter != other {
+		other = strings.TrimPrefix(other+"; after the mount: "+otherAfter, "; ")
 	}
 	if msg := compare(&target.Btrfs{FS: fs}, m, cut, s.Kind == NoCow); msg != "" {
 		other = strings.TrimPrefix(other+"; "+msg, "; ")

@@ -19,12 +19,6 @@ var ExpectedFailures = []struct {
 	Reason   string
 }{
 	{
-		Profiles: []raid.Profile{raid.Dup, raid.Raid1, raid.Raid1C3, raid.Raid1C4, raid.Raid10},
-		Kinds:    []Kind{NoCow},
-		Reason: "issue 14 point 1: a NODATACOW write overwrites every mirror in place, each from its own goroutine; " +
-			"a cut between them leaves copies that differ, and nothing resyncs them (no write-intent bitmap)",
-	},
-	{
 		Profiles: []raid.Profile{raid.Raid5, raid.Raid6},
 		Kinds:    []Kind{Cow, CowDataSum, NoCow},
 		Reason: "issue 14 point 1: the RAID5/6 write hole: a partial-stripe write updates data and parity in place " +
