@@ -310,4 +310,10 @@ func TestFailedFlushOnOneMirror(t *testing.T) {
 	if got := pf.readAll(t); !bytes.Equal(got[:len(a)], a) || !bytes.Equal(got[mib:mib+len(a)], a) {
 		t.Fatal("flushed data lost")
 	}
+	// What the device took before its flush failed may be gone, and the
+	// write-intent bitmap has no bits for those COW writes: it must have
+	// given up its history, so the resync covered the whole chunk.
+	if pr := pf.Vol.ResyncProgress(); pr.Total != pf.Vol.Capacity() || pr.Done != pr.Total {
+		t.Fatalf("resync of the device whose flush failed: %+v, want the whole %d-byte chunk", pr, pf.Vol.Capacity())
+	}
 }

@@ -74,6 +74,7 @@ type writeIntentBitmap struct {
 	dirty      []bool   // bit blocks changed since written
 	clearedGen []uint64 // per bit block
 	needInit   bool     // no header on disk yet: the next write-out writes every block
+	history    bool     // a valid copy was loaded: the bits cover writes since ClearedGen
 	events     uint64
 	modSeq     uint64 // bumped by every change of the bits
 	writtenSeq uint64 // every change <= it is written
@@ -466,6 +467,53 @@ func (b *writeIntentBitmap) load(fsid [16]byte) {
 			b.regions[r] = &bitmapRegion{sticky: true}
 		}
 	}
+	b.history = valid > 0
+}
+
+// forfeitHistory is md's "bitmap no longer covers this member" case: a
+// present device lost writes the bits do not record (a copy of a write
+// that needed no bit failed, or a flush failed, so what it took since the
+// last barrier may be gone). ClearedGen moves past the committed generation,
+// so BitmapDirty tells a device at that generation or older to resync in
+// full. The change is written out unflushed: the next barrier, which comes
+// before any superblock that could leave such a device behind, makes it
+// durable.
+func (b *writeIntentBitmap) forfeitHistory() {
+	if b == nil {
+		return
+	}
+	gen := b.committedGen.Load() + 1
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	changed := false
+	for i := range b.clearedGen {
+		if b.clearedGen[i] < gen {
+			b.clearedGen[i], b.dirty[i], changed = gen, true, true
+		}
+	}
+	if !changed {
+		return
+	}
+	b.modSeq++
+	if err := b.sync(b.modSeq, false); err != nil {
+		b.v.log.Warnf("raid: write-intent bitmap: %v (a device that failed now may get a partial resync)", err)
+	}
+}
+
+// resynced is md_bitmap_close_sync: Resync brought every stale device up
+// to date, so the bits kept for them (sticky) go at the next barrier like
+// any other, once nothing else keeps the volume out of sync.
+func (b *writeIntentBitmap) resynced() {
+	if b == nil || !b.v.inSync() {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, reg := range b.regions {
+		if reg.inflight == 0 {
+			reg.sticky = false
+		}
+	}
 }
 
 func (b *writeIntentBitmap) checkHeader(h []byte) error {
@@ -504,15 +552,15 @@ func (b *writeIntentBitmap) mergeBlock(i int, h []byte) {
 
 // inSync reports whether every device holds every write the volume
 // acknowledged: none missing, none whose flush failed, no write or barrier
-// that missed a copy (noteDegraded). While it is false every write sets
-// its bits and no bit is cleared (md's degraded array). Later kinds of
-// staleness (a device that comes back behind the others) belong here.
+// that missed a copy (noteDegraded), none stale (behind the volume until
+// Resync). While it is false every write sets its bits and no bit is
+// cleared (md's degraded array).
 func (v *Volume) inSync() bool {
 	if v.degradedWrites.Load() != 0 {
 		return false
 	}
 	for _, d := range v.devs {
-		if d.Missing() || d.FlushFailed() {
+		if d.Missing() || d.FlushFailed() || d.Stale() {
 			return false
 		}
 	}

@@ -17,6 +17,10 @@ type SectorVerifier func(logical uint64, data []byte) (ok, known bool)
 // resyncChunk bounds the buffers of one resync step per copy.
 const resyncChunk = 1 << 20
 
+// errStaleCopy stands for a stale device's copy, which the bitmap resync
+// neither reads nor writes.
+var errStaleCopy = errors.New("stale copy")
+
 // formatBitmap writes an empty bitmap to every device of a volume just
 // formatted (mkfs's part of md's bitmap creation).
 func (v *Volume) formatBitmap(fsid [16]byte) error {
@@ -117,6 +121,11 @@ func (v *Volume) resyncRange(lo, n uint64, verify SectorVerifier) (int, error) {
 			bufs[i] = blk.AlignedBuffer(int(mapLen))
 		}
 		errs := readCopies(ioc, bufs, mapLen)
+		for c, s := range ioc.Stripes {
+			if s.Dev.Stale() { // Resync brings it up to date from the copies made to agree here
+				errs[c] = errStaleCopy
+			}
+		}
 		stale := make([]bool, len(bufs))
 		for off := uint64(0); off < mapLen; off += SectorSize {
 			k := chooseCopy(cur+off, bufs, errs, off, verify)
@@ -135,7 +144,7 @@ func (v *Volume) resyncRange(lo, n uint64, verify SectorVerifier) (int, error) {
 		}
 		var werrs []error
 		for c, s := range ioc.Stripes {
-			if stale[c] && !s.Dev.Missing() {
+			if stale[c] && !s.Dev.unreadable() {
 				if err := s.Dev.writeBuf(bufs[c], s.Physical); err != nil {
 					werrs = append(werrs, err)
 				}

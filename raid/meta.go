@@ -199,6 +199,9 @@ func (m *MetaArea) WriteSlot(slot int, b []byte) error {
 	if len(m.bad) == len(m.devs) {
 		return errors.Join(errs...)
 	}
+	if len(m.bad) > 0 {
+		m.v.bitmap.forfeitHistory() // before WriteSupers leaves the bad devices behind
+	}
 	if len(m.bad) == 0 && barriers {
 		m.v.bitmap.barrierDone(epoch)
 	}

@@ -68,14 +68,27 @@ func (v *Volume) markStale(devs []*Device, sbs []*Superblock) *Superblock {
 }
 
 // staleRanges is the one place that says what a device last current at
-// generation devGen may hold stale: logical ranges of the data chunk.
-// Today that is the whole chunk. A write-intent bitmap (md's) can later
-// answer "only the regions written since devGen"; Resync copies what this
-// returns and nothing else, so the bitmap must cover every write of every
-// generation after devGen, including writes that never committed.
+// generation devGen may hold stale: logical ranges of the data chunk. The
+// write-intent bitmap answers when it can (md's bitmap-based recovery):
+// bits are never cleared while a device is missing, stale or failed, so a
+// device whose generation is at least the bitmap's ClearedGen missed only
+// the regions still dirty. Otherwise (an image from before the bitmap, a
+// bitmap that forfeited its history, a device older than the last clearing)
+// it is the whole chunk.
 func (v *Volume) staleRanges(devGen uint64) []byteRange {
-	_ = devGen // every generation needs the whole chunk until a bitmap says otherwise
-	return []byteRange{{v.chunk.start, v.chunk.start + v.chunk.length}}
+	whole := []byteRange{{v.chunk.start, v.chunk.start + v.chunk.length}}
+	if v.bitmap == nil || !v.bitmap.history {
+		return whole
+	}
+	dirty, clearedGen := v.BitmapDirty()
+	if devGen < clearedGen {
+		return whole
+	}
+	ranges := make([]byteRange, 0, len(dirty))
+	for _, r := range dirty {
+		ranges = append(ranges, byteRange{v.chunk.start + r.Logical, v.chunk.start + r.Logical + r.Length})
+	}
+	return ranges
 }
 
 // StaleDevice is a device that came back behind the volume.
@@ -312,6 +325,9 @@ func (v *Volume) finishResync() error {
 		}
 		d.stale.Store(false)
 		v.log.Infof("raid: %s resynced: current again from the next commit", d.Path())
+	}
+	if len(errs) == 0 {
+		v.bitmap.resynced()
 	}
 	return errors.Join(errs...)
 }

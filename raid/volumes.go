@@ -459,7 +459,7 @@ func (v *Volume) Flush() error {
 		}()
 	}
 	wg.Wait()
-	failed := 0
+	failed, presentFailed := 0, false
 	for i, d := range v.devs {
 		switch {
 		case errs[i] != nil && !d.Missing():
@@ -469,7 +469,11 @@ func (v *Volume) Flush() error {
 		}
 		if errs[i] != nil {
 			failed++
+			presentFailed = presentFailed || !d.Missing()
 		}
+	}
+	if presentFailed { // what they took since the last barrier may be gone
+		v.bitmap.forfeitHistory()
 	}
 	if failed > v.attr.toleratedFailures {
 		return errors.Join(errs...)
