@@ -333,9 +333,6 @@ func (v *Volume) submitMirrored(o *origBio, p piece, w *bitmapWrite) {
 		go func() {
 			if v.submitDevBio(p.bio, p.bio.Iter, s) != blk.StsOK {
 				failed.Add(1)
-				if w == nil && !s.Dev.Missing() { // no bit records what this device missed
-					v.bitmap.forfeitHistory()
-				}
 			}
 			if remaining.Add(-1) != 0 {
 				return

@@ -471,9 +471,9 @@ func (b *writeIntentBitmap) load(fsid [16]byte) {
 }
 
 // forfeitHistory is md's "bitmap no longer covers this member" case: a
-// present device lost writes the bits do not record (a copy of a write
-// that needed no bit failed, or a flush failed, so what it took since the
-// last barrier may be gone). ClearedGen moves past the committed generation,
+// present device's flush failed, so what it took since the last barrier
+// may be gone, COW writes included, which set no bits; it will come back
+// behind the volume (its superblock is not written again). ClearedGen moves past the committed generation,
 // so BitmapDirty tells a device at that generation or older to resync in
 // full. The change is written out unflushed: the next barrier, which comes
 // before any superblock that could leave such a device behind, makes it
