@@ -228,7 +228,8 @@ func (a *PageAllocator) FailAt(n int64) {
 
 // FailFrom makes every allocation call from the n-th from now (1-based)
 // fail, until FailFrom(0): memory that stays short, which a caller that
-// retries smaller (folio_alloc_greedy) cannot get around.
+// retries smaller (folio_alloc_greedy) cannot get around. Like FailAt, the
+// kernel's fail_page_alloc fault injection, here with a count of for ever.
 func (a *PageAllocator) FailFrom(n int64) {
 	if n == 0 {
 		a.failFrom.Store(0)

@@ -673,8 +673,8 @@ func (fs *FsInfo) dioOps() *iomap.DioOps {
 	return &iomap.DioOps{SubmitIO: fs.submitIOZeroCopy, AllocBio: fs.newDioPrivateBio}
 }
 
-// dataProfileDuplicated is the test both later answers make of
-// btrfs_data_alloc_profile(fs_info) & BTRFS_BLOCK_GROUP_PROFILE_MASK:
+// dataProfileDuplicated is btrfs_data_alloc_profile(fs_info) &
+// BTRFS_BLOCK_GROUP_PROFILE_MASK tested as both later answers test it:
 // anything but SINGLE (0) and RAID0 keeps more than one copy or parity.
 func (fs *FsInfo) dataProfileDuplicated() bool {
 	p := fs.Vol.Profile()
@@ -699,8 +699,8 @@ func (inode *Inode) dioWrite(iocb *iomap.Kiocb, from *iomap.IovIter, doneBefore 
 	return iomap.DioRW(iocb, from, true, inode, dioIomapOps{inode}, inode.fs.dioOps(), dioFlags, &DioData{}, doneBefore)
 }
 
-// directWriteFallsBack reports whether btrfs_direct_write goes to its
-// buffered label before trying direct IO: for inodes with data checksums
+// directWriteFallsBack is btrfs_direct_write's choice of its buffered label
+// before trying direct IO: for inodes with data checksums
 // (968f19c5b1b7, which iomap-bounce removes) and, in fallback mode, for a
 // duplicated data profile (7c2830f00c3e).
 func (inode *Inode) directWriteFallsBack() bool {

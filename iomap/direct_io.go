@@ -114,6 +114,8 @@ func (dio *Dio) submitBio(it *Iter, bio *blk.Bio, pos int64) {
 	dio.dops.SubmitIO(it, bio, pos)
 }
 
+// allocBio is iomap_dio_alloc_bio: from the filesystem's bio_set when it
+// has one.
 func (dio *Dio) allocBio(nrVecs int, opf blk.Opf) *blk.Bio {
 	if dio.dops.AllocBio != nil {
 		return dio.dops.AllocBio(nrVecs, opf)

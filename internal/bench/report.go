@@ -80,7 +80,7 @@ func (r *Result) WriteTable(w io.Writer) {
 			fmt.Sprintf("%.0f [%.0f-%.0f] 1.00x", c.Median(), c.Min(), c.Max()), col, "")
 	}
 	fmt.Fprintln(w, line)
-	fmt.Fprintf(w, "Datasum writes take the buffered fallback in every mode: their diffs, at most %.1f%% either way here, are what this run can resolve.\n", r.Resolution)
+	fmt.Fprintf(w, "Datasum writes take the buffered fallback in every mode but iomap-bounce (not in these diffs): their diffs, at most %.1f%% either way here, are what this run can resolve.\n", r.Resolution)
 	r.writeCPU(w)
 	r.writeLoad(w)
 }
