@@ -81,10 +81,8 @@ func bioIovIterBounceWrite(bio *blk.Bio, iter *IovIter, maxlen int, pages *blk.P
 		n, err := iter.CopyFromIter(folio.Bytes()[:thisLen])
 		if err != nil || n != thisLen {
 			iter.Revert(int(bio.Size()) - thisLen + n)
-			if ferr := bioFreeFolios(bio); ferr != nil {
-				err = errors.Join(err, ferr)
-			}
-			return fmt.Errorf("iomap: bio_iov_iter_bounce: copied %d of %d bytes: %w: %w", n, thisLen, syscall.EFAULT, err)
+			short := fmt.Errorf("iomap: bio_iov_iter_bounce: copied %d of %d bytes: %w", n, thisLen, syscall.EFAULT)
+			return errors.Join(short, err, bioFreeFolios(bio))
 		}
 		total -= thisLen
 		if total == 0 || bio.Vcnt() >= bio.MaxVecs() {

@@ -176,3 +176,36 @@ func TestBounceWithoutAllocatorRefused(t *testing.T) {
 		t.Fatal("bounce without a page allocator accepted")
 	}
 }
+
+// failingMemory is remote memory whose bytes from failAt on cannot be read.
+type failingMemory struct {
+	data   []byte
+	failAt int64
+}
+
+func (m *failingMemory) ReadAt(p []byte, off int64) (int, error) {
+	if off+int64(len(p)) > m.failAt {
+		return 0, errors.New("request gone")
+	}
+	return copy(p, m.data[off:]), nil
+}
+
+func (m *failingMemory) WriteAt(p []byte, off int64) (int, error) { return copy(m.data[off:], p), nil }
+
+// TestBounceWriteShortCopy: when the caller's memory cannot be read (a
+// ublk request that went away), the bounce write fails with EFAULT, frees
+// every folio, submits nothing, and leaves the iterator where it was
+// (the later fix b68d4979c88e).
+func TestBounceWriteShortCopy(t *testing.T) {
+	var pages blk.PageAllocator
+	f := newMemFS(4 << 20)
+	mem := &failingMemory{data: make([]byte, 2<<20), failAt: 3 << 19}
+	iter := NewRemoteIovIter(mem, 0, 2<<20, 0)
+	_, err := DioRW(&Kiocb{}, iter, true, f, f, bounceOps(f, &pages), DioBounce, nil, 0)
+	if !errors.Is(err, syscall.EFAULT) {
+		t.Fatalf("err %v, want EFAULT", err)
+	}
+	if len(f.bios) != 0 || pages.InUse() != 0 || iter.Count() != 2<<20 || iter.off != 0 {
+		t.Fatalf("%d bios submitted, %d pages in use, %d bytes left in the iterator at %d; want 0, 0, %d at 0", len(f.bios), pages.InUse(), iter.Count(), iter.off, 2<<20)
+	}
+}
