@@ -3,6 +3,7 @@ package btrfsdio
 import (
 	"bytes"
 	"errors"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -125,5 +126,18 @@ func TestIomapBounceENOMEMAtEveryAllocation(t *testing.T) {
 				copy(old, out)
 			}
 		}
+	}
+}
+
+// TestParseDioMode: every mode's name parses back to it; others are refused
+// with the list.
+func TestParseDioMode(t *testing.T) {
+	for _, m := range DioModes() {
+		if got, err := ParseDioMode(m.String()); err != nil || got != m {
+			t.Fatalf("%q: %v %v", m.String(), got, err)
+		}
+	}
+	if _, err := ParseDioMode("buffered"); err == nil || !strings.Contains(err.Error(), "iomap-bounce") {
+		t.Fatalf("unknown mode: %v", err)
 	}
 }
