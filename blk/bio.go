@@ -86,6 +86,13 @@ type Bio struct {
 	// what container_of reaches in C.
 	Container any
 
+	// BounceVecs are the caller's pages of a read bounced by
+	// bio_iov_iter_bounce: bi_io_vec[1..bi_vcnt] in C, where bi_io_vec[0]
+	// is the bounce folio and the block layer sees only that (bi_vcnt is
+	// private to the submitter). A Go slice cannot hide entries behind
+	// bi_vcnt, so they live here; nil for every other bio.
+	BounceVecs []BioVec
+
 	cloned bool // BIO_CLONED: IoVec is shared and must not change
 	refs   atomic.Int32
 	set    *BioSet
@@ -116,6 +123,12 @@ func BioAllocBioset(bs *BioSet, nrVecs int, opf Opf) *Bio {
 	}
 	return b
 }
+
+// Cloned is bio_flagged(bio, BIO_CLONED).
+func (b *Bio) Cloned() bool { return b.cloned }
+
+// MaxVecs is bio->bi_max_vecs.
+func (b *Bio) MaxVecs() int { return cap(b.IoVec) }
 
 // Get is bio_get: take another reference.
 func (b *Bio) Get() { b.refs.Add(1) }
@@ -149,7 +162,7 @@ func (b *Bio) Vcnt() int { return len(b.IoVec) }
 // bvec when the memory continues it. It returns len, or 0 when the bio is full
 // (bi_vcnt == bi_max_vecs) or a clone.
 func (b *Bio) AddPage(page *Page, length, off uint32) uint32 {
-	if b.cloned || uint64(b.Iter.Size)+uint64(length) > 1<<32-1 {
+	if b.cloned || uint64(b.Iter.Size)+uint64(length) > BioMaxSize {
 		return 0
 	}
 	if n := len(b.IoVec); n > 0 {

@@ -25,4 +25,7 @@ const (
 	PageSize = 1 << PageShift
 	// BioMaxVecs is BIO_MAX_VECS: the most bvecs one bio can hold.
 	BioMaxVecs = 256
+	// BioMaxSize is BIO_MAX_SIZE (UINT_MAX, "block: add a BIO_MAX_SIZE
+	// constant and use it"): the most bytes bi_size can count.
+	BioMaxSize = 1<<32 - 1
 )

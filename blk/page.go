@@ -141,6 +141,9 @@ type PageAllocator struct {
 	failAt atomic.Int64
 	// failed counts allocations refused by injection.
 	failed atomic.Int64
+	// failFrom is the call count from which every allocation fails
+	// (FailFrom; 0 = never).
+	failFrom atomic.Int64
 
 	mu   sync.Mutex
 	free [MaxFolioOrder + 1][]*Page
@@ -166,6 +169,10 @@ func (a *PageAllocator) AllocFolio(order int) *Page {
 		return nil
 	}
 	if f := a.failAt.Load(); f != 0 && n == f && a.failAt.CompareAndSwap(f, 0) {
+		a.failed.Add(1)
+		return nil
+	}
+	if f := a.failFrom.Load(); f != 0 && n >= f {
 		a.failed.Add(1)
 		return nil
 	}
@@ -217,6 +224,18 @@ func (a *PageAllocator) FailAt(n int64) {
 		return
 	}
 	a.failAt.Store(a.calls.Load() + n)
+}
+
+// FailFrom makes every allocation call from the n-th from now (1-based)
+// fail, until FailFrom(0): memory that stays short, which a caller that
+// retries smaller (folio_alloc_greedy) cannot get around. Like FailAt, the
+// kernel's fail_page_alloc fault injection, here with a count of for ever.
+func (a *PageAllocator) FailFrom(n int64) {
+	if n == 0 {
+		a.failFrom.Store(0)
+		return
+	}
+	a.failFrom.Store(a.calls.Load() + n)
 }
 
 // Stats returns pages handed out, pages freed and allocations refused (test

@@ -66,7 +66,7 @@ func BenchmarkDio1MiB(b *testing.B) {
 
 // BenchmarkRequest is one direct IO per iteration, so -benchmem's allocs/op
 // and B/op are per request; profile it with -cpuprofile/-memprofile. The
-// modes are zero-copy, pooled bounce and the seed's page-by-page bounce.
+// modes are dioModes'.
 func BenchmarkRequest(b *testing.B) {
 	for _, size := range []int{4096, mib} {
 		for _, mode := range dioModes {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/btrfsdio/btrfsdio/blk"
 	"github.com/btrfsdio/btrfsdio/iomap"
+	"github.com/btrfsdio/btrfsdio/raid"
 )
 
 // DioData is struct btrfs_dio_data: per-mapping state shared by
@@ -656,15 +657,62 @@ func (fs *FsInfo) bounceError(dioData *DioData, ctl *BounceCtl, isWrite bool, fi
 
 // dioOps is btrfs_dio_ops for the selected mode. Before the patch bios come
 // from btrfs_dio_bioset; the patch drops .bio_set, since the iomap bio is
-// never submitted itself.
+// never submitted itself. The fallback and the generic bounce keep the
+// pre-patch btrfs_dio_ops: iomap's bio, bounced or not, goes to the
+// devices; iomap-bounce hands iomap the page allocator its bounce folios
+// come from.
 func (fs *FsInfo) dioOps() *iomap.DioOps {
 	switch {
 	case fs.Opts.Mode == Bounce && fs.BouncePool != nil:
 		return &iomap.DioOps{SubmitIO: fs.submitIOBouncePooled}
 	case fs.Opts.Mode == Bounce:
 		return &iomap.DioOps{SubmitIO: fs.submitIOBounce}
+	case fs.Opts.Mode == IomapBounce:
+		return &iomap.DioOps{SubmitIO: fs.submitIOZeroCopy, AllocBio: fs.newDioPrivateBio, Pages: fs.Pages}
 	}
 	return &iomap.DioOps{SubmitIO: fs.submitIOZeroCopy, AllocBio: fs.newDioPrivateBio}
+}
+
+// dataProfileDuplicated is btrfs_data_alloc_profile(fs_info) &
+// BTRFS_BLOCK_GROUP_PROFILE_MASK tested as both later answers test it:
+// anything but SINGLE (0) and RAID0 keeps more than one copy or parity.
+func (fs *FsInfo) dataProfileDuplicated() bool {
+	p := fs.Vol.Profile()
+	return p != raid.Single && p != raid.Raid0
+}
+
+// needStableWrite is need_stable_write (file 18): data checksums, or a
+// profile with mirrors or parity, need the data not to change in flight.
+func (inode *Inode) needStableWrite() bool {
+	return !inode.NoDataSum || inode.fs.dataProfileDuplicated()
+}
+
+// dioWrite is btrfs_dio_write: iomap_dio_rw for a write, with
+// IOMAP_DIO_BOUNCE when the write needs stable pages and the mode is the
+// generic bounce's. The kernel's -EAGAIN for IOCB_NOWAIT with bounce has
+// nothing to refuse here: our kiocbs are never NOWAIT.
+func (inode *Inode) dioWrite(iocb *iomap.Kiocb, from *iomap.IovIter, doneBefore int) (int, error) {
+	dioFlags := iomap.DioPartial
+	if inode.fs.Opts.Mode == IomapBounce && inode.needStableWrite() {
+		dioFlags |= iomap.DioBounce
+	}
+	return iomap.DioRW(iocb, from, true, inode, dioIomapOps{inode}, inode.fs.dioOps(), dioFlags, &DioData{}, doneBefore)
+}
+
+// directWriteFallsBack is btrfs_direct_write's choice of its buffered label
+// before trying direct IO: for inodes with data checksums
+// (968f19c5b1b7, which iomap-bounce removes) and, in fallback mode, for a
+// duplicated data profile (7c2830f00c3e).
+func (inode *Inode) directWriteFallsBack() bool {
+	switch inode.fs.Opts.Mode {
+	case IomapBounce:
+		return false
+	case Fallback:
+		if inode.fs.dataProfileDuplicated() {
+			return true
+		}
+	}
+	return !inode.NoDataSum
 }
 
 // ErrUnaligned is returned for direct IO that is not sector aligned.
@@ -691,8 +739,10 @@ func (inode *Inode) checkRange(pos int64, n int) error {
 
 // DirectWrite is btrfs_direct_write: direct IO for nodatasum inodes, the
 // buffered fallback (commit 968f19c5b1b7) for inodes with data checksums and
-// for whatever direct IO left undone. After an aborted transaction it fails
-// with EIO (FsError).
+// for whatever direct IO left undone. In fallback mode a duplicated data
+// profile goes buffered too (7c2830f00c3e); in iomap-bounce mode nothing
+// does up front (file 18: both fallbacks replaced by IOMAP_DIO_BOUNCE, see
+// dioWrite). After an aborted transaction it fails with EIO (FsError).
 func (inode *Inode) DirectWrite(iocb *iomap.Kiocb, from *iomap.IovIter) (int, error) {
 	if err := inode.checkRange(iocb.Pos, from.Count()); err != nil {
 		return 0, err
@@ -706,8 +756,8 @@ func (inode *Inode) DirectWrite(iocb *iomap.Kiocb, from *iomap.IovIter) (int, er
 	inode.ilock.RLock()
 	defer inode.ilock.RUnlock()
 	written := 0
-	if inode.NoDataSum {
-		n, err := iomap.DioRW(iocb, from, true, inode, dioIomapOps{inode}, inode.fs.dioOps(), iomap.DioPartial, &DioData{}, 0)
+	if !inode.directWriteFallsBack() {
+		n, err := inode.dioWrite(iocb, from, 0)
 		if err != nil {
 			return 0, err
 		}

@@ -27,7 +27,7 @@ const SectorSize = 4096
 // this many sectors per mapping.
 const BtrfsMaxBioSectors = 256
 
-// DioMode selects btrfs_dio_submit_io's body.
+// DioMode selects which answer to bugzilla 99171 the direct IO path runs.
 type DioMode int
 
 const (
@@ -36,25 +36,51 @@ const (
 	ZeroCopy DioMode = iota
 	// Bounce is the patch: data is copied into private pages first.
 	Bounce
+	// Fallback is "btrfs: fallback to buffered IO if the data profile has
+	// duplication" (7c2830f00c3e): direct writes on DUP, RAID1*, RAID10
+	// and RAID5/6 take the buffered path; SINGLE and RAID0 stay zero-copy.
+	Fallback
+	// IomapBounce is "btrfs: use IOMAP_DIO_BOUNCE flag instead of falling
+	// back to buffered IO" on the generic bounce of the block and iomap
+	// layers: writes that need stable pages are bounced by iomap; reads
+	// stay zero-copy.
+	IomapBounce
 )
 
+// DioModes lists every mode, in the order tables show them (no kernel
+// counterpart).
+func DioModes() []DioMode { return []DioMode{ZeroCopy, Bounce, Fallback, IomapBounce} }
+
 func (m DioMode) String() string {
-	if m == Bounce {
+	switch m {
+	case Bounce:
 		return "bounce"
+	case Fallback:
+		return "fallback"
+	case IomapBounce:
+		return "iomap-bounce"
 	}
 	return "zerocopy"
 }
 
-// ParseDioMode parses "bounce" or "zerocopy" (no kernel counterpart: the
-// kernel has one body of btrfs_dio_submit_io, before or after the patch).
+// ZeroCopyReads reports whether direct reads land in the caller's pages
+// (every mode but the seed's bounce; no kernel counterpart).
+func (m DioMode) ZeroCopyReads() bool { return m != Bounce }
+
+// ParseDioMode parses a DioMode's name (no kernel counterpart: the kernel
+// has one body of the direct IO path at a time).
 func ParseDioMode(s string) (DioMode, error) {
 	switch s {
 	case "bounce":
 		return Bounce, nil
 	case "zerocopy", "zero-copy":
 		return ZeroCopy, nil
+	case "fallback":
+		return Fallback, nil
+	case "iomap-bounce":
+		return IomapBounce, nil
 	}
-	return 0, fmt.Errorf("unknown dio mode %q (want bounce or zerocopy)", s)
+	return 0, fmt.Errorf("unknown dio mode %q (want zerocopy, bounce, fallback or iomap-bounce)", s)
 }
 
 // FirstError selects how a bounce_ctl records the first error of its

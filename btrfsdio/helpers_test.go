@@ -54,7 +54,8 @@ type testFS struct {
 }
 
 // dioModes are the direct IO paths: zero-copy (before the patch), pooled
-// bounce and the seed's page-by-page bounce.
+// bounce, the seed's page-by-page bounce, and upstream's later fallback
+// and generic bounce.
 var dioModes = []struct {
 	name string
 	opts Options
@@ -62,6 +63,8 @@ var dioModes = []struct {
 	{"zerocopy", Options{Mode: ZeroCopy}},
 	{"bounce", Options{Mode: Bounce}},
 	{"faithful", Options{Mode: Bounce, Faithful: true}},
+	{"fallback", Options{Mode: Fallback}},
+	{"iomap-bounce", Options{Mode: IomapBounce}},
 }
 
 func newTestFS(t testing.TB, p raid.Profile, devSize int64, opts Options) *testFS {

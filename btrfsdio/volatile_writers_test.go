@@ -206,9 +206,10 @@ func (h *volatileHook) check(t *testing.T, fs *testFS) ([]string, int) {
 	return msgs, bad
 }
 
-// vModes are the bounce paths the volatile writers run against: the pooled
-// default, the seed's page-by-page loop in the fixed port (bounce pool
-// off), and the seed as posted.
+// vModes are the fixes the volatile writers run against: the seed's bounce
+// (the pooled default, its page-by-page loop in the fixed port with the
+// bounce pool off, and the seed as posted), then upstream's later answers:
+// the buffered fallback of duplicated profiles and the generic bounce.
 var vModes = []struct {
 	name string
 	opts Options
@@ -216,4 +217,6 @@ var vModes = []struct {
 	{"pooled", Options{Mode: Bounce}},
 	{"page-by-page", Options{Mode: Bounce, BouncePool: NoBouncePool}},
 	{"faithful", Options{Mode: Bounce, Faithful: true}},
+	{"fallback", Options{Mode: Fallback}},
+	{"iomap-bounce", Options{Mode: IomapBounce}},
 }

@@ -27,6 +27,10 @@ const (
 	// DioPartial is IOMAP_DIO_PARTIAL: a short result is fine, the caller
 	// finishes the rest (btrfs falls back to buffered IO on -ENOTBLK).
 	DioPartial uint = 1 << 2
+	// DioBounce is IOMAP_DIO_BOUNCE ("iomap: add a flag to bounce buffer
+	// direct I/O"): bios carry bounce folios (BioIovIterBounce) instead
+	// of the caller's pages, for devices that need stable data.
+	DioBounce uint = 1 << 4
 )
 
 // dio->flags.
@@ -38,6 +42,9 @@ const (
 type DioOps struct {
 	// SubmitIO is ->submit_io: the filesystem submits the bio itself.
 	SubmitIO func(it *Iter, bio *blk.Bio, fileOffset int64)
+	// Pages is where DioBounce takes its bounce folios (no kernel
+	// counterpart: folio_alloc draws from the one page allocator).
+	Pages *blk.PageAllocator
 	// AllocBio is ->bio_set: when set, bios are allocated from the
 	// filesystem's bio_set so the structure around them (front_pad) exists;
 	// nil means plain bio_alloc.
@@ -63,9 +70,8 @@ func (dio *Dio) SetError(errno int) {
 	dio.err.CompareAndSwap(0, int32(errno))
 }
 
-// BioEndIO is iomap_dio_bio_end_io: record the bio's error, drop its
-// reference, and wake the submitter when it was the last. It may run on any
-// goroutine.
+// BioEndIO is iomap_dio_bio_end_io: record the bio's error and complete it
+// (bioEndIO). It may run on any goroutine.
 func BioEndIO(bio *blk.Bio) {
 	dio, ok := bio.Private.(*Dio)
 	if !ok {
@@ -76,10 +82,28 @@ func BioEndIO(bio *blk.Bio) {
 	if bio.Status != blk.StsOK {
 		dio.SetError(blk.StatusToErrno(bio.Status))
 	}
+	dio.bioEndIO(bio)
+}
+
+// bioEndIO is __iomap_dio_bio_end_io ("iomap: share code between
+// iomap_dio_bio_end_io and iomap_finish_ioend_direct", then "iomap: free
+// the bio before completing the dio"): unbounce a bounced bio (its read
+// data goes back to the caller here, unless the dio failed), put the bio,
+// and only then drop its reference, waking the submitter when it was the
+// last. There is no ioend path, so no inline_completion argument.
+func (dio *Dio) bioEndIO(bio *blk.Bio) {
+	if dio.flags&DioBounce != 0 {
+		if err := BioIovIterUnbounce(bio, dio.err.Load() != 0, true); err != nil {
+			// The kernel WARNs (copy_to_iter into pinned pages cannot
+			// fail); a remote page can, and the caller must hear of it.
+			dio.SetError(blk.ErrnoOf(err))
+		}
+	}
+	bio.Put()
+	// Do not touch bio below, we just gave up our reference.
 	if dio.ref.Add(-1) == 0 {
 		close(dio.done)
 	}
-	bio.Put()
 }
 
 // submitBio is iomap_dio_submit_bio: take a reference for the bio and hand it
@@ -90,6 +114,8 @@ func (dio *Dio) submitBio(it *Iter, bio *blk.Bio, pos int64) {
 	dio.dops.SubmitIO(it, bio, pos)
 }
 
+// allocBio is iomap_dio_alloc_bio: from the filesystem's bio_set when it
+// has one.
 func (dio *Dio) allocBio(nrVecs int, opf blk.Opf) *blk.Bio {
 	if dio.dops.AllocBio != nil {
 		return dio.dops.AllocBio(nrVecs, opf)
@@ -108,8 +134,43 @@ func (dio *Dio) bioOpf() blk.Opf {
 	return opf
 }
 
-// bioIter is iomap_dio_bio_iter: cut the mapped range into bios of at most
-// BIO_MAX_VECS bvecs and submit each. It returns the bytes put into bios.
+// bioIterOne is iomap_dio_bio_iter_one ("iomap: split out the per-bio
+// logic from iomap_dio_bio_iter", with IOMAP_DIO_BOUNCE): build one bio at
+// pos from the caller's pages, or from bounce folios, submit it, and return
+// its size.
+func (dio *Dio) bioIterOne(it *Iter, pos int64, opf blk.Opf) (int64, error) {
+	var nrVecs int
+	if dio.flags&DioBounce != 0 {
+		nrVecs = BioIovBounceNrVecs(dio.iter, opf)
+	} else {
+		nrVecs = BioIovVecsToAlloc(dio.iter, blk.BioMaxVecs)
+	}
+	bio := dio.allocBio(nrVecs, opf)
+	bio.Iter.Sector = it.Iomap.sector(pos)
+	bio.Private = dio
+	bio.EndIO = BioEndIO
+	var err error
+	if dio.flags&DioBounce != 0 {
+		err = BioIovIterBounce(bio, dio.iter, blk.BioMaxSize, dio.dops.Pages)
+	} else {
+		err = BioIovIterGetPages(bio, dio.iter)
+	}
+	if err != nil {
+		bio.Put()
+		return 0, err
+	}
+	n := int64(bio.Size())
+	dio.submitBio(it, bio, pos)
+	return n, nil
+}
+
+// bioIter is iomap_dio_bio_iter as "iomap: simplify iomap_dio_bio_iter" and
+// "iomap: split out the per-bio logic" leave it: cut the mapped range into
+// bios (bioIterOne) until it is used up, and return the bytes put into
+// bios. A completion that already failed stops further submission without
+// reverting what was submitted ("iomap: fix submission side handling of
+// completion side errors"; before it, the submitted bytes were reverted
+// into the iterator although their bios were in flight).
 func (dio *Dio) bioIter(it *Iter) (int64, error) {
 	length := it.Length()
 	pos := it.Pos
@@ -121,26 +182,16 @@ func (dio *Dio) bioIter(it *Iter) (int64, error) {
 	dio.iter.Truncate(int(length))
 	var copied int64
 	var err error
-	nrPages := BioIovVecsToAlloc(dio.iter, blk.BioMaxVecs)
-	for nrPages > 0 {
+	for dio.iter.Count() > 0 {
 		if dio.err.Load() != 0 {
-			dio.iter.Revert(int(copied))
-			copied = 0
 			break
 		}
-		bio := dio.allocBio(nrPages, dio.bioOpf())
-		bio.Iter.Sector = it.Iomap.sector(pos)
-		bio.Private = dio
-		bio.EndIO = BioEndIO
-		if err = BioIovIterGetPages(bio, dio.iter); err != nil {
-			bio.Put()
+		var n int64
+		if n, err = dio.bioIterOne(it, pos, dio.bioOpf()); err != nil {
 			break
 		}
-		n := int64(bio.Size())
 		dio.size += n
 		copied += n
-		nrPages = BioIovVecsToAlloc(dio.iter, blk.BioMaxVecs)
-		dio.submitBio(it, bio, pos)
 		pos += n
 	}
 	dio.iter.Reexpand(origCount - int(copied))
@@ -187,7 +238,10 @@ func DioRW(iocb *Kiocb, iter *IovIter, write bool, inode Inode, ops Ops, dops *D
 	if dops == nil || dops.SubmitIO == nil {
 		return 0, errors.New("iomap: iomap_dio_rw without submit_io")
 	}
-	dio := &Dio{iocb: iocb, iter: iter, done: make(chan struct{}), dops: dops}
+	if dioFlags&DioBounce != 0 && dops.Pages == nil {
+		return 0, errors.New("iomap: IOMAP_DIO_BOUNCE without a page allocator")
+	}
+	dio := &Dio{iocb: iocb, iter: iter, done: make(chan struct{}), dops: dops, flags: dioFlags & DioBounce}
 	dio.ref.Store(1)
 	it := &Iter{Inode: inode, Pos: iocb.Pos, Len: uint64(iter.Count()), Flags: FlagDirect, Private: private}
 	if write {

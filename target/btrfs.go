@@ -88,7 +88,7 @@ func requestFolio(r *ublk.Request) int {
 // are mapped), but a ublk READ request's pages can only be written: the
 // driver refuses pread on them (UBLK_F_USER_COPY checks the direction).
 func (t *Btrfs) verifiesInPlace() bool {
-	return t.FS.Opts.Mode == btrfsdio.ZeroCopy && !t.FS.Inode().NoDataSum
+	return t.FS.Opts.Mode.ZeroCopyReads() && !t.FS.Inode().NoDataSum
 }
 
 // readVerified serves a zero-copy read of a datasum inode into process

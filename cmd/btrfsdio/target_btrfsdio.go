@@ -20,7 +20,7 @@ import (
 func init() {
 	registerTarget(targetType{
 		name:  "btrfsdio",
-		usage: "--profile P --dio bounce|zerocopy [--datasum] [--nocow] [--faithful] [--bounce-pool SIZE|off] [--detect-volatile=false] [--size S] [--force] [--degraded] -f IMG [-f IMG...]",
+		usage: "--profile P --dio bounce|zerocopy|fallback|iomap-bounce [--datasum] [--nocow] [--faithful] [--bounce-pool SIZE|off] [--detect-volatile=false] [--size S] [--force] [--degraded] -f IMG [-f IMG...]",
 		new:   func() TargetFactory { return &btrfsFactory{} },
 	})
 }
@@ -61,7 +61,7 @@ func (f *btrfsFactory) Flags(fs *flag.FlagSet) {
 	fs.Var(&f.files, "f", "backing image or block device (repeat, in device order)")
 	fs.Var(&f.files, "file", "same as -f")
 	fs.StringVar(&f.profile, "profile", "raid1", "data profile: single dup raid0 raid1 raid1c3 raid1c4 raid10 raid5 raid6")
-	fs.StringVar(&f.dio, "dio", "bounce", "direct IO path: bounce (the patch) or zerocopy (before it)")
+	fs.StringVar(&f.dio, "dio", "bounce", "direct IO path: bounce (the patch), zerocopy (before it), fallback (7c2830f00c3e: buffered on duplicated profiles) or iomap-bounce (IOMAP_DIO_BOUNCE, the generic bounce)")
 	fs.BoolVar(&f.datasum, "datasum", false, "data checksums (direct writes fall back to stable buffered writes)")
 	fs.BoolVar(&f.nocow, "nocow", false, "NODATACOW: overwrite extents in place")
 	fs.BoolVar(&f.faithful, "faithful", false, "reproduce the seed patch's flaws exactly")

@@ -1,7 +1,8 @@
 // Package bench measures the btrfs direct IO port the way the seed patch's
 // benchmark table does: sequential direct reads and writes of one block size
 // over a file, zero-copy against bounce (pooled, and the seed's page-by-page
-// allocation with --faithful), without and with data checksums, all measured
+// allocation with --faithful) and upstream's later fallback and generic
+// bounce, without and with data checksums, all measured
 // side by side in one run, next to the raw backing file. A second part runs
 // each mode under a QD32 load of 1 MiB requests and reports the process's
 // peak RSS and the allocations per request.
@@ -42,8 +43,10 @@ type Config struct {
 }
 
 // Modes are the direct IO paths measured: zero-copy (before the patch),
-// bounce with the pool, and the seed's bounce exactly (--faithful).
-var Modes = []string{"zerocopy", "bounce", "faithful"}
+// bounce with the pool, the seed's bounce exactly (--faithful), and
+// upstream's later answers: the buffered fallback of duplicated profiles
+// (7c2830f00c3e) and the generic bounce (IOMAP_DIO_BOUNCE).
+var Modes = []string{"zerocopy", "bounce", "faithful", "fallback", "iomap-bounce"}
 
 // Cell is one configuration of the matrix.
 type Cell struct {
@@ -511,6 +514,10 @@ func newFS(cfg Config, images []image, mode string, datasum bool) (*btrfsdio.FsI
 		opts.Mode = btrfsdio.ZeroCopy
 	case "faithful":
 		opts.Faithful = true
+	case "fallback":
+		opts.Mode = btrfsdio.Fallback
+	case "iomap-bounce":
+		opts.Mode = btrfsdio.IomapBounce
 	}
 	fs, err := btrfsdio.NewFsInfo(vol, opts)
 	if err != nil {

@@ -20,8 +20,8 @@ func TestRunSmallMatrix(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(steps) != 2*(1+2*2)+3 || steps[0] != "nodatasum: filling the images" || steps[2] != "nodatasum: read, 4 interleaved" {
-		t.Fatalf("progress saw %d steps, want 13: %q", len(steps), steps)
+	if want := 2*(1+2*2) + len(Modes); len(steps) != want || steps[0] != "nodatasum: filling the images" || steps[2] != "nodatasum: read, 6 interleaved" {
+		t.Fatalf("progress saw %d steps, want %d: %q", len(steps), want, steps)
 	}
 	if len(res.Load) != len(Modes) {
 		t.Fatalf("%d QD loads, want %d", len(res.Load), len(Modes))
@@ -64,7 +64,7 @@ func TestRunSmallMatrix(t *testing.T) {
 		t.Fatalf("JSON round trip: %v", err)
 	}
 	var svg bytes.Buffer
-	if err := res.WriteSVG(&svg); err != nil || strings.Count(svg.String(), "<rect") != 14 {
+	if err := res.WriteSVG(&svg); err != nil || strings.Count(svg.String(), "<rect") != 2*2*len(Modes)+2 {
 		t.Fatalf("svg: %v, %d bars", err, strings.Count(svg.String(), "<rect"))
 	}
 }
@@ -213,7 +213,7 @@ func TestRunRejectsBadConfig(t *testing.T) {
 		cfg  Config
 		want string
 	}{
-		{Config{Dir: dir, Profile: raid.Raid1, BS: 1 << 20, Bytes: 1 << 50, Rounds: 1}, "MiB free; the raw file and the 3 filesystems"},
+		{Config{Dir: dir, Profile: raid.Raid1, BS: 1 << 20, Bytes: 1 << 50, Rounds: 1}, "MiB free; the raw file and the 5 filesystems"},
 		{Config{Dir: dir + "/missing", Profile: raid.Raid1, BS: 1 << 20, Bytes: 1 << 20, Rounds: 1}, "no such file"},
 	} {
 		if _, err := Run(c.cfg, nil); err == nil || !strings.Contains(err.Error(), c.want) {

@@ -19,6 +19,18 @@ func DefaultSeed(root string) string {
 	return filepath.Join(root, "..", "shared", "seed", SeedName)
 }
 
+// UpstreamTexts are the files of shared/upstream/ (issue 18) whose diffs the
+// port follows and scripts/review-upstream holds against the tree, by their
+// number prefix; the others are not diffs (02, 18) or change code the port
+// does not model (docs/upstream-map.md, D37).
+var UpstreamTexts = []string{"01", "08", "09", "10", "11", "12", "13", "16", "19"}
+
+// DefaultUpstream is where the upstream texts are: shared/upstream/ beside
+// the repository.
+func DefaultUpstream(root string) string {
+	return filepath.Join(root, "..", "shared", "upstream")
+}
+
 // ModuleRoot finds the directory holding go.mod at or above dir.
 func ModuleRoot(dir string) (string, error) {
 	dir, err := filepath.Abs(dir)

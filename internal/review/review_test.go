@@ -8,6 +8,29 @@ import (
 	"testing"
 )
 
+// TestUpstreamTextsAgainstTree holds each of upstream's later diffs the
+// port follows (issue 18) against the tree and the map, as the seed is.
+func TestUpstreamTextsAgainstTree(t *testing.T) {
+	root, err := ModuleRoot(".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range UpstreamTexts {
+		files, _ := filepath.Glob(filepath.Join(DefaultUpstream(root), n+"-*.patch.txt"))
+		if len(files) != 1 {
+			t.Fatalf("upstream text %s-*: %d files where CI puts shared/ beside the repository", n, len(files))
+		}
+		var out bytes.Buffer
+		f, err := Run(Options{Root: root, Seed: files[0], Map: filepath.Join(root, MapPath), Quiet: true}, &out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(f.Problems) > 0 {
+			t.Errorf("%s: the map or the tree drifted (run scripts/review-upstream):\n%s", filepath.Base(files[0]), strings.Join(f.Problems, "\n"))
+		}
+	}
+}
+
 // TestSeedAgainstTree is the CI check: the real seed patch (CI puts shared/
 // beside the repository), the real tree and docs/upstream-map.md must agree.
 func TestSeedAgainstTree(t *testing.T) {
