@@ -300,11 +300,25 @@ func (r *rbio) writeStripes(bio *blk.Bio, pl writePlan) blk.BlkStatus {
 	return blk.StsOK
 }
 
+// raid6ExtraError is set_rbio_raid6_extra_error: the stripe a RAID6 read of
+// mirror >= 3 treats as lost besides the target data stripe. Mirror 3 drops
+// P (rebuild from Q); each higher mirror drops one more data stripe, from
+// the last one down, skipping the target, so that the mirrors up to
+// num_copies (= the number of stripes) try every other stripe once and two
+// bad data sectors in one column are rebuilt from P and Q.
+func raid6ExtraError(realStripes, target, mirror int) int {
+	failb := realStripes - (mirror - 1)
+	if failb <= target {
+		failb--
+	}
+	return failb
+}
+
 // raid56Recover is raid56_parity_recover for a read with mirror > 1: the
 // sectors are rebuilt, never read from their own stripe. Mirror 2 treats
 // the data stripe as lost and rebuilds it from the other data and P (or,
-// on RAID6, P and Q when another stripe is unreadable too); mirror 3
-// (RAID6) also drops P and rebuilds from Q.
+// on RAID6, P and Q when another stripe is unreadable too); mirrors >= 3
+// (RAID6) also drop one more stripe (raid6ExtraError) and rebuild with Q.
 func (v *Volume) raid56Recover(bio *blk.Bio, ioc *IOContext) blk.BlkStatus {
 	r := v.newRbio(ioc)
 	defer r.free()
@@ -315,7 +329,9 @@ func (v *Volume) raid56Recover(bio *blk.Bio, ioc *IOContext) blk.BlkStatus {
 	failed := make([]bool, len(ioc.Stripes))
 	failed[target] = true
 	if ioc.MirrorNum >= 3 {
-		failed[r.ndata] = true
+		if b := raid6ExtraError(len(ioc.Stripes), target, ioc.MirrorNum); b >= 0 {
+			failed[b] = true
+		}
 	}
 
 	unlock := v.stripeLocks.lock(ioc.FullStripeLogical)

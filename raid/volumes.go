@@ -219,12 +219,23 @@ func (v *Volume) FullStripeLen() uint64 {
 }
 
 // NumCopies is btrfs_num_copies: how many mirrors a read may ask for. RAID5
-// has 2 (the data, or a rebuild from P), RAID6 3 (data, from P, from Q).
-// Like the kernel, an address outside the chunk has 1.
+// has 2 (the data, or a rebuild from P); RAID6, as in the kernel, one per
+// stripe: the data, a rebuild from P, and from mirror 3 on rebuilds with Q
+// that also drop one other stripe each (raid6ExtraError), so that two bad
+// data sectors in one column can be found and rebuilt. Like the kernel, an
+// address outside the chunk has 1.
 func (v *Volume) NumCopies(logical, length uint64) int {
 	if logical >= v.chunk.length || length > v.chunk.length-logical {
 		v.log.Warnf("raid: num_copies: no mapping for %d+%d (capacity %d)", logical, length, v.chunk.length)
 		return 1
+	}
+	return v.numCopies()
+}
+
+// numCopies is btrfs_num_copies for the volume's chunk.
+func (v *Volume) numCopies() int {
+	if v.profile == Raid6 {
+		return v.chunk.numStripes()
 	}
 	return v.profile.numCopies()
 }
@@ -304,9 +315,9 @@ func (v *Volume) checkMap(op blk.Op, logical, length uint64, mirror int) error {
 	case logical < v.chunk.start || logical-v.chunk.start >= v.chunk.length: // no start+length to wrap
 		return fmt.Errorf("raid: map_block: logical %d outside the chunk [%d,%d): %w",
 			logical, v.chunk.start, v.chunk.start+v.chunk.length, errMap)
-	case mirror < 0 || mirror > v.profile.numCopies():
+	case mirror < 0 || mirror > v.numCopies():
 		return fmt.Errorf("raid: map_block at %d: mirror %d, %s has %d: %w",
-			logical, mirror, v.profile, v.profile.numCopies(), errMap)
+			logical, mirror, v.profile, v.numCopies(), errMap)
 	case op == blk.OpWrite && mirror != 0:
 		return fmt.Errorf("raid: map_block at %d: a write goes to every copy, mirror %d given: %w", logical, mirror, errMap)
 	}
