@@ -155,6 +155,62 @@ func (r *rbio) recover(ranges []byteRange, failed []bool) error {
 	return nil
 }
 
+// verifyRMWData is verify_bio_data_sectors + recover_sectors of
+// rmw_read_wait_recover (kernel 6.2): before the new parity is computed,
+// every data sector the read-modify-write read and keeps is checked against
+// its csum; a column with bad sectors is rebuilt from the old parity,
+// together with the stripes that could not be read, so that silent
+// corruption is not built into the new parity where nothing could rebuild
+// it any more. A rebuild that does not verify either (more damage than
+// parity covers) is dropped and the data kept as read, as before. The
+// repaired sectors are only used for parity; the bad copy on disk is left
+// for the read repair, which now rebuilds it from the good parity.
+func (r *rbio) verifyRMWData(verify VerifyDataFunc, pl writePlan, failed []bool) {
+	keeps := func(i int, lo uint64) bool {
+		c := pl.covers[i]
+		return lo < c.lo || lo >= c.hi
+	}
+	saved := make([][]byte, r.ndata)
+	for _, rg := range pl.runs {
+		for lo := rg.lo; lo < rg.hi; lo += SectorSize {
+			lost := append([]bool(nil), failed...)
+			var bad []int
+			for i := 0; i < r.ndata; i++ {
+				if failed[i] || !keeps(i, lo) {
+					continue
+				}
+				if ok, known := verify(r.ioc.RaidMap[i]+lo, r.bufs[i][lo:lo+SectorSize]); known && !ok {
+					lost[i] = true
+					bad = append(bad, i)
+				}
+			}
+			if len(bad) == 0 {
+				continue
+			}
+			for _, i := range bad {
+				saved[i] = append(saved[i][:0], r.bufs[i][lo:lo+SectorSize]...)
+			}
+			col := r.slice(byteRange{lo, lo + SectorSize})
+			good := recoverStripes(col, r.nparity, lost) == nil
+			for _, i := range bad {
+				if ok, _ := verify(r.ioc.RaidMap[i]+lo, col[i]); !ok {
+					good = false
+				}
+			}
+			if !good {
+				for _, i := range bad {
+					copy(col[i], saved[i])
+				}
+				r.v.log.Warnf("raid: raid56 read-modify-write of full stripe %d: %d data sectors at column offset %d fail their csum and cannot be rebuilt",
+					r.ioc.FullStripeLogical, len(bad), lo)
+				continue
+			}
+			r.v.log.Warnf("raid: raid56 read-modify-write of full stripe %d: rebuilt %d data sectors at column offset %d that failed their csum",
+				r.ioc.FullStripeLogical, len(bad), lo)
+		}
+	}
+}
+
 // dataCover is the part of one data stripe a write covers.
 type dataCover struct {
 	byteRange
@@ -227,6 +283,9 @@ func (v *Volume) raid56Write(bio *blk.Bio, ioc *IOContext) blk.BlkStatus {
 		if err := r.recover(pl.runs, failed); err != nil {
 			v.log.Errorf("raid: raid56 write at %d: read-modify-write: %v", logical, err)
 			return blk.StsIOErr
+		}
+		if f := v.verifyData.Load(); f != nil {
+			r.verifyRMWData(*f, pl, failed)
 		}
 	}
 	for i, c := range pl.covers {

@@ -34,7 +34,17 @@ type VolumeOptions struct {
 	// MaxDeviceBytes, when non-zero, caps how much of each device the chunk
 	// uses (measured from the device start, reserved MiB included).
 	MaxDeviceBytes uint64
+	// VerifyData checks one data sector read at logical against its data
+	// checksum (the layer above's csum tree): known is false when there is
+	// no checksum to judge by. RAID5/6 read-modify-write verifies the data
+	// it reads with it (SetVerifyData sets it after the volume is open).
+	VerifyData VerifyDataFunc
 }
+
+// VerifyDataFunc is the csum lookup and comparison that raid56.c's
+// fill_data_csums and verify_bio_data_sectors do against the csum tree,
+// supplied by the filesystem so that this package needs no csum tree.
+type VerifyDataFunc func(logical uint64, sector []byte) (ok, known bool)
 
 // chunkStripe is struct btrfs_io_stripe in a chunk map: where one stripe
 // (dev extent) of the chunk lives.
@@ -69,6 +79,9 @@ type Volume struct {
 
 	// degradedWrites counts writes that missed copies (noteDegraded).
 	degradedWrites atomic.Uint64
+
+	// verifyData is the filesystem's csum check for RMW reads (nil: none).
+	verifyData atomic.Pointer[VerifyDataFunc]
 
 	mu       sync.RWMutex
 	closed   bool
@@ -137,6 +150,7 @@ func NewVolume(devs []*Device, p Profile, opts VolumeOptions) (*Volume, error) {
 			ReservedBytes+uint64(a.devStripes)*StripeLen)
 	}
 	v := &Volume{devs: devs, profile: p, attr: a, log: log}
+	v.SetVerifyData(opts.VerifyData)
 	v.chunk = layoutChunk(len(devs), a, stripeSize)
 	v.chunk.length = stripeSize * uint64(dataStripes(p, v.chunk.numStripes()))
 	log.WithFields(logrus.Fields{"profile": p.String(), "devices": len(devs), "stripe_size": stripeSize,
@@ -193,6 +207,18 @@ func dataStripes(p Profile, numStripes int) int {
 		return numStripes / a.subStripes
 	}
 	return numStripes / a.ncopies
+}
+
+// SetVerifyData installs the data checksum check RAID5/6 read-modify-write
+// runs on the data it reads (nil removes it). No kernel counterpart as a
+// call: raid56.c reads the csum tree itself (fill_data_csums); here the
+// filesystem mounts after the volume is open and hands its check down.
+func (v *Volume) SetVerifyData(f VerifyDataFunc) {
+	if f == nil {
+		v.verifyData.Store(nil)
+		return
+	}
+	v.verifyData.Store(&f)
 }
 
 // Capacity is the chunk length: usable logical bytes, a multiple of
