@@ -301,6 +301,23 @@ func (v *Volume) raid56Write(bio *blk.Bio, ioc *IOContext) blk.BlkStatus {
 	for _, rg := range pl.runs {
 		r.genParity(rg)
 	}
+	if pl.needRead || bio.Opf&blk.ReqOverwrite != 0 {
+		// The full stripe may hold committed data whose parity this write
+		// changes in place: journal the new data and parity first.
+		switch {
+		case v.journal != nil && !v.noJournal:
+			seq, err := v.journal.log(r, pl)
+			if err != nil {
+				v.log.Errorf("raid: raid56 write at %d: %v", logical, err)
+				return blk.StsIOErr
+			}
+			defer v.journal.done(seq)
+		default:
+			v.unjournaledOnce.Do(func() {
+				v.log.Warnf("raid: %s volume without a journal: a power cut during a partial-stripe write can leave parity that rebuilds garbage (the write hole)", v.profile)
+			})
+		}
+	}
 	return r.writeStripes(bio, pl)
 }
 

@@ -39,6 +39,11 @@ type VolumeOptions struct {
 	// no checksum to judge by. RAID5/6 read-modify-write verifies the data
 	// it reads with it (SetVerifyData sets it after the volume is open).
 	VerifyData VerifyDataFunc
+	// NoJournal leaves RAID5/6 writes unjournaled even when the volume
+	// has a journal area (the write hole open, as in btrfs): for measuring
+	// what the journal costs and showing what it protects. The journal is
+	// still replayed at open.
+	NoJournal bool
 }
 
 // VerifyDataFunc is the csum lookup and comparison that raid56.c's
@@ -82,6 +87,13 @@ type Volume struct {
 
 	// verifyData is the filesystem's csum check for RMW reads (nil: none).
 	verifyData atomic.Pointer[VerifyDataFunc]
+
+	// journal is the RAID5/6 journal (nil: the volume has no journal
+	// area); noJournal is VolumeOptions.NoJournal; unjournaledOnce warns
+	// once that RAID5/6 writes go unprotected.
+	journal         *raid56Journal
+	noJournal       bool
+	unjournaledOnce sync.Once
 
 	mu       sync.RWMutex
 	closed   bool
@@ -149,7 +161,7 @@ func NewVolume(devs []*Device, p Profile, opts VolumeOptions) (*Volume, error) {
 		return nil, fmt.Errorf("raid: devices too small for %s: %d usable bytes each, need %d", p, size,
 			ReservedBytes+uint64(a.devStripes)*StripeLen)
 	}
-	v := &Volume{devs: devs, profile: p, attr: a, log: log}
+	v := &Volume{devs: devs, profile: p, attr: a, log: log, noJournal: opts.NoJournal}
 	v.SetVerifyData(opts.VerifyData)
 	v.chunk = layoutChunk(len(devs), a, stripeSize)
 	v.chunk.length = stripeSize * uint64(dataStripes(p, v.chunk.numStripes()))
@@ -467,6 +479,10 @@ func (v *Volume) mapRaid56Full(ioc *IOContext, g *ioGeometry, offset uint64) {
 // when more devices failed than the profile tolerates
 // (btrfs_check_rw_degradable); then all errors are joined.
 func (v *Volume) Flush() error {
+	var retire uint64
+	if v.journal != nil {
+		retire = v.journal.retirable()
+	}
 	errs := make([]error, len(v.devs))
 	var wg sync.WaitGroup
 	for i, d := range v.devs {
@@ -498,6 +514,10 @@ func (v *Volume) Flush() error {
 	}
 	if failed > 0 {
 		v.noteDegraded("flush", 0, failed, len(v.devs), v.attr.toleratedFailures)
+	}
+	if v.journal != nil {
+		// The in-place writes of every entry up to retire are durable now.
+		return v.journal.retire(retire)
 	}
 	return nil
 }
