@@ -14,7 +14,7 @@ func init() {
 	registerCommand(&command{
 		name:    "bench",
 		summary: "in-process benchmark: the seed's table (zero-copy, pooled bounce, the seed's bounce; nodatasum vs datasum) next to the raw backing file, then peak RSS and allocations under a QD32 load",
-		usage:   "[--profile P] [--size BYTES] [--bs BYTES] [--rounds N] [--bounce-pool SIZE] [--qd N] [--qd-size BYTES] [--dir DIR] [--json FILE] [--svg FILE]",
+		usage:   "[--profile P] [--size BYTES] [--bs BYTES] [--rounds N] [--bounce-pool SIZE] [--qd N] [--qd-size BYTES] [--dir DIR] [--json FILE] [--svg FILE] | --journal-writes N [--profile raid5|raid6] [--rounds N] [--dir DIR]",
 		run:     runBench,
 	})
 }
@@ -32,12 +32,16 @@ func runBench(e *env, args []string) int {
 	pool := fs.String("bounce-pool", "32M", "pooled bounce mode: bytes of bounce memory held at once (at least 1M)")
 	qd := fs.Int("qd", 32, "submitters of the memory load (0: skip it)")
 	qdSize := fs.String("qd-size", "256M", "bytes written and read per mode under the memory load")
+	journalWrites := fs.Int("journal-writes", 0, "instead of the table: the RAID5/6 journal's cost, N random 4 KiB NODATACOW overwrites with and without it (--profile raid5 or raid6)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
 	p, err := raid.ParseProfile(*profile)
 	if err != nil {
 		return e.failf(exitUsage, "bench: --profile: %v", err)
+	}
+	if *journalWrites > 0 {
+		return runJournalBench(e, p, *journalWrites, *rounds, *dir)
 	}
 	n, err := parseSize(*size)
 	if err != nil {
@@ -104,4 +108,19 @@ func defaultBenchDir() string {
 		return "/dev/shm"
 	}
 	return os.TempDir()
+}
+
+// runJournalBench is bench --journal-writes: what the RAID5/6 journal costs.
+func runJournalBench(e *env, p raid.Profile, writes, rounds int, dir string) int {
+	if !p.IsRaid56() {
+		return e.failf(exitUsage, "bench: --journal-writes measures the RAID5/6 journal: --profile raid5 or raid6, not %s", p)
+	}
+	cfg := bench.JournalConfig{Dir: dir, Profile: p, Devices: p.MinDevices() + 1, DevSize: 256 << 20,
+		File: 64 << 20, Writes: writes, Rounds: rounds}
+	cells, err := bench.Journal(cfg)
+	if err != nil {
+		return e.failf(exitFail, "%v", err)
+	}
+	bench.WriteJournalTable(e.stdout, cfg, cells)
+	return exitOK
 }
