@@ -169,9 +169,6 @@ func (j *raid56Journal) log(r *rbio, pl writePlan) (uint64, error) {
 		if err != nil {
 			return 0, fmt.Errorf("raid: journal full, barrier to retire it: %w", err)
 		}
-		if j.head+n > j.size && len(j.pending) == 0 && j.retired == j.seq {
-			j.head = journalEntriesStart
-		}
 	}
 	seq := j.seq + 1
 	j.encodeEntry(buf, seq, r.ioc.FullStripeLogical, segs)
@@ -239,14 +236,13 @@ func (j *raid56Journal) retirable() uint64 {
 func (j *raid56Journal) retire(target uint64) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if target <= j.retired {
-		return nil
+	if target > j.retired {
+		if err := j.writeHeader(target); err != nil {
+			return err
+		}
+		j.retired = target
 	}
-	if err := j.writeHeader(target); err != nil {
-		return err
-	}
-	j.retired = target
-	if j.seq == target && len(j.pending) == 0 {
+	if j.seq == j.retired && len(j.pending) == 0 {
 		j.head = journalEntriesStart
 	}
 	return nil

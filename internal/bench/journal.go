@@ -112,7 +112,8 @@ func journalRound(cfg JournalConfig, journal bool, seed uint64) (float64, error)
 	return float64(cfg.Writes) / time.Since(start).Seconds(), nil
 }
 
-// WriteJournalTable prints the journal measurement.
+// WriteJournalTable prints the journal measurement (no kernel counterpart:
+// a benchmark report).
 func WriteJournalTable(w io.Writer, cfg JournalConfig, cells []*JournalCell) {
 	fmt.Fprintf(w, "RAID5/6 journal cost: %s over %d devices, %d random 4 KiB NODATACOW overwrites of a %d MiB file, %d rounds (median [min..max])\n",
 		cfg.Profile, cfg.Devices, cfg.Writes, cfg.File>>20, max(cfg.Rounds, 1))

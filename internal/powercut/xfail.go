@@ -24,12 +24,6 @@ var ExpectedFailures = []struct {
 		Reason: "issue 14 point 1: a NODATACOW write overwrites every mirror in place, each from its own goroutine; " +
 			"a cut between them leaves copies that differ, and nothing resyncs them (no write-intent bitmap)",
 	},
-	{
-		Profiles: []raid.Profile{raid.Raid5, raid.Raid6},
-		Kinds:    []Kind{Cow, CowDataSum, NoCow},
-		Reason: "issue 14 point 1: the RAID5/6 write hole: a partial-stripe write updates data and parity in place " +
-			"(read-modify-write), and a cut between them leaves parity that no longer matches the committed data",
-	},
 }
 
 // Expected returns why scenario s is expected to fail, or "".
