@@ -404,6 +404,17 @@ func (v *Volume) openJournal(sb *Superblock) error {
 		}
 	}
 	slices.Sort(seqs)
+	for _, d := range v.devs {
+		if d.readOnly && !d.Missing() {
+			// An offline scrub or check opens read-only: it cannot replay,
+			// and reports the parity the replay would have rewritten.
+			if len(seqs) > 0 {
+				v.log.Warnf("raid: journal: %d entries (%d..%d) not replayed: %s is open read-only; mount the volume to replay them",
+					len(seqs), seqs[0], seqs[len(seqs)-1], d.Path())
+			}
+			return nil
+		}
+	}
 	for _, s := range seqs {
 		if err := v.replayJournalEntry(entries[s]); err != nil {
 			return err

@@ -257,3 +257,50 @@ func TestRaid56JournalConcurrent(t *testing.T) {
 		v.Close()
 	}
 }
+
+// TestRaid56JournalReadOnlyOpen: a read-only open (offline scrub, check)
+// cannot replay the journal; it opens anyway, says so, and the next
+// read-write open replays.
+func TestRaid56JournalReadOnlyOpen(t *testing.T) {
+	rng := rand.New(rand.NewPCG(9, 9))
+	paths := imagePaths(t, 3)
+	devs := openImages(t, paths, 16<<20)
+	v, _, err := OpenVolume(devs, OpenOptions{Profile: Raid5, Volume: VolumeOptions{Logger: testLogger()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := randBytes(rng, SectorSize)
+	if st := writeAt(t, v, StripeLen, data, rng); st != blk.StsOK { // a read-modify-write, not retired
+		t.Fatal(st)
+	}
+	v.Close()
+	var ro []*Device
+	for _, p := range paths {
+		d, err := OpenDevice(p, DeviceOptions{ReadOnly: true, Unclaimed: true, Logger: testLogger()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ro = append(ro, d)
+	}
+	v, _, err = OpenVolume(ro, OpenOptions{Profile: Raid5, Volume: VolumeOptions{Logger: testLogger()}})
+	if err != nil {
+		closeAll(ro)
+		t.Fatalf("read-only open with journal entries to replay: %v", err)
+	}
+	if v.journal != nil {
+		t.Error("a read-only volume took the journal")
+	}
+	v.Close()
+	devs = openImages(t, paths, 0)
+	v, _, err = OpenVolume(devs, OpenOptions{Profile: Raid5, Volume: VolumeOptions{Logger: testLogger()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	if v.journal == nil || v.journal.retired == 0 {
+		t.Fatal("the read-write open did not replay and retire the entry")
+	}
+	if got, st := readAt(t, v, StripeLen, SectorSize, 0, rng); st != blk.StsOK || !bytes.Equal(got, data) {
+		t.Fatalf("read back: %v", st)
+	}
+}
