@@ -369,7 +369,23 @@ func NewFsInfo(vol *raid.Volume, opts Options) (*FsInfo, error) {
 		fs: fs, size: size, IOTree: NewExtentIOTree(),
 		NoDataSum: !opts.DataSum || opts.NoCow, NoDataCow: opts.NoCow,
 	}
+	vol.SetVerifyData(fs.verifyDataSector)
 	return fs, nil
+}
+
+// verifyDataSector is what raid56.c's fill_data_csums and
+// verify_bio_data_sectors do for one sector a RAID5/6 read-modify-write
+// read: compare it with the csum tree's checksum, if it has one.
+func (fs *FsInfo) verifyDataSector(logical uint64, sector []byte) (ok, known bool) {
+	want, has := fs.csums.lookup(logical)
+	if !has {
+		return true, false
+	}
+	if csumData(sector) != want {
+		fs.stats.csumErrors.Add(1)
+		return false, true
+	}
+	return true, true
 }
 
 // Inode is btrfs_iget for the filesystem's one inode.

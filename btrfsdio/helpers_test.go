@@ -69,10 +69,16 @@ var dioModes = []struct {
 
 func newTestFS(t testing.TB, p raid.Profile, devSize int64, opts Options) *testFS {
 	t.Helper()
+	return newTestFSDevices(t, p, devicesFor(p), devSize, opts)
+}
+
+// newTestFSDevices is newTestFS over ndevs devices.
+func newTestFSDevices(t testing.TB, p raid.Profile, ndevs int, devSize int64, opts Options) *testFS {
+	t.Helper()
 	dir := testDir(t)
 	var devs []*raid.Device
 	var paths []string
-	for i := 0; i < devicesFor(p); i++ {
+	for i := 0; i < ndevs; i++ {
 		path := filepath.Join(dir, fmt.Sprintf("dev%d.img", i))
 		d, err := raid.OpenDevice(path, raid.DeviceOptions{Create: true, Size: devSize, Logger: quietLog()})
 		if err != nil {

@@ -156,8 +156,8 @@ func (v *Volume) checkBio(bio *blk.Bio, mirror int) error {
 		return fmt.Errorf("logical %d size %d not aligned to the %d-byte sector", logical, size, SectorSize)
 	case logical >= v.chunk.length || size > v.chunk.length-logical:
 		return fmt.Errorf("[%d,%d) outside the chunk [0,%d)", logical, logical+size, v.chunk.length)
-	case mirror < 0 || mirror > v.profile.numCopies():
-		return fmt.Errorf("mirror %d out of range 0..%d", mirror, v.profile.numCopies())
+	case mirror < 0 || mirror > v.numCopies():
+		return fmt.Errorf("mirror %d out of range 0..%d", mirror, v.numCopies())
 	case bio.Opf.Op() == blk.OpWrite && mirror != 0:
 		return fmt.Errorf("write with mirror %d: writes go to every copy", mirror)
 	}

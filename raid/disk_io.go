@@ -23,11 +23,14 @@ const (
 	// SuperMagic identifies a btrfsdio device ("_BHRfS_M" is btrfs's).
 	SuperMagic = "BTRFSDIO"
 	// superVersion 2 added the metadata area and its root (version 1
-	// kept the file's mapping in memory only).
-	superVersion    = 2
+	// kept the file's mapping in memory only); version 3 the RAID5/6
+	// journal area after it (JournalBytes). Version 2 images still open,
+	// without a journal.
+	superVersion    = 3
+	superVersionV2  = 2
 	superMirrorsMax = 3
 	// superUsedBytes is where the encoded fields end.
-	superUsedBytes = 160
+	superUsedBytes = 168
 )
 
 // superOffsets are the copies: btrfs_sb_offset's 64 KiB primary, and two
@@ -59,6 +62,10 @@ type Superblock struct {
 	// (btrfs_super_block.root); RootBytes 0 means nothing committed yet.
 	RootSlot  uint32
 	RootBytes uint64
+	// JournalBytes is the RAID5/6 journal area that follows the metadata
+	// area on every device (version 3; 0: no journal, as every version 2
+	// image and every profile without parity).
+	JournalBytes uint64
 }
 
 // MetaAreaBytes is how much of each device the metadata area takes (no
@@ -74,14 +81,24 @@ func (sb *Superblock) metaAreaFits(size uint64) bool {
 		sb.MetaSlotBytes <= (size-sb.ChunkDevBytes)/(2*uint64(sb.MetaCopies))
 }
 
+// journalFits reports whether the journal area fits in size bytes after
+// the chunk and the metadata area, without overflowing on hostile fields.
+func (sb *Superblock) journalFits(size uint64) bool {
+	return sb.metaAreaFits(size) && sb.JournalBytes <= size-sb.ChunkDevBytes-sb.MetaAreaBytes()
+}
+
+// JournalOffset is where the journal area starts on every device (no kernel
+// counterpart: btrfs has no RAID5/6 journal).
+func (sb *Superblock) JournalOffset() uint64 { return sb.ChunkDevBytes + sb.MetaAreaBytes() }
+
 // checkFits is btrfs_verify_dev_extents' size half (a dev extent beyond
 // the device's total_bytes is refused): the chunk and the metadata area the
 // superblock describes must lie within the real device, so no offset or
 // buffer they size can exceed it.
 func checkFits(d *Device, sb *Superblock) error {
-	if !sb.metaAreaFits(d.Size()) {
-		return fmt.Errorf("raid: %s is %d bytes, too small for the %d data bytes and the 2 x %d x %d metadata bytes its superblock lays out: truncated image",
-			d.Path(), d.Size(), sb.ChunkDevBytes, sb.MetaCopies, sb.MetaSlotBytes)
+	if !sb.journalFits(d.Size()) {
+		return fmt.Errorf("raid: %s is %d bytes, too small for the %d data bytes, the 2 x %d x %d metadata bytes and the %d journal bytes its superblock lays out: truncated image",
+			d.Path(), d.Size(), sb.ChunkDevBytes, sb.MetaCopies, sb.MetaSlotBytes, sb.JournalBytes)
 	}
 	return nil
 }
@@ -105,6 +122,9 @@ func (sb *Superblock) Encode() []byte {
 	le.PutUint32(b[144:], sb.MetaCopies)
 	le.PutUint32(b[148:], sb.RootSlot)
 	le.PutUint64(b[152:], sb.RootBytes)
+	if sb.Version >= superVersion {
+		le.PutUint64(b[160:], sb.JournalBytes)
+	}
 	le.PutUint32(b[0:], crc32.Checksum(b[superCsumSize:], castagnoli))
 	return b
 }
@@ -140,13 +160,18 @@ func DecodeSuperblock(b []byte, bytenr uint64) (*Superblock, error) {
 	}
 	copy(sb.Fsid[:], b[32:48])
 	copy(sb.DevUUID[:], b[104:120])
+	if sb.Version >= superVersion {
+		sb.JournalBytes = le.Uint64(b[160:])
+	}
 	switch {
 	case sb.Bytenr != bytenr:
 		return nil, fmt.Errorf("%w: copy at %d says it lives at %d", ErrCorruptSuper, bytenr, sb.Bytenr)
 	case sb.Version == 1:
 		return nil, fmt.Errorf("%w: format version 1 kept the file's mapping in memory only, so the image holds no reachable data: recreate it", ErrCorruptSuper)
-	case sb.Version != superVersion:
-		return nil, fmt.Errorf("%w: version %d, this program knows %d", ErrCorruptSuper, sb.Version, superVersion)
+	case sb.Version != superVersion && sb.Version != superVersionV2:
+		return nil, fmt.Errorf("%w: version %d, this program knows %d and %d", ErrCorruptSuper, sb.Version, superVersionV2, superVersion)
+	case sb.Version == superVersionV2 && le.Uint64(b[160:]) != 0:
+		return nil, fmt.Errorf("%w: version %d with bytes past its last field", ErrCorruptSuper, sb.Version)
 	case !sb.Profile.valid():
 		return nil, fmt.Errorf("%w: profile %d", ErrCorruptSuper, sb.Profile)
 	case sb.NumDevices == 0 || sb.NumDevices > 64:
@@ -162,6 +187,10 @@ func DecodeSuperblock(b []byte, bytenr uint64) (*Superblock, error) {
 			ErrCorruptSuper, sb.MetaCopies, sb.MetaSlotBytes, sb.ChunkDevBytes, sb.TotalBytes)
 	case sb.RootSlot > 1 || sb.RootBytes > sb.MetaSlotBytes || sb.RootBytes%SectorSize != 0:
 		return nil, fmt.Errorf("%w: metadata root of %d bytes in slot %d", ErrCorruptSuper, sb.RootBytes, sb.RootSlot)
+	case sb.JournalBytes%SectorSize != 0 || !sb.journalFits(sb.TotalBytes) ||
+		(sb.JournalBytes != 0 && (!sb.Profile.IsRaid56() || sb.JournalBytes < journalFloor(sb.NumDevices))):
+		return nil, fmt.Errorf("%w: journal area of %d bytes for %s after %d data and %d metadata bytes does not fit %d device bytes",
+			ErrCorruptSuper, sb.JournalBytes, sb.Profile, sb.ChunkDevBytes, sb.MetaAreaBytes(), sb.TotalBytes)
 	}
 	return sb, nil
 }
@@ -270,9 +299,10 @@ func Format(devs []*Device, p Profile) (*Superblock, error) {
 	}
 	slot := metaSlotBytes(len(devs), size)
 	area := 2 * uint64(copies) * slot
-	if size < MinDeviceSize+area {
-		return nil, fmt.Errorf("raid: format: devices of %d bytes are too small for a %d-byte metadata area and %d bytes of data",
-			size, area, MinDeviceSize)
+	journal := formatJournalBytes(p, len(devs), size, area)
+	if size < MinDeviceSize+area || size-MinDeviceSize-area < journal {
+		return nil, fmt.Errorf("raid: format: devices of %d bytes are too small for a %d-byte metadata area, a %d-byte journal and %d bytes of data",
+			size, area, journal, MinDeviceSize)
 	}
 	var fsid [16]byte
 	if _, err := rand.Read(fsid[:]); err != nil {
@@ -281,8 +311,8 @@ func Format(devs []*Device, p Profile) (*Superblock, error) {
 	var first *Superblock
 	for i, d := range devs {
 		sb := &Superblock{Fsid: fsid, Generation: 1, Version: superVersion, Profile: p,
-			NumDevices: uint64(len(devs)), Devid: uint64(i + 1), TotalBytes: d.Size(), ChunkDevBytes: size - area,
-			MetaSlotBytes: slot, MetaCopies: copies}
+			NumDevices: uint64(len(devs)), Devid: uint64(i + 1), TotalBytes: d.Size(), ChunkDevBytes: size - area - journal,
+			MetaSlotBytes: slot, MetaCopies: copies, JournalBytes: journal}
 		if _, err := rand.Read(sb.DevUUID[:]); err != nil {
 			return nil, fmt.Errorf("raid: format: %w", err)
 		}
@@ -350,6 +380,9 @@ func OpenVolume(devs []*Device, opts OpenOptions) (*Volume, *Superblock, error) 
 		if err := v.formatBitmap(sb.Fsid); err != nil {
 			return nil, nil, err
 		}
+		if err := v.openJournal(sb); err != nil {
+			return nil, nil, err
+		}
 		return v, sb, nil
 	}
 	if opts.Degraded {
@@ -372,7 +405,13 @@ func OpenVolume(devs []*Device, opts OpenOptions) (*Volume, *Superblock, error) 
 	if v.bitmap != nil {
 		v.bitmap.load(sbs[0].Fsid)
 	}
-	return v, v.markStale(devs, sbs), nil
+	newest := v.markStale(devs, sbs)
+	// The journal is replayed before anything reads the volume (a stale
+	// device's old entries are not read: it is unreadable until resynced).
+	if err := v.openJournal(newest); err != nil {
+		return nil, nil, err
+	}
+	return v, newest, nil
 }
 
 // dropInvalid is btrfs_scan_one_device failing for a device when mounting
@@ -421,7 +460,7 @@ func checkMembers(devs []*Device, sbs []*Superblock, want Profile, degraded bool
 			return nil, fmt.Errorf("raid: %s belongs to volume %x, %s to %x: refusing to mix volumes",
 				devs[i].Path(), sb.Fsid[:4], devs[0].Path(), first.Fsid[:4])
 		case sb.Profile != first.Profile || sb.NumDevices != first.NumDevices || sb.ChunkDevBytes != first.ChunkDevBytes ||
-			sb.MetaSlotBytes != first.MetaSlotBytes || sb.MetaCopies != first.MetaCopies:
+			sb.MetaSlotBytes != first.MetaSlotBytes || sb.MetaCopies != first.MetaCopies || sb.JournalBytes != first.JournalBytes:
 			return nil, fmt.Errorf("raid: %s disagrees with %s about the volume (profile, device count or size)", devs[i].Path(), devs[0].Path())
 		}
 		if err := checkFits(devs[i], sb); err != nil {

@@ -38,6 +38,13 @@ func FuzzSuperblockImage(f *testing.F) {
 	raid1.Profile, raid1.NumDevices, raid1.Devid, raid1.MetaCopies = Raid1, 2, 2, 1
 	raid1.ChunkDevBytes = fuzzImageSize - 2*slot
 	add(&raid1)
+	raid5 := raid1
+	raid5.Profile, raid5.NumDevices, raid5.JournalBytes = Raid5, 3, journalFloor(3)
+	raid5.ChunkDevBytes = fuzzImageSize - 2*slot - raid5.JournalBytes
+	add(&raid5)
+	v2 := raid1
+	v2.Version = superVersionV2
+	add(&v2)
 	for _, mutate := range hostileSupers {
 		sb := *dup
 		mutate(&sb)
@@ -64,6 +71,10 @@ func FuzzSuperblockImage(f *testing.F) {
 		}
 		hi, area := bits.Mul64(2*uint64(got.MetaCopies), got.MetaSlotBytes)
 		end, carry := bits.Add64(got.ChunkDevBytes, area, 0)
+		jend, jcarry := bits.Add64(end, got.JournalBytes, 0)
+		if jcarry != 0 || jend > got.TotalBytes {
+			t.Fatalf("accepted a %d-byte journal after %d bytes in %d bytes", got.JournalBytes, end, got.TotalBytes)
+		}
 		if hi != 0 || carry != 0 || end > got.TotalBytes || got.RootBytes > got.MetaSlotBytes {
 			t.Fatalf("accepted a chunk of %d and a metadata area of 2 x %d x %d with a %d-byte root in %d bytes",
 				got.ChunkDevBytes, got.MetaCopies, got.MetaSlotBytes, got.RootBytes, got.TotalBytes)

@@ -52,6 +52,12 @@ var hostileSupers = map[string]func(sb *Superblock){
 	"chunk beyond the image": func(sb *Superblock) {
 		sb.TotalBytes, sb.ChunkDevBytes = 1<<40, 1<<39
 	},
+	"journal beyond the image": func(sb *Superblock) {
+		sb.Profile, sb.TotalBytes, sb.JournalBytes = Raid5, 1<<40, 1<<30
+	},
+	"journal wraps": func(sb *Superblock) {
+		sb.Profile, sb.TotalBytes, sb.JournalBytes = Raid5, ^uint64(0), ^uint64(0)&^(SectorSize-1)
+	},
 }
 
 // TestHostileSuperblockRefused: every crafted image is refused by

@@ -119,9 +119,10 @@ func (p Profile) Striped() bool {
 // IsRaid56 is the BTRFS_BLOCK_GROUP_RAID56_MASK test.
 func (p Profile) IsRaid56() bool { return p == Raid5 || p == Raid6 }
 
-// numCopies is btrfs_num_copies for a chunk of this profile. RAID5 reads
-// have two ways (the data, or a rebuild from P); RAID6 three here (data,
-// rebuild from P, rebuild from Q).
+// numCopies is btrfs_num_copies for a chunk of this profile, except RAID6
+// (Volume.numCopies: one per stripe); here RAID6 has the three distinct
+// views scrub compares (data, rebuild from P, rebuild from Q). RAID5 reads
+// have two ways (the data, or a rebuild from P).
 func (p Profile) numCopies() int {
 	switch {
 	case p == Raid5:

@@ -155,6 +155,62 @@ func (r *rbio) recover(ranges []byteRange, failed []bool) error {
 	return nil
 }
 
+// verifyRMWData is verify_bio_data_sectors + recover_sectors of
+// rmw_read_wait_recover (kernel 6.2): before the new parity is computed,
+// every data sector the read-modify-write read and keeps is checked against
+// its csum; a column with bad sectors is rebuilt from the old parity,
+// together with the stripes that could not be read, so that silent
+// corruption is not built into the new parity where nothing could rebuild
+// it any more. A rebuild that does not verify either (more damage than
+// parity covers) is dropped and the data kept as read, as before. The
+// repaired sectors are only used for parity; the bad copy on disk is left
+// for the read repair, which now rebuilds it from the good parity.
+func (r *rbio) verifyRMWData(verify VerifyDataFunc, pl writePlan, failed []bool) {
+	keeps := func(i int, lo uint64) bool {
+		c := pl.covers[i]
+		return lo < c.lo || lo >= c.hi
+	}
+	saved := make([][]byte, r.ndata)
+	for _, rg := range pl.runs {
+		for lo := rg.lo; lo < rg.hi; lo += SectorSize {
+			lost := append([]bool(nil), failed...)
+			var bad []int
+			for i := 0; i < r.ndata; i++ {
+				if failed[i] || !keeps(i, lo) {
+					continue
+				}
+				if ok, known := verify(r.ioc.RaidMap[i]+lo, r.bufs[i][lo:lo+SectorSize]); known && !ok {
+					lost[i] = true
+					bad = append(bad, i)
+				}
+			}
+			if len(bad) == 0 {
+				continue
+			}
+			for _, i := range bad {
+				saved[i] = append(saved[i][:0], r.bufs[i][lo:lo+SectorSize]...)
+			}
+			col := r.slice(byteRange{lo, lo + SectorSize})
+			good := recoverStripes(col, r.nparity, lost) == nil
+			for _, i := range bad {
+				if ok, _ := verify(r.ioc.RaidMap[i]+lo, col[i]); !ok {
+					good = false
+				}
+			}
+			if !good {
+				for _, i := range bad {
+					copy(col[i], saved[i])
+				}
+				r.v.log.Warnf("raid: raid56 read-modify-write of full stripe %d: %d data sectors at column offset %d fail their csum and cannot be rebuilt",
+					r.ioc.FullStripeLogical, len(bad), lo)
+				continue
+			}
+			r.v.log.Warnf("raid: raid56 read-modify-write of full stripe %d: rebuilt %d data sectors at column offset %d that failed their csum",
+				r.ioc.FullStripeLogical, len(bad), lo)
+		}
+	}
+}
+
 // dataCover is the part of one data stripe a write covers.
 type dataCover struct {
 	byteRange
@@ -228,6 +284,9 @@ func (v *Volume) raid56Write(bio *blk.Bio, ioc *IOContext) blk.BlkStatus {
 			v.log.Errorf("raid: raid56 write at %d: read-modify-write: %v", logical, err)
 			return blk.StsIOErr
 		}
+		if f := v.verifyData.Load(); f != nil {
+			r.verifyRMWData(*f, pl, failed)
+		}
 	}
 	for i, c := range pl.covers {
 		if c.empty() {
@@ -241,6 +300,23 @@ func (v *Volume) raid56Write(bio *blk.Bio, ioc *IOContext) blk.BlkStatus {
 	}
 	for _, rg := range pl.runs {
 		r.genParity(rg)
+	}
+	if pl.needRead || bio.Opf&blk.ReqOverwrite != 0 {
+		// The full stripe may hold committed data whose parity this write
+		// changes in place: journal the new data and parity first.
+		switch {
+		case v.journal != nil && !v.noJournal:
+			seq, err := v.journal.log(r, pl)
+			if err != nil {
+				v.log.Errorf("raid: raid56 write at %d: %v", logical, err)
+				return blk.StsIOErr
+			}
+			defer v.journal.done(seq)
+		default:
+			v.unjournaledOnce.Do(func() {
+				v.log.Warnf("raid: %s volume without a journal: a power cut during a partial-stripe write can leave parity that rebuilds garbage (the write hole)", v.profile)
+			})
+		}
 	}
 	return r.writeStripes(bio, pl)
 }
@@ -300,11 +376,25 @@ func (r *rbio) writeStripes(bio *blk.Bio, pl writePlan) blk.BlkStatus {
 	return blk.StsOK
 }
 
+// raid6ExtraError is set_rbio_raid6_extra_error: the stripe a RAID6 read of
+// mirror >= 3 treats as lost besides the target data stripe. Mirror 3 drops
+// P (rebuild from Q); each higher mirror drops one more data stripe, from
+// the last one down, skipping the target, so that the mirrors up to
+// num_copies (= the number of stripes) try every other stripe once and two
+// bad data sectors in one column are rebuilt from P and Q.
+func raid6ExtraError(realStripes, target, mirror int) int {
+	failb := realStripes - (mirror - 1)
+	if failb <= target {
+		failb--
+	}
+	return failb
+}
+
 // raid56Recover is raid56_parity_recover for a read with mirror > 1: the
 // sectors are rebuilt, never read from their own stripe. Mirror 2 treats
 // the data stripe as lost and rebuilds it from the other data and P (or,
-// on RAID6, P and Q when another stripe is unreadable too); mirror 3
-// (RAID6) also drops P and rebuilds from Q.
+// on RAID6, P and Q when another stripe is unreadable too); mirrors >= 3
+// (RAID6) also drop one more stripe (raid6ExtraError) and rebuild with Q.
 func (v *Volume) raid56Recover(bio *blk.Bio, ioc *IOContext) blk.BlkStatus {
 	r := v.newRbio(ioc)
 	defer r.free()
@@ -315,7 +405,9 @@ func (v *Volume) raid56Recover(bio *blk.Bio, ioc *IOContext) blk.BlkStatus {
 	failed := make([]bool, len(ioc.Stripes))
 	failed[target] = true
 	if ioc.MirrorNum >= 3 {
-		failed[r.ndata] = true
+		if b := raid6ExtraError(len(ioc.Stripes), target, ioc.MirrorNum); b >= 0 {
+			failed[b] = true
+		}
 	}
 
 	unlock := v.stripeLocks.lock(ioc.FullStripeLogical)

@@ -37,7 +37,22 @@ type VolumeOptions struct {
 	// NoBitmap leaves the write-intent bitmap out (bitmap.go): only to
 	// measure what it costs; a crash then leaves mirrors that differ.
 	NoBitmap bool
+	// VerifyData checks one data sector read at logical against its data
+	// checksum (the layer above's csum tree): known is false when there is
+	// no checksum to judge by. RAID5/6 read-modify-write verifies the data
+	// it reads with it (SetVerifyData sets it after the volume is open).
+	VerifyData VerifyDataFunc
+	// NoJournal leaves RAID5/6 writes unjournaled even when the volume
+	// has a journal area (the write hole open, as in btrfs): for measuring
+	// what the journal costs and showing what it protects. The journal is
+	// still replayed at open.
+	NoJournal bool
 }
+
+// VerifyDataFunc is the csum lookup and comparison that raid56.c's
+// fill_data_csums and verify_bio_data_sectors do against the csum tree,
+// supplied by the filesystem so that this package needs no csum tree.
+type VerifyDataFunc func(logical uint64, sector []byte) (ok, known bool)
 
 // chunkStripe is struct btrfs_io_stripe in a chunk map: where one stripe
 // (dev extent) of the chunk lives.
@@ -79,6 +94,16 @@ type Volume struct {
 	// resync is the bringing up to date of stale devices (Resync).
 	generation uint64
 	resync     resyncState
+
+	// verifyData is the filesystem's csum check for RMW reads (nil: none).
+	verifyData atomic.Pointer[VerifyDataFunc]
+
+	// journal is the RAID5/6 journal (nil: the volume has no journal
+	// area); noJournal is VolumeOptions.NoJournal; unjournaledOnce warns
+	// once that RAID5/6 writes go unprotected.
+	journal         *raid56Journal
+	noJournal       bool
+	unjournaledOnce sync.Once
 
 	mu       sync.RWMutex
 	closed   bool
@@ -146,7 +171,8 @@ func NewVolume(devs []*Device, p Profile, opts VolumeOptions) (*Volume, error) {
 		return nil, fmt.Errorf("raid: devices too small for %s: %d usable bytes each, need %d", p, size,
 			ReservedBytes+uint64(a.devStripes)*StripeLen)
 	}
-	v := &Volume{devs: devs, profile: p, attr: a, log: log}
+	v := &Volume{devs: devs, profile: p, attr: a, log: log, noJournal: opts.NoJournal}
+	v.SetVerifyData(opts.VerifyData)
 	v.chunk = layoutChunk(len(devs), a, stripeSize)
 	v.chunk.length = stripeSize * uint64(dataStripes(p, v.chunk.numStripes()))
 	if !opts.NoBitmap {
@@ -208,6 +234,18 @@ func dataStripes(p Profile, numStripes int) int {
 	return numStripes / a.ncopies
 }
 
+// SetVerifyData installs the data checksum check RAID5/6 read-modify-write
+// runs on the data it reads (nil removes it). No kernel counterpart as a
+// call: raid56.c reads the csum tree itself (fill_data_csums); here the
+// filesystem mounts after the volume is open and hands its check down.
+func (v *Volume) SetVerifyData(f VerifyDataFunc) {
+	if f == nil {
+		v.verifyData.Store(nil)
+		return
+	}
+	v.verifyData.Store(&f)
+}
+
 // Capacity is the chunk length: usable logical bytes, a multiple of
 // StripeLen (of the full stripe for RAID5/6).
 func (v *Volume) Capacity() uint64 { return v.chunk.length }
@@ -232,12 +270,23 @@ func (v *Volume) FullStripeLen() uint64 {
 }
 
 // NumCopies is btrfs_num_copies: how many mirrors a read may ask for. RAID5
-// has 2 (the data, or a rebuild from P), RAID6 3 (data, from P, from Q).
-// Like the kernel, an address outside the chunk has 1.
+// has 2 (the data, or a rebuild from P); RAID6, as in the kernel, one per
+// stripe: the data, a rebuild from P, and from mirror 3 on rebuilds with Q
+// that also drop one other stripe each (raid6ExtraError), so that two bad
+// data sectors in one column can be found and rebuilt. Like the kernel, an
+// address outside the chunk has 1.
 func (v *Volume) NumCopies(logical, length uint64) int {
 	if logical >= v.chunk.length || length > v.chunk.length-logical {
 		v.log.Warnf("raid: num_copies: no mapping for %d+%d (capacity %d)", logical, length, v.chunk.length)
 		return 1
+	}
+	return v.numCopies()
+}
+
+// numCopies is btrfs_num_copies for the volume's chunk.
+func (v *Volume) numCopies() int {
+	if v.profile == Raid6 {
+		return v.chunk.numStripes()
 	}
 	return v.profile.numCopies()
 }
@@ -317,9 +366,9 @@ func (v *Volume) checkMap(op blk.Op, logical, length uint64, mirror int) error {
 	case logical < v.chunk.start || logical-v.chunk.start >= v.chunk.length: // no start+length to wrap
 		return fmt.Errorf("raid: map_block: logical %d outside the chunk [%d,%d): %w",
 			logical, v.chunk.start, v.chunk.start+v.chunk.length, errMap)
-	case mirror < 0 || mirror > v.profile.numCopies():
+	case mirror < 0 || mirror > v.numCopies():
 		return fmt.Errorf("raid: map_block at %d: mirror %d, %s has %d: %w",
-			logical, mirror, v.profile, v.profile.numCopies(), errMap)
+			logical, mirror, v.profile, v.numCopies(), errMap)
 	case op == blk.OpWrite && mirror != 0:
 		return fmt.Errorf("raid: map_block at %d: a write goes to every copy, mirror %d given: %w", logical, mirror, errMap)
 	}
@@ -445,6 +494,10 @@ func (v *Volume) mapRaid56Full(ioc *IOContext, g *ioGeometry, offset uint64) {
 // (btrfs_check_rw_degradable); then all errors are joined.
 func (v *Volume) Flush() error {
 	epoch := v.bitmap.barrierBegin()
+	var retire uint64
+	if v.journal != nil {
+		retire = v.journal.retirable()
+	}
 	errs := make([]error, len(v.devs))
 	var wg sync.WaitGroup
 	for i, d := range v.devs {
@@ -480,9 +533,13 @@ func (v *Volume) Flush() error {
 	}
 	if failed > 0 {
 		v.noteDegraded("flush", 0, failed, len(v.devs), v.attr.toleratedFailures)
-		return nil
+	} else {
+		v.bitmap.barrierDone(epoch)
 	}
-	v.bitmap.barrierDone(epoch)
+	if v.journal != nil {
+		// The in-place writes of every entry up to retire are durable now.
+		return v.journal.retire(retire)
+	}
 	return nil
 }
 

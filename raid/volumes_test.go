@@ -153,7 +153,7 @@ func checkMapCase(t *testing.T, v *Volume, c mapCase) {
 func TestNumCopiesAndAttributes(t *testing.T) {
 	want := map[Profile][4]int{ // num_copies, max_errors, copies, parity
 		Single: {1, 0, 1, 0}, Dup: {2, 0, 2, 0}, Raid0: {1, 0, 1, 0}, Raid1: {2, 1, 2, 0},
-		Raid1C3: {3, 2, 3, 0}, Raid1C4: {4, 3, 4, 0}, Raid10: {2, 1, 2, 0}, Raid5: {2, 1, 1, 1}, Raid6: {3, 2, 1, 2},
+		Raid1C3: {3, 2, 3, 0}, Raid1C4: {4, 3, 4, 0}, Raid10: {2, 1, 2, 0}, Raid5: {2, 1, 1, 1}, Raid6: {4, 2, 1, 2}, // RAID6: one per stripe (4 devices here)
 	}
 	for _, p := range Profiles() {
 		v := newVolume(t, p, 8*S)

@@ -14,7 +14,7 @@ func init() {
 	registerCommand(&command{
 		name:    "bench",
 		summary: "in-process benchmark: the seed's table (zero-copy, pooled bounce, the seed's bounce; nodatasum vs datasum) next to the raw backing file, then peak RSS and allocations under a QD32 load",
-		usage:   "[--profile P] [--size BYTES] [--bs BYTES] [--rounds N] [--bounce-pool SIZE] [--qd N] [--qd-size BYTES] [--dir DIR] [--json FILE] [--svg FILE] | --bitmap [--profile P] [--rounds N] [--qd N] [--bitmap-file BYTES] [--bitmap-writes N] [--bitmap-flush-every N]",
+		usage:   "[--profile P] [--size BYTES] [--bs BYTES] [--rounds N] [--bounce-pool SIZE] [--qd N] [--qd-size BYTES] [--dir DIR] [--json FILE] [--svg FILE] | --bitmap [--profile P] [--rounds N] [--qd N] [--bitmap-file BYTES] [--bitmap-writes N] [--bitmap-flush-every N] | --journal-writes N [--profile raid5|raid6] [--rounds N] [--dir DIR]",
 		run:     runBench,
 	})
 }
@@ -36,6 +36,7 @@ func runBench(e *env, args []string) int {
 	bitmapFile := fs.String("bitmap-file", "64M", "--bitmap: file size")
 	bitmapWrites := fs.Int("bitmap-writes", 20000, "--bitmap: timed writes per pass")
 	bitmapFlush := fs.Int("bitmap-flush-every", 32, "--bitmap: a second row with a FLUSH after this many writes per submitter (0: none)")
+	journalWrites := fs.Int("journal-writes", 0, "instead of the table: the RAID5/6 journal's cost, N random 4 KiB NODATACOW overwrites with and without it (--profile raid5 or raid6)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -45,6 +46,9 @@ func runBench(e *env, args []string) int {
 	}
 	if *bitmap {
 		return runBitmapBench(e, p, *dir, *bitmapFile, *bitmapWrites, *qd, *bitmapFlush, *rounds)
+	}
+	if *journalWrites > 0 {
+		return runJournalBench(e, p, *journalWrites, *rounds, *dir)
 	}
 	n, err := parseSize(*size)
 	if err != nil {
@@ -129,4 +133,19 @@ func defaultBenchDir() string {
 		return "/dev/shm"
 	}
 	return os.TempDir()
+}
+
+// runJournalBench is bench --journal-writes: what the RAID5/6 journal costs.
+func runJournalBench(e *env, p raid.Profile, writes, rounds int, dir string) int {
+	if !p.IsRaid56() {
+		return e.failf(exitUsage, "bench: --journal-writes measures the RAID5/6 journal: --profile raid5 or raid6, not %s", p)
+	}
+	cfg := bench.JournalConfig{Dir: dir, Profile: p, Devices: p.MinDevices() + 1, DevSize: 256 << 20,
+		File: 64 << 20, Writes: writes, Rounds: rounds}
+	cells, err := bench.Journal(cfg)
+	if err != nil {
+		return e.failf(exitFail, "%v", err)
+	}
+	bench.WriteJournalTable(e.stdout, cfg, cells)
+	return exitOK
 }

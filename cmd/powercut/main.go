@@ -16,14 +16,15 @@ import (
 
 func main() {
 	seed := flag.Uint64("seed", 1, "base seed (a failure prints the one to replay it)")
-	scenario := flag.String("scenario", "", "run only this scenario (profile/kind/dio, as printed)")
+	scenario := flag.String("scenario", "", "run only these scenarios: comma-separated names (profile/kind/dio, as printed) or profiles")
 	requests := flag.Int("requests", 32, "requests in each scenario's workload")
 	minCuts := flag.Int("cuts", 40, "fewest cut points per scenario")
 	jobs := flag.Int("j", runtime.NumCPU(), "scenarios run at once")
 	noBitmap := flag.Bool("no-bitmap", false, "run without the write-intent bitmap (shows what it prevents)")
 	maxCuts := flag.Int("maxcuts", 0, "sample the flush cut points of a scenario down to this many (0: every flush)")
+	noJournal := flag.Bool("nojournal", false, "write RAID5/6 volumes without their journal (shows the write hole it closes)")
 	flag.Usage = func() {
-		fmt.Fprintf(flag.CommandLine.Output(), "usage: powercut [-seed N] [-scenario NAME] [-requests N] [-cuts N] [-maxcuts N] [-no-bitmap] [-j N]\n")
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: powercut [-seed N] [-scenario NAMES] [-requests N] [-cuts N] [-maxcuts N] [-no-bitmap] [-nojournal] [-j N]\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -33,25 +34,28 @@ func main() {
 	}
 	list := powercut.Matrix()
 	if *scenario != "" {
-		s, err := powercut.ParseScenario(*scenario)
-		if err != nil {
+		var err error
+		if list, err = powercut.ParseScenarios(*scenario); err != nil {
 			fmt.Fprintf(os.Stderr, "powercut: %v\n", err)
 			os.Exit(2)
 		}
-		list = []powercut.Scenario{s}
 	}
-	cfg := powercut.Config{Seed: *seed, DevSize: 16 << 20, Requests: *requests, MinCuts: *minCuts, MaxCuts: *maxCuts, NoBitmap: *noBitmap}
+	cfg := powercut.Config{Seed: *seed, DevSize: 16 << 20, Requests: *requests, MinCuts: *minCuts, MaxCuts: *maxCuts,
+		NoBitmap: *noBitmap, NoJournal: *noJournal}
 	sum := powercut.Report(os.Stdout, list, cfg, *jobs, func(s powercut.Scenario, seed uint64) string {
 		env := "" // make powercut GOFLAGS=-tags=nobarrier: the replay needs the same build
 		if g := os.Getenv("GOFLAGS"); g != "" {
 			env = fmt.Sprintf("GOFLAGS=%q ", g)
 		}
-		nb := ""
+		opt := ""
 		if *noBitmap {
-			nb = " -no-bitmap"
+			opt += " -no-bitmap"
+		}
+		if *noJournal {
+			opt += " -nojournal"
 		}
 		return fmt.Sprintf("%sgo run ./cmd/powercut -seed %d -scenario %s -requests %d -cuts %d -maxcuts %d%s",
-			env, seed, s.Name(), *requests, *minCuts, *maxCuts, nb)
+			env, seed, s.Name(), *requests, *minCuts, *maxCuts, opt)
 	})
 	fmt.Println(sum.Line())
 	if sum.Failures > 0 {

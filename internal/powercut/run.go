@@ -35,6 +35,9 @@ type Config struct {
 	// NoBitmap runs without the RAID layer's write-intent bitmap, to show
 	// what it prevents: NOCOW mirrors then keep copies that differ.
 	NoBitmap bool
+	// NoJournal records the workload without the RAID5/6 journal
+	// (raid.VolumeOptions.NoJournal), to show the write hole it closes.
+	NoJournal bool
 }
 
 // Result is what one scenario's run found.
@@ -105,8 +108,64 @@ func Run(s Scenario, cfg Config) *Result {
 		case copies != "":
 			res.Inconsistent = append(res.Inconsistent, fmt.Sprintf("%s: %s", where, copies))
 		}
+		if s.Profile.ToleratedFailures() == 0 {
+			continue
+		}
+		// The same images again (the same stream, the same draws), then a
+		// device lost before the mount.
+		lrng := rand.New(rand.NewPCG(s.seed(cfg.Seed), uint64(2+i)))
+		choosePolicy(lrng)
+		if msg := checkCutLost(s, lg, m, cut, pol, lrng, crashDir); msg != "" {
+			res.Failures = append(res.Failures, fmt.Sprintf("%s, then %s", where, msg))
+		}
 	}
 	return res
+}
+
+// checkCutLost builds the images of a power cut at cut, loses one device
+// (drawn from rng), mounts the rest degraded and holds every block of the
+// device to the model: what the redundancy promises is that losing as many
+// devices as the profile tolerates loses no data, right after a crash too
+// (a RAID5/6 full stripe whose parity the cut left stale would rebuild
+// garbage: the write hole). It returns what broke, or "".
+func checkCutLost(s Scenario, lg *Log, m *model, cut int, pol Policy, rng *rand.Rand, dir string) string {
+	paths, err := lg.Crash(cut, pol, rng, dir)
+	if err != nil {
+		return err.Error()
+	}
+	lost := rng.IntN(len(paths))
+	var devs []*raid.Device
+	for i, p := range paths {
+		if i == lost {
+			continue
+		}
+		d, err := raid.OpenDevice(p, raid.DeviceOptions{Buffered: true, Logger: quiet()})
+		if err != nil {
+			for _, d := range devs {
+				d.Close()
+			}
+			return fmt.Sprintf("device %d lost: opening the image: %v", lost, err)
+		}
+		devs = append(devs, d)
+	}
+	vol, _, err := raid.OpenVolume(devs, raid.OpenOptions{Profile: s.Profile, Degraded: true, Volume: raid.VolumeOptions{Logger: quiet()}})
+	if err != nil {
+		for _, d := range devs {
+			d.Close()
+		}
+		return fmt.Sprintf("device %d lost: degraded mount refused: %v", lost, err)
+	}
+	defer vol.Close()
+	opts := s.options()
+	opts.Log = quiet()
+	fs, err := btrfsdio.OpenFsInfo(vol, opts)
+	if err != nil {
+		return fmt.Sprintf("device %d lost: degraded mount refused: %v", lost, err)
+	}
+	if msg := compare(&target.Btrfs{FS: fs}, m, cut, s.Kind == NoCow); msg != "" {
+		return fmt.Sprintf("device %d lost: %s", lost, msg)
+	}
+	return ""
 }
 
 // record formats a volume on fresh images under the log, mounts it, and
@@ -127,7 +186,8 @@ func record(s Scenario, cfg Config, rng *rand.Rand, dir string) (*Log, *model, i
 		devs = append(devs, d)
 	}
 	lg := NewLog(devs)
-	vol, _, err := raid.OpenVolume(devs, raid.OpenOptions{Profile: s.Profile, Volume: raid.VolumeOptions{Logger: quiet(), NoBitmap: cfg.NoBitmap}})
+	vol, _, err := raid.OpenVolume(devs, raid.OpenOptions{Profile: s.Profile,
+		Volume: raid.VolumeOptions{Logger: quiet(), NoBitmap: cfg.NoBitmap, NoJournal: cfg.NoJournal}})
 	if err != nil {
 		for _, d := range devs {
 			d.Close()

@@ -93,3 +93,31 @@ func ParseScenario(name string) (Scenario, error) {
 	}
 	return Scenario{}, fmt.Errorf("unknown scenario %q (want one of %s)", name, strings.Join(names, ", "))
 }
+
+// ParseScenarios picks scenarios by a comma-separated list of names, each a
+// whole scenario name or a profile name for all of that profile's (no
+// kernel counterpart: the harness's command line).
+func ParseScenarios(list string) ([]Scenario, error) {
+	var out []Scenario
+	for _, name := range strings.Split(list, ",") {
+		name = strings.TrimSpace(name)
+		if !strings.Contains(name, "/") {
+			p, err := raid.ParseProfile(name)
+			if err != nil {
+				return nil, err
+			}
+			for _, s := range Matrix() {
+				if s.Profile == p {
+					out = append(out, s)
+				}
+			}
+			continue
+		}
+		s, err := ParseScenario(name)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
