@@ -320,13 +320,14 @@ func (fs *FsInfo) submitIOZeroCopy(it *iomap.Iter, bio *blk.Bio, fileOffset int6
 	fs.SubmitBbio(bbio, 0)
 }
 
-// dioOps is btrfs_dio_ops for the selected mode. Before the patch bios come
+// newDioOps is btrfs_dio_ops for the selected mode, built once by NewFsInfo
+// (the kernel's is a static const table). Before the patch bios come
 // from btrfs_dio_bioset; the patch drops .bio_set, since the iomap bio is
 // never submitted itself. The fallback and the generic bounce keep the
 // pre-patch btrfs_dio_ops: iomap's bio, bounced or not, goes to the
 // devices; iomap-bounce hands iomap the page allocator its bounce folios
 // come from.
-func (fs *FsInfo) dioOps() *iomap.DioOps {
+func (fs *FsInfo) newDioOps() *iomap.DioOps {
 	switch {
 	case fs.Opts.Mode == Bounce && fs.BouncePool != nil:
 		return &iomap.DioOps{SubmitIO: fs.submitIOBouncePooled}
@@ -361,7 +362,7 @@ func (inode *Inode) dioWrite(iocb *iomap.Kiocb, from *iomap.IovIter, doneBefore 
 	if inode.fs.Opts.Mode == IomapBounce && inode.needStableWrite() {
 		dioFlags |= iomap.DioBounce
 	}
-	return iomap.DioRW(iocb, from, true, inode, dioIomapOps{inode}, inode.fs.dioOps(), dioFlags, &DioData{}, doneBefore)
+	return iomap.DioRW(iocb, from, true, inode, dioIomapOps{inode}, inode.fs.dioOps, dioFlags, &DioData{}, doneBefore)
 }
 
 // directWriteFallsBack is btrfs_direct_write's choice of its buffered label
@@ -457,7 +458,7 @@ func (inode *Inode) DirectRead(iocb *iomap.Kiocb, to *iomap.IovIter) (int, error
 	}
 	inode.ilock.RLock()
 	defer inode.ilock.RUnlock()
-	read, err := iomap.DioRW(iocb, to, false, inode, dioIomapOps{inode}, inode.fs.dioOps(), iomap.DioPartial, &DioData{}, 0)
+	read, err := iomap.DioRW(iocb, to, false, inode, dioIomapOps{inode}, inode.fs.dioOps, iomap.DioPartial, &DioData{}, 0)
 	if err != nil {
 		return 0, err
 	}

@@ -81,11 +81,11 @@ func (fs *FsInfo) putBounceBioCtl(ctl *BounceCtl, ret int) {
 	switch n := ctl.put(ret); {
 	case n == 0:
 		ctl.Src.Status = blk.ErrnoToStatus(int(ctl.ret.Load()))
-		fs.stats.bounceCtlsDone.Add(1)
+		atomic.AddInt64(&fs.stats.BounceCtlsDone, 1)
 		iomap.BioEndIO(ctl.Src)
 	case n < 0:
 		fs.warnf("bounce_ctl released %d times too often", -n)
-		fs.stats.accountingBugs.Add(1)
+		atomic.AddInt64(&fs.stats.AccountingBugs, 1)
 	}
 }
 
@@ -152,7 +152,7 @@ func (fs *FsInfo) newBounceBbio(vcnt int, src *blk.Bio, ctl *BounceCtl, endIO fu
 	bbio.FileOffset = fileOffset
 	dip.FileOffset = fileOffset
 	ctl.pending.Add(1)
-	fs.stats.bounceBbios.Add(1)
+	atomic.AddInt64(&fs.stats.BounceBbios, 1)
 	return bbio
 }
 
@@ -166,7 +166,7 @@ func (fs *FsInfo) submitBounceBbio(dioData *DioData, bbio *BtrfsBio, src *blk.Bi
 	ctl := bbio.Private.(*BounceCtl)
 	dip := dioPrivate(bbio)
 	if size == 0 {
-		fs.stats.emptyBbios.Add(1)
+		atomic.AddInt64(&fs.stats.EmptyBbios, 1)
 	}
 	dioData.Submitted += int64(size)
 	dip.Bytes = size
@@ -204,7 +204,7 @@ func (fs *FsInfo) newBounceCtl(src *blk.Bio) *BounceCtl {
 		return nil
 	}
 	ctl := &BounceCtl{Src: src, cmpxchg: fs.Opts.cmpxchgFirstError()}
-	fs.stats.bounceCtls.Add(1)
+	atomic.AddInt64(&fs.stats.BounceCtls, 1)
 	// Start at one so the iomap bio cannot finish before every bounce bbio
 	// has been submitted.
 	ctl.pending.Store(1)
@@ -282,7 +282,7 @@ func (fs *FsInfo) submitOrDropBounceBbio(dioData *DioData, bbio *BtrfsBio, src *
 // (a leak); unless Faithful, we give it back.
 func (fs *FsInfo) dropUnaddedPage(page *blk.Page) {
 	if fs.Opts.Faithful {
-		fs.stats.leakedPages.Add(1)
+		atomic.AddInt64(&fs.stats.LeakedPages, 1)
 		return
 	}
 	if err := fs.Pages.FreePage(page); err != nil {

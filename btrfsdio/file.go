@@ -2,6 +2,7 @@ package btrfsdio
 
 import (
 	"fmt"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/btrfsdio/btrfsdio/blk"
@@ -37,7 +38,7 @@ func (inode *Inode) bufferedWrite(pos uint64, from *iomap.IovIter) (int, error) 
 	if n == 0 {
 		return 0, nil
 	}
-	fs.stats.bufferedWrites.Add(1)
+	atomic.AddInt64(&fs.stats.BufferedWrites, 1)
 	cache, err := fs.allocPages(n)
 	if err != nil {
 		return 0, err

@@ -9,6 +9,7 @@ package btrfsdio
 import (
 	"errors"
 	"fmt"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -16,6 +17,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/btrfsdio/btrfsdio/blk"
+	"github.com/btrfsdio/btrfsdio/iomap"
 	"github.com/btrfsdio/btrfsdio/raid"
 )
 
@@ -258,16 +260,11 @@ type Stats struct {
 	ResyncTotal uint64 `json:"resync_total_bytes,omitempty"`
 }
 
-type stats struct {
-	orderedCreated, orderedCompleted, orderedFailed atomic.Int64
-	orderedBytesFinished                            atomic.Int64
-	accountingBugs                                  atomic.Int64
-	doubleFinishes, doubleRemovals, refUnderflows   atomic.Int64
-	bounceCtls, bounceCtlsDone                      atomic.Int64
-	bounceBbios, emptyBbios, leakedPages            atomic.Int64
-	readRepairs, csumErrors, bufferedWrites         atomic.Int64
-	volatileWrites, volatileChecked                 atomic.Int64
-	commits, commitFailures                         atomic.Int64
+// counters is the live Stats. Its int64 fields are only touched with
+// sync/atomic (the counting sites, Stats), so the counters are declared once.
+type counters struct {
+	_ [0]atomic.Int64 // 64-bit alignment for the atomic int64 fields
+	Stats
 }
 
 // FsInfo is struct btrfs_fs_info, reduced to one data chunk and one inode.
@@ -287,13 +284,15 @@ type FsInfo struct {
 	DioBioset blk.BioSet
 	// BioBioset is btrfs_bioset (buffered writeback, repair).
 	BioBioset blk.BioSet
+	// dioOps is btrfs_dio_ops, built once for the mode (newDioOps).
+	dioOps *iomap.DioOps
 
 	space *freeSpace
 	// allocHint is where the next data extent is looked for (the end of
 	// the last one), so sequential writes get contiguous extents.
 	allocHint atomic.Uint64
 	csums     *csumTree
-	stats     stats
+	stats     counters
 	log       logrus.FieldLogger
 	inode     *Inode
 	// volatileLimit rate-limits the volatile write detector's warnings.
@@ -369,6 +368,7 @@ func NewFsInfo(vol *raid.Volume, opts Options) (*FsInfo, error) {
 		fs: fs, size: size, IOTree: NewExtentIOTree(),
 		NoDataSum: !opts.DataSum || opts.NoCow, NoDataCow: opts.NoCow,
 	}
+	fs.dioOps = fs.newDioOps()
 	vol.SetVerifyData(fs.verifyDataSector)
 	return fs, nil
 }
@@ -382,7 +382,7 @@ func (fs *FsInfo) verifyDataSector(logical uint64, sector []byte) (ok, known boo
 		return true, false
 	}
 	if csumData(sector) != want {
-		fs.stats.csumErrors.Add(1)
+		atomic.AddInt64(&fs.stats.CsumErrors, 1)
 		return false, true
 	}
 	return true, true
@@ -393,22 +393,16 @@ func (fs *FsInfo) Inode() *Inode { return fs.inode }
 
 // Stats returns a snapshot of the counters (no kernel counterpart).
 func (fs *FsInfo) Stats() Stats {
-	s := &fs.stats
-	st := Stats{
-		OrderedCreated: s.orderedCreated.Load(), OrderedCompleted: s.orderedCompleted.Load(),
-		OrderedFailed: s.orderedFailed.Load(), OrderedBytesFinished: s.orderedBytesFinished.Load(),
-		AccountingBugs: s.accountingBugs.Load(), BounceBbios: s.bounceBbios.Load(),
-		DoubleFinishes: s.doubleFinishes.Load(), DoubleRemovals: s.doubleRemovals.Load(),
-		OrderedRefUnderflows: s.refUnderflows.Load(),
-		BounceCtls:           s.bounceCtls.Load(), BounceCtlsDone: s.bounceCtlsDone.Load(),
-		EmptyBbios: s.emptyBbios.Load(), LeakedPages: s.leakedPages.Load(),
-		ReadRepairs: s.readRepairs.Load(), CsumErrors: s.csumErrors.Load(),
-		BufferedWrites: s.bufferedWrites.Load(),
-		VolatileWrites: s.volatileWrites.Load(), VolatileChecked: s.volatileChecked.Load(),
-		Commits: s.commits.Load(), CommitFailures: s.commitFailures.Load(),
-		ReadOnly: fs.readOnlyReason(),
-		Resync:   fs.resyncReport(),
+	var st Stats
+	live := reflect.ValueOf(&fs.stats.Stats).Elem()
+	snap := reflect.ValueOf(&st).Elem()
+	for i := range live.NumField() {
+		if f := live.Field(i); f.Kind() == reflect.Int64 {
+			snap.Field(i).SetInt(atomic.LoadInt64(f.Addr().Interface().(*int64)))
+		}
 	}
+	st.ReadOnly = fs.readOnlyReason()
+	st.Resync = fs.resyncReport()
 	pr := fs.Vol.ResyncProgress()
 	st.ResyncDone, st.ResyncTotal = pr.Done, pr.Total
 	return st

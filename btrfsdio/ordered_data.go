@@ -78,7 +78,7 @@ func (inode *Inode) AllocOrderedExtent(fileOffset, numBytes, diskBytenr uint64, 
 	inode.orderedMu.Lock()
 	inode.insertOrderedLocked(oe)
 	inode.orderedMu.Unlock()
-	inode.fs.stats.orderedCreated.Add(1)
+	atomic.AddInt64(&inode.fs.stats.OrderedCreated, 1)
 	return oe, nil
 }
 
@@ -130,8 +130,8 @@ func (inode *Inode) OrderedCount() int {
 func (oe *OrderedExtent) PutOrderedExtent() {
 	if oe.refs.Add(-1) < 0 {
 		oe.inode.fs.warnf("refcount_t: underflow; use-after-free: ordered extent %d+%d put too many times", oe.FileOffset, oe.NumBytes)
-		oe.inode.fs.stats.refUnderflows.Add(1)
-		oe.inode.fs.stats.accountingBugs.Add(1)
+		atomic.AddInt64(&oe.inode.fs.stats.OrderedRefUnderflows, 1)
+		atomic.AddInt64(&oe.inode.fs.stats.AccountingBugs, 1)
 	}
 }
 
@@ -171,7 +171,7 @@ func (oe *OrderedExtent) SplitOrderedExtent(length uint64) (*OrderedExtent, erro
 	oe.DiskNumBytes -= length
 	oe.bytesLeft -= length
 	inode.insertOrderedLocked(nw)
-	inode.fs.stats.orderedCreated.Add(1)
+	atomic.AddInt64(&inode.fs.stats.OrderedCreated, 1)
 	return nw, nil
 }
 
@@ -189,7 +189,7 @@ func (oe *OrderedExtent) canFinishLocked(length uint64, uptodate bool) bool {
 	if length > oe.bytesLeft || (again && !fs.Opts.Faithful) {
 		fs.warnf("bad ordered extent accounting, file_offset %d num_bytes %d bytes_left %d finishing %d",
 			oe.FileOffset, oe.NumBytes, oe.bytesLeft, length)
-		fs.stats.accountingBugs.Add(1)
+		atomic.AddInt64(&fs.stats.AccountingBugs, 1)
 		if again && !fs.Opts.Faithful {
 			return false
 		}
@@ -215,7 +215,7 @@ func (oe *OrderedExtent) FinishOrderedExtent(fileOffset, length uint64, uptodate
 	inode.orderedMu.Lock()
 	last := oe.canFinishLocked(length, uptodate)
 	inode.orderedMu.Unlock()
-	inode.fs.stats.orderedBytesFinished.Add(int64(length))
+	atomic.AddInt64(&inode.fs.stats.OrderedBytesFinished, int64(length))
 	if last {
 		inode.finishOrderedIO(oe)
 	}
@@ -233,7 +233,7 @@ func (inode *Inode) MarkOrderedIOFinished(fileOffset, numBytes uint64, uptodate 
 			continue
 		}
 		part := min(oeEnd, end) - max(oe.FileOffset, fileOffset)
-		inode.fs.stats.orderedBytesFinished.Add(int64(part))
+		atomic.AddInt64(&inode.fs.stats.OrderedBytesFinished, int64(part))
 		if oe.canFinishLocked(part, uptodate) {
 			toFinish = append(toFinish, oe)
 		}
@@ -264,9 +264,9 @@ func (inode *Inode) finishOrderedIO(oe *OrderedExtent) {
 	case ioerr && !nocow:
 		// Never mapped: btrfs_free_reserved_extent, no pinning.
 		fs.space.release(oe.DiskBytenr, oe.DiskNumBytes)
-		fs.stats.orderedFailed.Add(1)
+		atomic.AddInt64(&fs.stats.OrderedFailed, 1)
 	case ioerr:
-		fs.stats.orderedFailed.Add(1)
+		atomic.AddInt64(&fs.stats.OrderedFailed, 1)
 	case nocow:
 		// In place: the mapping already points here; only csums change.
 		inode.insertSums(oe)
@@ -285,7 +285,7 @@ func (inode *Inode) finishOrderedIO(oe *OrderedExtent) {
 	inode.removeOrderedLocked(oe)
 	inode.orderedMu.Unlock()
 	close(oe.done)
-	fs.stats.orderedCompleted.Add(1)
+	atomic.AddInt64(&fs.stats.OrderedCompleted, 1)
 	oe.PutOrderedExtent() // the tree's reference
 }
 
@@ -301,13 +301,13 @@ func (inode *Inode) finishOrderedIO(oe *OrderedExtent) {
 func (inode *Inode) finishOrderedIOAgain(oe *OrderedExtent) {
 	fs := inode.fs
 	fs.warnf("ordered extent %d+%d finished twice (btrfs_finish_one_ordered runs again)", oe.FileOffset, oe.NumBytes)
-	fs.stats.doubleFinishes.Add(1)
+	atomic.AddInt64(&fs.stats.DoubleFinishes, 1)
 	inode.orderedMu.Lock()
 	removed := inode.removeOrderedLocked(oe)
 	inode.orderedMu.Unlock()
 	if !removed {
 		fs.warnf("btrfs_remove_ordered_extent: ordered extent %d+%d is not in the ordered tree (rb_erase of an erased node)", oe.FileOffset, oe.NumBytes)
-		fs.stats.doubleRemovals.Add(1)
+		atomic.AddInt64(&fs.stats.DoubleRemovals, 1)
 	}
 	oe.PutOrderedExtent() // the tree's reference, a second time
 }

@@ -2,6 +2,7 @@ package btrfsdio
 
 import (
 	"sync"
+	"sync/atomic"
 
 	"github.com/btrfsdio/btrfsdio/blk"
 )
@@ -56,7 +57,7 @@ func (fs *FsInfo) csumMismatches(bio *blk.Bio, iter blk.BvecIter) []int {
 	var bad []int
 	check := func(i int, data []byte) {
 		if want, has := fs.csums.lookup(logical + uint64(i)*SectorSize); has && (data == nil || csumData(data) != want) {
-			fs.stats.csumErrors.Add(1)
+			atomic.AddInt64(&fs.stats.CsumErrors, 1)
 			bad = append(bad, i)
 		}
 	}
@@ -135,7 +136,7 @@ func (fs *FsInfo) repairOneSector(bbio *BtrfsBio, logical uint64, dst blk.BvecIt
 	if err := copyToBio(bbio.Bio, &dst, good); err != nil {
 		return false
 	}
-	fs.stats.readRepairs.Add(1)
+	atomic.AddInt64(&fs.stats.ReadRepairs, 1)
 	for _, m := range bad {
 		if err := fs.writeMirrorSector(logical, m, good); err != nil {
 			fs.warnf("failed to repair logical %d mirror %d: %v", logical, m, err)

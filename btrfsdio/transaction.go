@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/btrfsdio/btrfsdio/raid"
@@ -124,7 +125,7 @@ func (fs *FsInfo) CommitTransaction() error {
 	}
 	if err != nil {
 		t.repin(pinned)
-		fs.stats.commitFailures.Add(1)
+		atomic.AddInt64(&fs.stats.CommitFailures, 1)
 		return fmt.Errorf("btrfsdio: commit of generation %d: %w", root.Generation, err)
 	}
 	t.generation = root.Generation
@@ -132,7 +133,7 @@ func (fs *FsInfo) CommitTransaction() error {
 	for _, s := range pinned {
 		fs.space.release(s.start, s.len) // btrfs_unpin_extent_range
 	}
-	fs.stats.commits.Add(1)
+	atomic.AddInt64(&fs.stats.Commits, 1)
 	return nil
 }
 

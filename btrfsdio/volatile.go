@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/btrfsdio/btrfsdio/blk"
@@ -60,11 +61,11 @@ func (fs *FsInfo) volatileAfter(bbio *BtrfsBio, dip *DioPrivate) {
 		fs.log.Debugf("volatile write detector: offset %#x: %v", dip.FileOffset, err)
 		return
 	}
-	fs.stats.volatileChecked.Add(1)
+	atomic.AddInt64(&fs.stats.VolatileChecked, 1)
 	if sum == dip.srcCsum {
 		return
 	}
-	n := fs.stats.volatileWrites.Add(1)
+	n := atomic.AddInt64(&fs.stats.VolatileWrites, 1)
 	if ok, missed := fs.volatileLimit.allow(time.Now()); ok {
 		fs.warnf("direct IO buffer modified while in flight: ino 257 offset %#x len %d; "+
 			"zero-copy copies may differ, use bounce mode (%d such writes so far, %d warnings suppressed)",
