@@ -156,6 +156,8 @@ func (inode *Inode) getBlocksDirectWrite(em *fileExtent, hole bool, dioData *Dio
 // dioIomapOps is btrfs_dio_iomap_ops.
 type dioIomapOps struct{ inode *Inode }
 
+var _ iomap.Ops = dioIomapOps{}
+
 // IomapBegin is btrfs_dio_iomap_begin.
 func (ops dioIomapOps) IomapBegin(it *iomap.Iter, start int64, length uint64, flags uint, m *iomap.Iomap) error {
 	inode := ops.inode

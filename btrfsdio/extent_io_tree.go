@@ -22,6 +22,12 @@ type extentState struct {
 // ExtentIOTree is struct extent_io_tree, reduced to the range locks direct
 // IO takes: a sorted set of non-overlapping states, split and merged as bits
 // are set and cleared, with waiters for a range to become free.
+//
+// mu guards states only; it is never held while the caller runs: a range
+// lock is a bit in states, taken under mu and held after it is released
+// (across IO for EXTENT_DIO_LOCKED). The range locks nest inside
+// Inode.ilock, EXTENT_DIO_LOCKED before EXTENT_LOCKED, and outside
+// Inode.orderedMu (see Inode).
 type ExtentIOTree struct {
 	mu     sync.Mutex
 	cond   *sync.Cond

@@ -312,6 +312,18 @@ type FsInfo struct {
 }
 
 // Inode is struct btrfs_inode for the one file the device exposes.
+//
+// Lock order, outermost first (each lock's owner says more):
+//
+//	Inode.ilock                   shared for direct IO, exclusive to punch a hole
+//	  IOTree range locks          EXTENT_DIO_LOCKED, then EXTENT_LOCKED (lock_extent_direct)
+//	    Inode.orderedMu           ordered_tree_lock: held briefly, never across a wait
+//	  transaction.commitMu        one commit at a time (commitUnlogged, under ilock)
+//	    transaction.mu            shared to change metadata, exclusive to snapshot it
+//	      OrderedExtent.mu, the extent, csum and free space trees, the intent log, pinMu
+//
+// Waiting for an ordered extent (StartOrderedExtent) must not hold orderedMu
+// nor transaction.mu: its completion takes them.
 type Inode struct {
 	fs        *FsInfo
 	NoDataSum bool // BTRFS_INODE_NODATASUM
@@ -325,6 +337,8 @@ type Inode struct {
 	// ilock is the inode lock (BTRFS_ILOCK_SHARED for direct IO).
 	ilock sync.RWMutex
 }
+
+var _ iomap.Inode = (*Inode)(nil)
 
 // NewFsInfo is open_ctree, reduced: mount vol as an empty filesystem holding
 // one inode, kept in memory only (OpenFsInfo is the persistent mount): a

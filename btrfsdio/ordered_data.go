@@ -30,7 +30,9 @@ type OrderedExtent struct {
 	DiskNumBytes uint64
 
 	inode *Inode
-	mu    sync.Mutex // ordered->lock (the kernel uses the tree lock here)
+	// mu is ordered->lock (the kernel uses the tree lock here), a leaf:
+	// taken under transaction.mu at completion, nothing taken under it.
+	mu sync.Mutex
 	// bytesLeft and flags are guarded by inode.orderedMu, as the kernel
 	// guards them with ordered_tree_lock.
 	bytesLeft uint64

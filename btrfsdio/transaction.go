@@ -27,6 +27,10 @@ import (
 // NODATACOW overwrites in place, as btrfs's nodatacow does: a crash may
 // leave a mix of old and new data in such an extent, and only the order of
 // FLUSH against the writes says what is durable.
+//
+// Lock order: commitMu, then mu, then pinMu (a leaf). Changes take mu under
+// Inode.ilock and the range locks; a commit takes commitMu with at most
+// Inode.ilock held (see Inode).
 type transaction struct {
 	// mu orders metadata changes against a commit's snapshot: changes
 	// (ordered extent completion, hole punching) hold it shared, the

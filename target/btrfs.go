@@ -4,6 +4,7 @@
 package target
 
 import (
+	"io"
 	"sync"
 	"syscall"
 
@@ -17,6 +18,12 @@ import (
 type Btrfs struct {
 	FS *btrfsdio.FsInfo
 }
+
+// Btrfs is a ublk target that ublk closes when the device is deleted.
+var (
+	_ ublk.Target = (*Btrfs)(nil)
+	_ io.Closer   = (*Btrfs)(nil)
+)
 
 // Params are the device parameters this target offers: 4 KiB logical
 // blocks (the btrfs sector size, so direct IO never falls back), a volatile

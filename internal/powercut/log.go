@@ -71,6 +71,9 @@ type Log struct {
 	ios    []devIO
 }
 
+// Log records the writes under every device of a volume.
+var _ raid.Recorder = (*Log)(nil)
+
 // NewLog is a log for devs, which it attaches itself to (Device.SetRecorder):
 // device i of the crash images is devs[i]. Attach it before the devices are
 // formatted, so the log holds every byte the images ever got.

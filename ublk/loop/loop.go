@@ -38,6 +38,12 @@ type Loop struct {
 	closeOnce   sync.Once
 }
 
+// Loop is a ublk target that ublk closes when the device is deleted.
+var (
+	_ ublk.Target = (*Loop)(nil)
+	_ io.Closer   = (*Loop)(nil)
+)
+
 // Open opens path as the backing store. The device size is the file size (or
 // the block device size) rounded down to the logical block size.
 func Open(path string, opts Options) (*Loop, error) {
