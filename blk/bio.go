@@ -75,8 +75,8 @@ type BvecIter struct {
 // Bio is struct bio, reduced to the fields the btrfs direct IO path uses.
 type Bio struct {
 	Opf    Opf
-	Status BlkStatus // bi_status, written by whoever completes the bio
-	Iter   BvecIter  // bi_iter
+	Status Status   // bi_status, written by whoever completes the bio
+	Iter   BvecIter // bi_iter
 	// IoVec is bi_io_vec[0:bi_vcnt]; cap(IoVec) is bi_max_vecs.
 	IoVec []BioVec
 	EndIO func(*Bio) // bi_end_io

@@ -132,12 +132,12 @@ func TestCopyDataIterRemotePages(t *testing.T) {
 
 func TestStatusErrnoTable(t *testing.T) {
 	cases := []struct {
-		s     BlkStatus
+		s     Status
 		errno int
 	}{
 		{StsOK, 0}, {StsIOErr, -int(syscall.EIO)}, {StsResource, -int(syscall.ENOMEM)},
 		{StsNoSpc, -int(syscall.ENOSPC)}, {StsNotSupp, -int(syscall.EOPNOTSUPP)},
-		{BlkStatus(200), -int(syscall.EIO)},
+		{Status(200), -int(syscall.EIO)},
 	}
 	for _, c := range cases {
 		if got := StatusToErrno(c.s); got != c.errno {

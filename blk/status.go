@@ -5,34 +5,34 @@ import (
 	"syscall"
 )
 
-// BlkStatus is blk_status_t (include/linux/blk_types.h, 6.12 numbering).
-type BlkStatus uint8
+// Status is blk_status_t (include/linux/blk_types.h, 6.12 numbering).
+type Status uint8
 
 // Values of blk_status_t.
 const (
-	StsOK                 BlkStatus = 0
-	StsNotSupp            BlkStatus = 1
-	StsTimeout            BlkStatus = 2
-	StsNoSpc              BlkStatus = 3
-	StsTransport          BlkStatus = 4
-	StsTarget             BlkStatus = 5
-	StsResvConflict       BlkStatus = 6
-	StsMedium             BlkStatus = 7
-	StsProtection         BlkStatus = 8
-	StsResource           BlkStatus = 9
-	StsIOErr              BlkStatus = 10
-	StsDMRequeue          BlkStatus = 11
-	StsAgain              BlkStatus = 12
-	StsDevResource        BlkStatus = 13
-	StsZoneOpenResource   BlkStatus = 14
-	StsZoneActiveResource BlkStatus = 15
-	StsOffline            BlkStatus = 16
-	StsDurationLimit      BlkStatus = 17
+	StsOK                 Status = 0
+	StsNotSupp            Status = 1
+	StsTimeout            Status = 2
+	StsNoSpc              Status = 3
+	StsTransport          Status = 4
+	StsTarget             Status = 5
+	StsResvConflict       Status = 6
+	StsMedium             Status = 7
+	StsProtection         Status = 8
+	StsResource           Status = 9
+	StsIOErr              Status = 10
+	StsDMRequeue          Status = 11
+	StsAgain              Status = 12
+	StsDevResource        Status = 13
+	StsZoneOpenResource   Status = 14
+	StsZoneActiveResource Status = 15
+	StsOffline            Status = 16
+	StsDurationLimit      Status = 17
 )
 
 // blkErrors is blk_errors[] in block/blk-core.c: the errno and name of each
 // status. Anything not listed maps to -EIO, as in the kernel.
-var blkErrors = map[BlkStatus]struct {
+var blkErrors = map[Status]struct {
 	errno syscall.Errno
 	name  string
 }{
@@ -57,7 +57,7 @@ var blkErrors = map[BlkStatus]struct {
 }
 
 // StatusToErrno is blk_status_to_errno: 0 for StsOK, else a negative errno.
-func StatusToErrno(s BlkStatus) int {
+func StatusToErrno(s Status) int {
 	if e, ok := blkErrors[s]; ok {
 		return -int(e.errno)
 	}
@@ -66,7 +66,7 @@ func StatusToErrno(s BlkStatus) int {
 
 // ErrnoToStatus is errno_to_blk_status. err is 0 or a negative errno; an
 // errno with no status of its own becomes StsIOErr.
-func ErrnoToStatus(err int) BlkStatus {
+func ErrnoToStatus(err int) Status {
 	if err == 0 {
 		return StsOK
 	}
@@ -80,7 +80,7 @@ func ErrnoToStatus(err int) BlkStatus {
 
 // Err is blk_status_to_errno as a Go error (nil for StsOK), carrying the errno so
 // errors.Is(err, syscall.EIO) works.
-func (s BlkStatus) Err() error {
+func (s Status) Err() error {
 	if s == StsOK {
 		return nil
 	}
@@ -88,7 +88,7 @@ func (s BlkStatus) Err() error {
 }
 
 // String is blk_status's name as blk_op_str/blk_errors print it.
-func (s BlkStatus) String() string {
+func (s Status) String() string {
 	if e, ok := blkErrors[s]; ok {
 		if s == StsOK {
 			return "OK"
@@ -98,8 +98,8 @@ func (s BlkStatus) String() string {
 	return "I/O"
 }
 
-// StatusError is a non-OK BlkStatus as an error.
-type StatusError struct{ Status BlkStatus }
+// StatusError is a non-OK Status as an error.
+type StatusError struct{ Status Status }
 
 func (e *StatusError) Error() string { return "blk: " + e.Status.String() + " error" }
 

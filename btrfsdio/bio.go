@@ -4,15 +4,15 @@ import (
 	"github.com/btrfsdio/btrfsdio/blk"
 )
 
-// BtrfsBio is struct btrfs_bio: a bio plus what btrfs needs to finish it.
-type BtrfsBio struct {
+// Bio is struct btrfs_bio: a bio plus what btrfs needs to finish it.
+type Bio struct {
 	Bio        *blk.Bio
 	Inode      *Inode
 	FileOffset uint64
 	// Ordered is the ordered extent a data write accounts against.
 	Ordered *OrderedExtent
 	// EndIO is bbio->end_io, called once when all IO of the bio is done.
-	EndIO func(*BtrfsBio)
+	EndIO func(*Bio)
 	// Private is bbio->private.
 	Private any
 	// MirrorNum is the copy to read (0: any).
@@ -22,18 +22,18 @@ type BtrfsBio struct {
 }
 
 // btrfsBio is btrfs_bio(bio): the btrfs_bio around a bio.
-func btrfsBio(bio *blk.Bio) *BtrfsBio {
+func btrfsBio(bio *blk.Bio) *Bio {
 	switch c := bio.Container.(type) {
 	case *DioPrivate:
 		return &c.Bbio
-	case *BtrfsBio:
+	case *Bio:
 		return c
 	}
 	return nil
 }
 
 // BioInit is btrfs_bio_init.
-func (bbio *BtrfsBio) BioInit(fs *FsInfo, endIO func(*BtrfsBio), private any) {
+func (bbio *Bio) BioInit(fs *FsInfo, endIO func(*Bio), private any) {
 	bbio.Inode = nil
 	bbio.FileOffset = 0
 	bbio.Ordered = nil
@@ -44,9 +44,9 @@ func (bbio *BtrfsBio) BioInit(fs *FsInfo, endIO func(*BtrfsBio), private any) {
 
 // BioAlloc is btrfs_bio_alloc: a btrfs_bio from btrfs_bioset.
 func (fs *FsInfo) BioAlloc(nrVecs int, opf blk.Opf, inode *Inode, fileOffset uint64,
-	endIO func(*BtrfsBio), private any) *BtrfsBio {
+	endIO func(*Bio), private any) *Bio {
 	bio := blk.BioAllocBioset(&fs.BioBioset, nrVecs, opf)
-	bbio := &BtrfsBio{Bio: bio}
+	bbio := &Bio{Bio: bio}
 	bio.Container = bbio
 	bbio.BioInit(fs, endIO, private)
 	bbio.Inode = inode
@@ -57,7 +57,7 @@ func (fs *FsInfo) BioAlloc(nrVecs int, opf blk.Opf, inode *Inode, fileOffset uin
 // SubmitBbio is btrfs_submit_bbio: checksum data writes of datasum inodes,
 // hand the bio to the chunk layer, and on completion verify read checksums
 // (repairing from other copies) before calling bbio.EndIO.
-func (fs *FsInfo) SubmitBbio(bbio *BtrfsBio, mirror int) {
+func (fs *FsInfo) SubmitBbio(bbio *Bio, mirror int) {
 	bio := bbio.Bio
 	if bio.Size() == 0 {
 		// btrfs_submit_chunk would map a zero-length range; nothing below
@@ -97,7 +97,7 @@ func (fs *FsInfo) SubmitBbio(bbio *BtrfsBio, mirror int) {
 
 // bbioEndIO is __btrfs_bio_end_io: run bbio->end_io, then drop the bio's
 // reference on its ordered extent (end_io may free the bbio itself).
-func bbioEndIO(bbio *BtrfsBio) {
+func bbioEndIO(bbio *Bio) {
 	ordered := bbio.Ordered
 	bbio.EndIO(bbio)
 	if ordered != nil {
@@ -107,7 +107,7 @@ func bbioEndIO(bbio *BtrfsBio) {
 
 // csumOneBio is btrfs_csum_one_bio: crc32c of every sector the write carries,
 // attached to its ordered extent.
-func (fs *FsInfo) csumOneBio(bbio *BtrfsBio) error {
+func (fs *FsInfo) csumOneBio(bbio *Bio) error {
 	bio := bbio.Bio
 	logical := bio.Iter.Sector << blk.SectorShift
 	sums := make([]uint32, 0, bio.Size()/SectorSize)

@@ -30,11 +30,11 @@ type DioPrivate struct {
 	srcCsum    uint32
 	srcCsummed bool
 	// Bbio must be last in C; in Go it is simply embedded.
-	Bbio BtrfsBio
+	Bbio Bio
 }
 
 // dioPrivate is container_of(bbio, struct btrfs_dio_private, bbio).
-func dioPrivate(bbio *BtrfsBio) *DioPrivate { return bbio.outer.(*DioPrivate) }
+func dioPrivate(bbio *Bio) *DioPrivate { return bbio.outer.(*DioPrivate) }
 
 // newDioPrivateBio allocates a bio from btrfs_dio_bioset with its
 // btrfs_dio_private around it.
@@ -167,7 +167,7 @@ func (ops dioIomapOps) IomapBegin(it *iomap.Iter, start int64, length uint64, fl
 	l := length
 	if !write {
 		// Cap reads as buffered IO does: the csum array is per mapping.
-		l = min(l, SectorSize*BtrfsMaxBioSectors)
+		l = min(l, SectorSize*MaxBioSectors)
 	}
 	lockstart, lockend := pos, pos+l-1
 	*dioData = DioData{}
@@ -242,7 +242,7 @@ func (ops dioIomapOps) IomapEnd(it *iomap.Iter, pos int64, length uint64, writte
 // dioEndIO is btrfs_dio_end_io, the pre-patch completion of a zero-copy
 // bio. Before the caller can hear of a write, the volatile write detector
 // checks its source again.
-func (fs *FsInfo) dioEndIO(bbio *BtrfsBio) {
+func (fs *FsInfo) dioEndIO(bbio *Bio) {
 	dip := dioPrivate(bbio)
 	bio := bbio.Bio
 	if bio.Status != blk.StsOK {
@@ -261,7 +261,7 @@ func (fs *FsInfo) dioEndIO(bbio *BtrfsBio) {
 // warnDio is the btrfs_warn of a failed direct IO bio, as btrfs_dio_end_io
 // and the seed's end_io functions print it. The inode is always 257, the
 // one inode (btrfs_ino).
-func (fs *FsInfo) warnDio(bbio *BtrfsBio, dip *DioPrivate) {
+func (fs *FsInfo) warnDio(bbio *Bio, dip *DioPrivate) {
 	bio := bbio.Bio
 	fs.warnf("direct IO failed ino 257 op %#x offset %#x len %d err no %d",
 		uint32(bio.Opf), dip.FileOffset, dip.Bytes, bio.Status)
@@ -270,7 +270,7 @@ func (fs *FsInfo) warnDio(bbio *BtrfsBio, dip *DioPrivate) {
 // ExtractOrderedExtent is btrfs_extract_ordered_extent: give bbio the
 // ordered extent for exactly its range, splitting it off the front of
 // ordered when the bio covers less.
-func (fs *FsInfo) ExtractOrderedExtent(bbio *BtrfsBio, ordered *OrderedExtent) error {
+func (fs *FsInfo) ExtractOrderedExtent(bbio *Bio, ordered *OrderedExtent) error {
 	start := bbio.Bio.Iter.Sector << blk.SectorShift
 	length := uint64(bbio.Bio.Size())
 	if start != ordered.DiskBytenr {

@@ -90,7 +90,7 @@ func (fs *FsInfo) putBounceBioCtl(ctl *BounceCtl, ret int) {
 }
 
 // dioEndWriteCopiedBio is dio_end_write_copied_bio.
-func (fs *FsInfo) dioEndWriteCopiedBio(bbio *BtrfsBio) {
+func (fs *FsInfo) dioEndWriteCopiedBio(bbio *Bio) {
 	ctl := bbio.Private.(*BounceCtl)
 	dip := dioPrivate(bbio)
 	bio := bbio.Bio
@@ -106,7 +106,7 @@ func (fs *FsInfo) dioEndWriteCopiedBio(bbio *BtrfsBio) {
 
 // dioEndReadCopiedBio is dio_end_read_copied_bio: copy the bounce pages back
 // to where this part of the iomap bio was when it was submitted.
-func (fs *FsInfo) dioEndReadCopiedBio(bbio *BtrfsBio) {
+func (fs *FsInfo) dioEndReadCopiedBio(bbio *Bio) {
 	ctl := bbio.Private.(*BounceCtl)
 	dip := dioPrivate(bbio)
 	bio := bbio.Bio
@@ -135,14 +135,14 @@ func (fs *FsInfo) freeBouncePages(bio *blk.Bio) {
 
 // allocBounceBbio is alloc_bounce_bbio: a bbio from btrfs_dio_bioset for the
 // part of src starting at logical/fileOffset, counted in ctl.pending.
-func (fs *FsInfo) allocBounceBbio(src *blk.Bio, ctl *BounceCtl, endIO func(*BtrfsBio), logical, fileOffset uint64) *BtrfsBio {
+func (fs *FsInfo) allocBounceBbio(src *blk.Bio, ctl *BounceCtl, endIO func(*Bio), logical, fileOffset uint64) *Bio {
 	vcnt := min((int(src.Size())+blk.PageSize-1)>>blk.PageShift, blk.BioMaxVecs)
 	return fs.newBounceBbio(vcnt, src, ctl, endIO, logical, fileOffset)
 }
 
 // newBounceBbio is alloc_bounce_bbio's body with room for vcnt bvecs; the
 // pooled path needs one.
-func (fs *FsInfo) newBounceBbio(vcnt int, src *blk.Bio, ctl *BounceCtl, endIO func(*BtrfsBio), logical, fileOffset uint64) *BtrfsBio {
+func (fs *FsInfo) newBounceBbio(vcnt int, src *blk.Bio, ctl *BounceCtl, endIO func(*Bio), logical, fileOffset uint64) *Bio {
 	bio := fs.newDioPrivateBio(vcnt, src.Opf)
 	bio.Iter.Sector = logical >> blk.SectorShift
 	dip := bio.Container.(*DioPrivate)
@@ -159,7 +159,7 @@ func (fs *FsInfo) newBounceBbio(vcnt int, src *blk.Bio, ctl *BounceCtl, endIO fu
 // submitBounceBbio is submit_bounce_bbio: writes copy the next part of src
 // into the bounce pages and take their share of the ordered extent; reads
 // remember where in src their data goes back to.
-func (fs *FsInfo) submitBounceBbio(dioData *DioData, bbio *BtrfsBio, src *blk.Bio) {
+func (fs *FsInfo) submitBounceBbio(dioData *DioData, bbio *Bio, src *blk.Bio) {
 	bio := bbio.Bio
 	isWrite := bio.Opf.Op() == blk.OpWrite
 	size := bio.Size()
@@ -213,7 +213,7 @@ func (fs *FsInfo) newBounceCtl(src *blk.Bio) *BounceCtl {
 
 // bounceEndIO is btrfs_dio_submit_io after the patch, its choice of end_io:
 // dio_end_write_copied_bio or dio_end_read_copied_bio.
-func (fs *FsInfo) bounceEndIO(isWrite bool) func(*BtrfsBio) {
+func (fs *FsInfo) bounceEndIO(isWrite bool) func(*Bio) {
 	if isWrite {
 		return fs.dioEndWriteCopiedBio
 	}
@@ -235,7 +235,7 @@ func (fs *FsInfo) submitIOBounce(it *iomap.Iter, src *blk.Bio, fileOffset int64)
 		return
 	}
 
-	var bbio *BtrfsBio
+	var bbio *Bio
 	cur := uint32(0)
 	ret := 0
 	for cur < srcSize {
@@ -268,7 +268,7 @@ func (fs *FsInfo) submitIOBounce(it *iomap.Iter, src *blk.Bio, fileOffset int64)
 // the patch: the bbio in hand is submitted. The seed submits it even when it
 // is still empty (alloc_page failed right after alloc_bounce_bbio); unless
 // Faithful, we drop an empty one instead.
-func (fs *FsInfo) submitOrDropBounceBbio(dioData *DioData, bbio *BtrfsBio, src *blk.Bio, ctl *BounceCtl) {
+func (fs *FsInfo) submitOrDropBounceBbio(dioData *DioData, bbio *Bio, src *blk.Bio, ctl *BounceCtl) {
 	if fs.Opts.Faithful || bbio.Bio.Size() > 0 {
 		fs.submitBounceBbio(dioData, bbio, src)
 		return

@@ -101,7 +101,7 @@ func (inode *Inode) writebackRange(pos, length uint64, cache []*blk.Page) ([]*Or
 		first := done / blk.PageSize
 		size := l
 		bbio := fs.BioAlloc(int(l/blk.PageSize), blk.Opf(blk.OpWrite), inode, cur,
-			func(b *BtrfsBio) {
+			func(b *Bio) {
 				// bi_iter is consumed below us, so use the size we sent.
 				b.Ordered.FinishOrderedExtent(b.FileOffset, size, b.Bio.Status == blk.StsOK)
 				b.Bio.Put()
@@ -153,7 +153,7 @@ func (inode *Inode) readRange(pos uint64, buf []byte) error {
 			continue
 		}
 		finished := make(chan struct{})
-		bbio := fs.BioAlloc(1, blk.Opf(blk.OpRead), inode, cur, func(*BtrfsBio) { close(finished) }, nil)
+		bbio := fs.BioAlloc(1, blk.Opf(blk.OpRead), inode, cur, func(*Bio) { close(finished) }, nil)
 		bbio.Bio.Iter.Sector = (fe.diskBytenr + (cur - fe.start)) >> blk.SectorShift
 		bbio.Bio.AddPage(blk.NewPage(chunk), uint32(l), 0)
 		fs.SubmitBbio(bbio, 0)

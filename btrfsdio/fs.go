@@ -25,9 +25,9 @@ import (
 // alignment unit.
 const SectorSize = 4096
 
-// BtrfsMaxBioSectors is BTRFS_MAX_BIO_SECTORS: direct reads are capped at
+// MaxBioSectors is BTRFS_MAX_BIO_SECTORS: direct reads are capped at
 // this many sectors per mapping.
-const BtrfsMaxBioSectors = 256
+const MaxBioSectors = 256
 
 // DioMode selects which answer to bugzilla 99171 the direct IO path runs.
 type DioMode int
@@ -279,7 +279,7 @@ type FsInfo struct {
 	// submitted, when set (tests), sees every write bbio as SubmitBbio
 	// takes it, before the devices do: the volatile-writer tests change the
 	// caller's buffer there, the moment a bounce copy must already be done.
-	submitted func(bbio *BtrfsBio)
+	submitted func(bbio *Bio)
 	// DioBioset is btrfs_dio_bioset.
 	DioBioset blk.BioSet
 	// BioBioset is btrfs_bioset (buffered writeback, repair).

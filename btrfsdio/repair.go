@@ -11,7 +11,7 @@ import (
 // data read against its checksum (datasum inodes), and repair any sector that
 // failed to read or verify from another copy (repair_one_sector). The bio's
 // status is cleared when every bad sector was repaired.
-func (fs *FsInfo) checkReadBio(bbio *BtrfsBio, iter blk.BvecIter) {
+func (fs *FsInfo) checkReadBio(bbio *Bio, iter blk.BvecIter) {
 	bio := bbio.Bio
 	ioErr := bio.Status != blk.StsOK
 	if !ioErr && bbio.Inode.NoDataSum {
@@ -111,7 +111,7 @@ var readCheckBuffers = sync.Pool{New: func() any { return new([]byte) }}
 // sector from each copy until one is good (its csum matches, or it simply
 // reads when there is no csum), copy it into the bio, and rewrite the copies
 // that were bad. It returns whether a good copy was found.
-func (fs *FsInfo) repairOneSector(bbio *BtrfsBio, logical uint64, dst blk.BvecIter) bool {
+func (fs *FsInfo) repairOneSector(bbio *Bio, logical uint64, dst blk.BvecIter) bool {
 	want, hasSum := uint32(0), false
 	if !bbio.Inode.NoDataSum {
 		want, hasSum = fs.csums.lookup(logical)

@@ -41,7 +41,7 @@ func (fs *FsInfo) detectVolatile() bool {
 
 // volatileBefore takes the checksum of a zero-copy write's source before
 // it is submitted.
-func (fs *FsInfo) volatileBefore(bbio *BtrfsBio, dip *DioPrivate) {
+func (fs *FsInfo) volatileBefore(bbio *Bio, dip *DioPrivate) {
 	sum, err := bioCsum(bbio.Bio, bbio.Bio.Iter)
 	if err != nil {
 		fs.log.Debugf("volatile write detector: offset %#x: %v", dip.FileOffset, err)
@@ -52,7 +52,7 @@ func (fs *FsInfo) volatileBefore(bbio *BtrfsBio, dip *DioPrivate) {
 
 // volatileAfter compares the source with its checksum once the write has
 // completed, and reports a change.
-func (fs *FsInfo) volatileAfter(bbio *BtrfsBio, dip *DioPrivate) {
+func (fs *FsInfo) volatileAfter(bbio *Bio, dip *DioPrivate) {
 	if !dip.srcCsummed {
 		return
 	}

@@ -82,7 +82,7 @@ type volatileHook struct {
 
 // submitted turns the units a write bbio carries into their next iteration
 // in the writer's buffer (FsInfo.submitted).
-func (h *volatileHook) submitted(bbio *BtrfsBio) {
+func (h *volatileHook) submitted(bbio *Bio) {
 	start, end := bbio.FileOffset, bbio.FileOffset+uint64(bbio.Bio.Size())
 	for off := start; off < end; off += vUnit {
 		if off/vRegion >= uint64(len(h.writers)) {

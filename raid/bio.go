@@ -25,7 +25,7 @@ type origBio struct {
 	fua     bool
 	pending atomic.Int32
 	mu      sync.Mutex
-	status  blk.BlkStatus
+	status  blk.Status
 }
 
 // SubmitBio is btrfs_submit_bbio's device half (btrfs_submit_chunk in a
@@ -89,7 +89,7 @@ func (v *Volume) enter() bool {
 
 // endAsync completes a bio that never reached a device, on its own
 // goroutine, so completion never runs on the submitter.
-func endAsync(bio *blk.Bio, st blk.BlkStatus, done func()) {
+func endAsync(bio *blk.Bio, st blk.Status, done func()) {
 	go func() {
 		bio.Status = st
 		bio.Endio()
@@ -99,10 +99,10 @@ func endAsync(bio *blk.Bio, st blk.BlkStatus, done func()) {
 	}()
 }
 
-func (o *origBio) endAsync(st blk.BlkStatus) { endAsync(o.bio, st, o.v.inflight.Done) }
+func (o *origBio) endAsync(st blk.Status) { endAsync(o.bio, st, o.v.inflight.Done) }
 
 // end completes the original bio (bio_endio) on the calling goroutine.
-func (o *origBio) end(st blk.BlkStatus) {
+func (o *origBio) end(st blk.Status) {
 	o.bio.Status = st
 	o.bio.Endio()
 	o.v.inflight.Done()
@@ -119,7 +119,7 @@ func (o *origBio) finishFlush() {
 
 // pieceDone is btrfs_orig_bbio_end_io for a split piece: keep the first
 // error, and end the original bio when the last piece is done.
-func (o *origBio) pieceDone(piece *blk.Bio, st blk.BlkStatus) {
+func (o *origBio) pieceDone(piece *blk.Bio, st blk.Status) {
 	piece.Put()
 	if st != blk.StsOK {
 		o.mu.Lock()
@@ -264,7 +264,7 @@ func (v *Volume) submitPiece(o *origBio, p piece) {
 // issuePiece sends a mapped piece to its devices; w is its bitmap hold,
 // released (md_bitmap_endwrite) before the piece completes.
 func (v *Volume) issuePiece(o *origBio, p piece, w *bitmapWrite) {
-	done := func(st blk.BlkStatus) {
+	done := func(st blk.Status) {
 		v.bitmap.endWrite(w, st == blk.StsOK)
 		o.pieceDone(p.bio, st)
 	}
@@ -304,7 +304,7 @@ func subIter(bio *blk.Bio, iter blk.BvecIter, off, n uint32) blk.BvecIter {
 // I/O for the bio memory under iter, its error logged as
 // btrfs_log_dev_io_error does (not for a missing device, whose every I/O
 // fails: noteDegraded says it once).
-func (v *Volume) submitDevBio(bio *blk.Bio, iter blk.BvecIter, s IOStripe) blk.BlkStatus {
+func (v *Volume) submitDevBio(bio *blk.Bio, iter blk.BvecIter, s IOStripe) blk.Status {
 	if err := s.Dev.rwSegs(bio.Opf.Op(), s.Physical, bioSegs(bio, iter)); err != nil {
 		if !s.Dev.unreadable() {
 			v.log.Warnf("raid: %v", err)

@@ -210,7 +210,7 @@ func TestBadBiosCompleteWithError(t *testing.T) {
 		name   string
 		bio    *blk.Bio
 		mirror int
-		want   blk.BlkStatus
+		want   blk.Status
 	}{
 		{"unaligned sector", mk(blk.OpRead, 1, 4096), 0, blk.StsIOErr},
 		{"unaligned size", mk(blk.OpWrite, 0, 512), 0, blk.StsIOErr},

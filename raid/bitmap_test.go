@@ -99,7 +99,7 @@ func watchedRaid1(t *testing.T) (*Volume, *bitmapWatch) {
 	return v, w
 }
 
-func overwriteAt(t testing.TB, v *Volume, logical uint64, data []byte) blk.BlkStatus {
+func overwriteAt(t testing.TB, v *Volume, logical uint64, data []byte) blk.Status {
 	t.Helper()
 	bio := buildBio(blk.OpWrite, logical, data, nil)
 	bio.Opf |= blk.ReqOverwrite

@@ -83,7 +83,7 @@ func readRepaired(t *testing.T, v *Volume, logical uint64, n int) ([]byte, error
 
 // writeModel writes a few ranges of fresh data (partial stripes, so RAID5/6
 // read-modify-write, and a whole stripe) into model and the volume.
-func writeModel(t *testing.T, v *Volume, model []byte, rng *rand.Rand) blk.BlkStatus {
+func writeModel(t *testing.T, v *Volume, model []byte, rng *rand.Rand) blk.Status {
 	t.Helper()
 	for _, r := range [][2]int{{0, SectorSize}, {3 * SectorSize, 5 * SectorSize}, {S - SectorSize, 2 * SectorSize}, {2 * S, S}} {
 		data := randBytes(rng, r[1])

@@ -126,7 +126,7 @@ func TestInjectFaultCountsAndStats(t *testing.T) {
 	d := v.devs[0]
 	buf := blk.AlignedBuffer(2 * SectorSize)
 	d.InjectFault(blk.OpRead, 2)
-	for i, want := range []blk.BlkStatus{blk.StsIOErr, blk.StsIOErr, blk.StsOK} {
+	for i, want := range []blk.Status{blk.StsIOErr, blk.StsIOErr, blk.StsOK} {
 		if st := submitWait(t, v, buildBio(blk.OpRead, 0, buf, nil), 0); st != want {
 			t.Fatalf("read %d: %v, want %v", i, st, want)
 		}

@@ -120,10 +120,10 @@ func buildBio(op blk.Op, logical uint64, buf []byte, rng *rand.Rand) *blk.Bio {
 
 // submitWait submits bio and waits for its completion, failing the test if
 // it never completes or completes twice.
-func submitWait(t testing.TB, v *Volume, bio *blk.Bio, mirror int) blk.BlkStatus {
+func submitWait(t testing.TB, v *Volume, bio *blk.Bio, mirror int) blk.Status {
 	t.Helper()
 	var calls atomic.Int32
-	done := make(chan blk.BlkStatus, 2)
+	done := make(chan blk.Status, 2)
 	bio.EndIO = func(b *blk.Bio) {
 		calls.Add(1)
 		done <- b.Status
@@ -143,12 +143,12 @@ func submitWait(t testing.TB, v *Volume, bio *blk.Bio, mirror int) blk.BlkStatus
 	return blk.StsIOErr
 }
 
-func writeAt(t testing.TB, v *Volume, logical uint64, data []byte, rng *rand.Rand) blk.BlkStatus {
+func writeAt(t testing.TB, v *Volume, logical uint64, data []byte, rng *rand.Rand) blk.Status {
 	t.Helper()
 	return submitWait(t, v, buildBio(blk.OpWrite, logical, data, rng), 0)
 }
 
-func readAt(t testing.TB, v *Volume, logical uint64, n int, mirror int, rng *rand.Rand) ([]byte, blk.BlkStatus) {
+func readAt(t testing.TB, v *Volume, logical uint64, n int, mirror int, rng *rand.Rand) ([]byte, blk.Status) {
 	t.Helper()
 	buf := blk.AlignedBuffer(n)
 	st := submitWait(t, v, buildBio(blk.OpRead, logical, buf, rng), mirror)

@@ -269,7 +269,7 @@ func (r *rbio) planWrite(logical, size uint64) writePlan {
 // unreadable stripes from parity. Parity is computed from the pages now and
 // the data device writes read the pages again when they run, as the kernel's
 // do from the same bio pages.
-func (v *Volume) raid56Write(bio *blk.Bio, ioc *IOContext) blk.BlkStatus {
+func (v *Volume) raid56Write(bio *blk.Bio, ioc *IOContext) blk.Status {
 	r := v.newRbio(ioc)
 	defer r.free()
 	logical := bio.Iter.Sector << blk.SectorShift
@@ -325,7 +325,7 @@ func (v *Volume) raid56Write(bio *blk.Bio, ioc *IOContext) blk.BlkStatus {
 // pages, P/Q for the changed columns from the rbio buffers, one goroutine
 // per stripe; more failed stripes than max_errors fail the write, fewer
 // make it degraded. Stripes the write does not touch are not counted.
-func (r *rbio) writeStripes(bio *blk.Bio, pl writePlan) blk.BlkStatus {
+func (r *rbio) writeStripes(bio *blk.Bio, pl writePlan) blk.Status {
 	failed := make([]bool, len(r.ioc.Stripes))
 	var wg sync.WaitGroup
 	for i, s := range r.ioc.Stripes {
@@ -395,7 +395,7 @@ func raid6ExtraError(realStripes, target, mirror int) int {
 // the data stripe as lost and rebuilds it from the other data and P (or,
 // on RAID6, P and Q when another stripe is unreadable too); mirrors >= 3
 // (RAID6) also drop one more stripe (raid6ExtraError) and rebuild with Q.
-func (v *Volume) raid56Recover(bio *blk.Bio, ioc *IOContext) blk.BlkStatus {
+func (v *Volume) raid56Recover(bio *blk.Bio, ioc *IOContext) blk.Status {
 	r := v.newRbio(ioc)
 	defer r.free()
 	logical := bio.Iter.Sector << blk.SectorShift

@@ -354,7 +354,7 @@ func TestRaid56ConcurrentPartialWrites(t *testing.T) {
 						data := randBytes(rng, SectorSize)
 						copy(model[s:], data) // each worker owns its stripe
 						bio := buildBio(blk.OpWrite, s, data, nil)
-						st := make(chan blk.BlkStatus, 1)
+						st := make(chan blk.Status, 1)
 						bio.EndIO = func(b *blk.Bio) { st <- b.Status }
 						v.SubmitBio(bio, 0)
 						if r := <-st; r != blk.StsOK {

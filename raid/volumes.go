@@ -22,8 +22,8 @@ const SectorSize = 4096
 // RAID5/6 raid_map markers for the parity stripes (BTRFS_RAID5_P_STRIPE,
 // BTRFS_RAID6_Q_STRIPE).
 const (
-	RaidPStripe = ^uint64(0) - 1
-	RaidQStripe = ^uint64(0)
+	PStripe = ^uint64(0) - 1
+	QStripe = ^uint64(0)
 )
 
 // VolumeOptions tunes NewVolume.
@@ -132,8 +132,8 @@ type IOContext struct {
 	// mappings: writes and reads with mirror > 1).
 	FullStripeLogical uint64
 	// RaidMap is the logical start of each stripe of a RAID5/6 full-stripe
-	// mapping, data stripes first in logical order then RaidPStripe and
-	// RaidQStripe (raid_map after sort_parity_stripes); nil otherwise.
+	// mapping, data stripes first in logical order then PStripe and
+	// QStripe (raid_map after sort_parity_stripes); nil otherwise.
 	RaidMap []uint64
 }
 
@@ -474,9 +474,9 @@ func (v *Volume) mapRaid56Full(ioc *IOContext, g *ioGeometry, offset uint64) {
 		case i < nd:
 			ioc.RaidMap = append(ioc.RaidMap, ioc.FullStripeLogical+uint64(i)*StripeLen)
 		case i == nd:
-			ioc.RaidMap = append(ioc.RaidMap, RaidPStripe)
+			ioc.RaidMap = append(ioc.RaidMap, PStripe)
 		default:
-			ioc.RaidMap = append(ioc.RaidMap, RaidQStripe)
+			ioc.RaidMap = append(ioc.RaidMap, QStripe)
 		}
 	}
 	if g.op == blk.OpWrite {

@@ -42,7 +42,7 @@ func wr(logical, length, mapLen uint64, maxErr int, stripes ...wantStripe) mapCa
 // Every device holds R + 8 stripes, so with n devices: SINGLE 8S, DUP 4S,
 // RAID0 8nS, RAID1* 8S, RAID10 4nS, RAID5 8(n-1)S, RAID6 8(n-2)S.
 func TestMapBlockTable(t *testing.T) {
-	P, Q := RaidPStripe, RaidQStripe
+	P, Q := PStripe, QStripe
 	tables := map[Profile]struct {
 		capacity uint64
 		cases    []mapCase
