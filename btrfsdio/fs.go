@@ -22,8 +22,9 @@ import (
 )
 
 // SectorSize is fs_info->sectorsize: the data block, checksum and direct IO
-// alignment unit.
-const SectorSize = 4096
+// alignment unit. The volume defines it (raid.SectorSize), since scrub and
+// RAID5/6 compare and checksum in the same unit.
+const SectorSize = raid.SectorSize
 
 // MaxBioSectors is BTRFS_MAX_BIO_SECTORS: direct reads are capped at
 // this many sectors per mapping.
