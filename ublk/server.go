@@ -5,12 +5,9 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"runtime"
 	"runtime/debug"
-	"sort"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -539,117 +536,3 @@ func (d *Device) BlockDevice() string { return BlockDevPrefix + strconv.FormatUi
 
 // CharDevice returns /dev/ublkcN.
 func (d *Device) CharDevice() string { return CharDevPrefix + strconv.FormatUint(uint64(d.ID()), 10) }
-
-// Status is what the kernel knows about a device (GET_DEV_INFO + GET_PARAMS).
-type Status struct {
-	Info   DevInfo `json:"dev_info"`
-	Params Params  `json:"params"`
-}
-
-// GetFeatures returns the driver's UBLK_F_* bits (UBLK_U_CMD_GET_FEATURES).
-func GetFeatures() (uint64, error) {
-	c, err := OpenControl()
-	if err != nil {
-		return 0, err
-	}
-	defer c.Close()
-	return c.GetFeatures()
-}
-
-// Delete stops and deletes device id whoever serves it (ublksrv's `ublk del -n`).
-// A live server sees its queues aborted and releases the device, which lets
-// DEL_DEV finish.
-func Delete(id uint32) error {
-	c, err := OpenControl()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	if _, err := c.GetDevInfo(id); err != nil {
-		return err
-	}
-	if err := c.StopDev(id); err != nil {
-		return err
-	}
-	return c.DelDev(id)
-}
-
-// List returns the status of device id (ublksrv's `ublk list -n`).
-func List(id uint32) (Status, error) {
-	c, err := OpenControl()
-	if err != nil {
-		return Status{}, err
-	}
-	defer c.Close()
-	return status(c, id)
-}
-
-func status(c *Control, id uint32) (Status, error) {
-	info, err := c.GetDevInfo(id)
-	if err != nil {
-		return Status{}, err
-	}
-	params, err := c.GetParams(id)
-	if err != nil {
-		return Status{Info: info}, err
-	}
-	return Status{Info: info, Params: params}, nil
-}
-
-// ListAll returns the status of every device, found through
-// /sys/class/ublk-char (or /dev/ublkc*). Devices that vanish meanwhile are skipped.
-func ListAll() ([]Status, error) {
-	ids, err := ListIDs()
-	if err != nil {
-		return nil, err
-	}
-	c, err := OpenControl()
-	if err != nil {
-		return nil, err
-	}
-	defer c.Close()
-	var out []Status
-	for _, id := range ids {
-		st, err := status(c, id)
-		if errors.Is(err, unix.ENODEV) {
-			continue
-		}
-		if err != nil {
-			return out, err
-		}
-		out = append(out, st)
-	}
-	return out, nil
-}
-
-// ListIDs returns the ids of existing ublk devices, sorted.
-func ListIDs() ([]uint32, error) {
-	names, err := filepath.Glob(filepath.Join(sysCharClass, "ublkc*"))
-	if err != nil || len(names) == 0 {
-		names, err = filepath.Glob(CharDevPrefix + "*")
-	}
-	if err != nil {
-		return nil, fmt.Errorf("ublk: list devices: %w", err)
-	}
-	return parseCharDevIDs(names), nil
-}
-
-// parseCharDevIDs extracts N from paths ending in ublkcN.
-func parseCharDevIDs(names []string) []uint32 {
-	seen := map[uint32]bool{}
-	var ids []uint32
-	for _, n := range names {
-		s, ok := strings.CutPrefix(filepath.Base(n), "ublkc")
-		if !ok {
-			continue
-		}
-		id, err := strconv.ParseUint(s, 10, 32)
-		if err != nil || seen[uint32(id)] {
-			continue
-		}
-		seen[uint32(id)] = true
-		ids = append(ids, uint32(id))
-	}
-	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
-	return ids
-}
