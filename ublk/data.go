@@ -61,7 +61,7 @@ func (u *userCopyData) ReadAt(p []byte, off int64) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	n, err := ioFull(unix.Pread, u.fd, p[:want], u.base+off)
+	n, err := userCopy(unix.Pread, u.fd, p[:want], u.base+off)
 	if err == nil && short {
 		err = io.EOF
 	}
@@ -74,7 +74,7 @@ func (u *userCopyData) WriteAt(p []byte, off int64) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	n, err := ioFull(unix.Pwrite, u.fd, p[:want], u.base+off)
+	n, err := userCopy(unix.Pwrite, u.fd, p[:want], u.base+off)
 	if err == nil && short {
 		err = errOutOfRange
 	}
@@ -98,8 +98,20 @@ func clampRange(n int, off, size int64) (want int, short bool, err error) {
 	return n, false, nil
 }
 
-// ioFull repeats pread/pwrite until p is done, retrying EINTR.
-func ioFull(op func(int, []byte, int64) (int, error), fd int, p []byte, off int64) (int, error) {
+// userCopy is FullIO on the char device at off, with the offset in the error.
+func userCopy(op func(int, []byte, int64) (int, error), fd int, p []byte, off int64) (int, error) {
+	n, err := FullIO(op, fd, p, off)
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
+		err = fmt.Errorf("ublk: user copy at %#x: %w", off+int64(n), err)
+	}
+	return n, err
+}
+
+// FullIO repeats op (unix.Pread or unix.Pwrite) until p is done, retrying
+// EINTR; a zero-byte transfer ends it with io.ErrUnexpectedEOF. No kernel
+// counterpart: the short-transfer loop user copy and file-backed targets
+// (ublksrv's loop) need around pread/pwrite.
+func FullIO(op func(int, []byte, int64) (int, error), fd int, p []byte, off int64) (int, error) {
 	done := 0
 	for done < len(p) {
 		n, err := op(fd, p[done:], off+int64(done))
@@ -107,7 +119,7 @@ func ioFull(op func(int, []byte, int64) (int, error), fd int, p []byte, off int6
 			continue
 		}
 		if err != nil {
-			return done, fmt.Errorf("ublk: user copy at %#x: %w", off+int64(done), err)
+			return done, err
 		}
 		if n == 0 {
 			return done, io.ErrUnexpectedEOF

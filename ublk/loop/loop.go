@@ -195,7 +195,7 @@ func (l *Loop) read(r *ublk.Request) int32 {
 	total := r.Bytes()
 	for done := int64(0); done < total; {
 		chunk := (*buf)[:min(int64(len(*buf)), total-done)]
-		n, err := fullIO(unix.Pread, l.fd, chunk, r.Offset()+done)
+		n, err := ublk.FullIO(unix.Pread, l.fd, chunk, r.Offset()+done)
 		if errors.Is(err, io.ErrUnexpectedEOF) {
 			clear(chunk[n:]) // the file shrank under us: reads past EOF are zeros
 		} else if err != nil {
@@ -219,7 +219,7 @@ func (l *Loop) write(r *ublk.Request) int32 {
 		if _, err := r.Data.ReadAt(chunk, done); err != nil {
 			return res(0, err)
 		}
-		if _, err := fullIO(unix.Pwrite, l.fd, chunk, r.Offset()+done); err != nil {
+		if _, err := ublk.FullIO(unix.Pwrite, l.fd, chunk, r.Offset()+done); err != nil {
 			return res(0, err)
 		}
 		done += int64(len(chunk))
@@ -254,7 +254,7 @@ func (l *Loop) writeZeroes(r *ublk.Request) error {
 	clear(*buf)
 	for done := int64(0); done < r.Bytes(); {
 		chunk := (*buf)[:min(int64(len(*buf)), r.Bytes()-done)]
-		if _, err := fullIO(unix.Pwrite, l.fd, chunk, r.Offset()+done); err != nil {
+		if _, err := ublk.FullIO(unix.Pwrite, l.fd, chunk, r.Offset()+done); err != nil {
 			return err
 		}
 		done += int64(len(chunk))
@@ -282,26 +282,6 @@ func (l *Loop) Close() error {
 		}
 	})
 	return err
-}
-
-// fullIO repeats pread/pwrite until p is done, retrying EINTR; a zero-byte
-// transfer ends it with io.ErrUnexpectedEOF.
-func fullIO(op func(int, []byte, int64) (int, error), fd int, p []byte, off int64) (int, error) {
-	done := 0
-	for done < len(p) {
-		n, err := op(fd, p[done:], off+int64(done))
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			return done, err
-		}
-		if n == 0 {
-			return done, io.ErrUnexpectedEOF
-		}
-		done += n
-	}
-	return done, nil
 }
 
 // res turns an error into the negative errno ublk wants (-EIO when the error
