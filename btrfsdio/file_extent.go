@@ -77,7 +77,8 @@ func (t *fileExtentTree) replace(start, length, diskBytenr uint64) []span {
 // holeAddr is EXTENT_MAP_HOLE: replace with it punches a hole.
 const holeAddr = ^uint64(0)
 
-// snapshot returns a copy of the mapping, for scrub and tests.
+// snapshot returns a copy of the mapping, for a commit, the intent log and
+// tests.
 func (t *fileExtentTree) snapshot() []fileExtent {
 	t.mu.RLock()
 	defer t.mu.RUnlock()

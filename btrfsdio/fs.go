@@ -436,11 +436,12 @@ func (fs *FsInfo) readOnlyReason() string {
 func (fs *FsInfo) UsedBytes() uint64 { return fs.space.usedBytes() }
 
 // Csum is btrfs_lookup_csum: the stored checksum of the data sector at
-// logical, for scrub.
+// logical (tests read what completion stored).
 func (fs *FsInfo) Csum(logical uint64) (uint32, bool) { return fs.csums.lookup(logical) }
 
-// AllocatedExtents lists the disk ranges that hold file data, for scrub (what
-// scrub_simple_mirror finds walking the extent tree).
+// AllocatedExtents lists the disk ranges that hold file data (what
+// scrub_simple_mirror finds walking the extent tree), for tests that damage
+// or inspect them.
 func (fs *FsInfo) AllocatedExtents() [][2]uint64 {
 	var out [][2]uint64
 	for _, e := range fs.inode.extents.snapshot() {

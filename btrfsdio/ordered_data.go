@@ -56,13 +56,6 @@ func (oe *OrderedExtent) Flags() uint32 {
 	return oe.flags
 }
 
-// BytesLeft returns bytes_left.
-func (oe *OrderedExtent) BytesLeft() uint64 {
-	oe.inode.orderedMu.Lock()
-	defer oe.inode.orderedMu.Unlock()
-	return oe.bytesLeft
-}
-
 // AllocOrderedExtent is btrfs_alloc_ordered_extent: create and insert an
 // ordered extent for [fileOffset, fileOffset+numBytes) at diskBytenr. It
 // carries one reference for the tree and one for the caller.

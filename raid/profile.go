@@ -88,13 +88,6 @@ func (p Profile) String() string {
 // MinDevices is btrfs_raid_array[].devs_min.
 func (p Profile) MinDevices() int { return p.attr().devsMin }
 
-// MaxDevices is btrfs_raid_array[].devs_max: 0 means no limit.
-func (p Profile) MaxDevices() int { return p.attr().devsMax }
-
-// DevicesIncrement is btrfs_raid_array[].devs_increment: a chunk uses a
-// multiple of this many devices.
-func (p Profile) DevicesIncrement() int { return p.attr().devsIncrement }
-
 // Copies is btrfs_raid_array[].ncopies: how many copies of each data byte
 // the profile stores (RAID5/6 store one, plus parity).
 func (p Profile) Copies() int { return p.attr().ncopies }

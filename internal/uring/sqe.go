@@ -102,11 +102,6 @@ func (s *SQE) PrepReadv(fd int, iov []Iovec, off uint64, userData uint64) {
 	*s = SQE{Opcode: OpReadv, Fd: int32(fd), Addr: iovAddr(iov), Len: uint32(len(iov)), Off: off, UserData: userData}
 }
 
-// PrepWritev fills s as IORING_OP_WRITEV (io_uring_prep_writev).
-func (s *SQE) PrepWritev(fd int, iov []Iovec, off uint64, userData uint64) {
-	*s = SQE{Opcode: OpWritev, Fd: int32(fd), Addr: iovAddr(iov), Len: uint32(len(iov)), Off: off, UserData: userData}
-}
-
 // PrepFsync fills s as IORING_OP_FSYNC (io_uring_prep_fsync); flags may be FsyncDatasync.
 func (s *SQE) PrepFsync(fd int, flags uint32, userData uint64) {
 	*s = SQE{Opcode: OpFsync, Fd: int32(fd), OpFlags: flags, UserData: userData}
