@@ -11,18 +11,18 @@ import (
 	"github.com/btrfsdio/btrfsdio/blk"
 	"github.com/btrfsdio/btrfsdio/iomap"
 	"github.com/btrfsdio/btrfsdio/raid"
-	"github.com/btrfsdio/btrfsdio/target"
+	"github.com/btrfsdio/btrfsdio/tgt/btrfs"
 )
 
 // buildBtrfs runs the btrfsdio target's Build as `add` does.
-func buildBtrfs(t *testing.T, args ...string) (*target.Btrfs, error) {
+func buildBtrfs(t *testing.T, args ...string) (*btrfs.Target, error) {
 	t.Helper()
 	tg, _, err := buildFactory(t, args...)
 	return tg, err
 }
 
 // buildFactory is buildBtrfs that also returns the factory (for Info).
-func buildFactory(t *testing.T, args ...string) (*target.Btrfs, *btrfsFactory, error) {
+func buildFactory(t *testing.T, args ...string) (*btrfs.Target, *btrfsFactory, error) {
 	t.Helper()
 	f := &btrfsFactory{}
 	fs := flag.NewFlagSet("add", flag.ContinueOnError)
@@ -37,12 +37,12 @@ func buildFactory(t *testing.T, args ...string) (*target.Btrfs, *btrfsFactory, e
 	if err != nil {
 		return nil, f, err
 	}
-	return tg.(*target.Btrfs), f, nil
+	return tg.(*btrfs.Target), f, nil
 }
 
 // datasumRaid1With64K builds a datasum RAID1 target on two images a and b
 // (args is its add command line) and writes 64 KiB of pattern mul at 1 MiB.
-func datasumRaid1With64K(t *testing.T, mul int) (a, b string, args []string, tg *target.Btrfs, data []byte) {
+func datasumRaid1With64K(t *testing.T, mul int) (a, b string, args []string, tg *btrfs.Target, data []byte) {
 	t.Helper()
 	dir := t.TempDir()
 	a, b = filepath.Join(dir, "a"), filepath.Join(dir, "b")

@@ -12,7 +12,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/btrfsdio/btrfsdio/target"
+	"github.com/btrfsdio/btrfsdio/tgt/btrfs"
 	"github.com/btrfsdio/btrfsdio/ublk"
 )
 
@@ -150,7 +150,7 @@ func TestMkfsThenAddThenCheck(t *testing.T) {
 }
 
 // buildNoting runs Build as add does and collects what it tells the user.
-func buildNoting(t *testing.T, args ...string) (*target.Btrfs, *btrfsFactory, *[]string, error) {
+func buildNoting(t *testing.T, args ...string) (*btrfs.Target, *btrfsFactory, *[]string, error) {
 	t.Helper()
 	var notes []string
 	f := &btrfsFactory{}
@@ -167,7 +167,7 @@ func buildNoting(t *testing.T, args ...string) (*target.Btrfs, *btrfsFactory, *[
 	if err != nil {
 		return nil, f, &notes, err
 	}
-	return tg.(*target.Btrfs), f, &notes, nil
+	return tg.(*btrfs.Target), f, &notes, nil
 }
 
 // mkfs refuses an image that holds a filesystem, naming it, writes nothing

@@ -13,7 +13,7 @@ import (
 
 	"github.com/btrfsdio/btrfsdio/btrfsdio"
 	"github.com/btrfsdio/btrfsdio/raid"
-	"github.com/btrfsdio/btrfsdio/target"
+	"github.com/btrfsdio/btrfsdio/tgt/btrfs"
 	"github.com/btrfsdio/btrfsdio/ublk"
 )
 
@@ -157,7 +157,7 @@ func (f *btrfsFactory) Build() (ublk.Target, ublk.TargetParams, error) {
 		vol.Close()
 		return nil, ublk.TargetParams{}, err
 	}
-	t := &target.Btrfs{FS: fs}
+	t := &btrfs.Target{FS: fs}
 	inode := fs.Inode()
 	// The inode's flags were fixed when the images were made: they win
 	// over the command line, and list shows what is in force.

@@ -10,8 +10,8 @@ import (
 	"strings"
 
 	"github.com/btrfsdio/btrfsdio/raid"
+	"github.com/btrfsdio/btrfsdio/tgt/loop"
 	"github.com/btrfsdio/btrfsdio/ublk"
-	"github.com/btrfsdio/btrfsdio/ublk/loop"
 )
 
 // TargetFactory turns one target type's command-line flags into a ublk.Target

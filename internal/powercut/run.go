@@ -13,7 +13,7 @@ import (
 
 	"github.com/btrfsdio/btrfsdio/btrfsdio"
 	"github.com/btrfsdio/btrfsdio/raid"
-	"github.com/btrfsdio/btrfsdio/target"
+	"github.com/btrfsdio/btrfsdio/tgt/btrfs"
 	"github.com/btrfsdio/btrfsdio/ublk"
 )
 
@@ -162,7 +162,7 @@ func checkCutLost(s Scenario, lg *Log, m *model, cut int, pol Policy, rng *rand.
 	if err != nil {
 		return fmt.Sprintf("device %d lost: degraded mount refused: %v", lost, err)
 	}
-	if msg := compare(&target.Btrfs{FS: fs}, m, cut, s.Kind == NoCow); msg != "" {
+	if msg := compare(&btrfs.Target{FS: fs}, m, cut, s.Kind == NoCow); msg != "" {
 		return fmt.Sprintf("device %d lost: %s", lost, msg)
 	}
 	return ""
@@ -205,7 +205,7 @@ func record(s Scenario, cfg Config, rng *rand.Rand, dir string) (*Log, *model, i
 		return nil, nil, 0, fmt.Errorf("powercut: mount: %w", err)
 	}
 	mounted := lg.Mark(-1)
-	tg := &target.Btrfs{FS: fs}
+	tg := &btrfs.Target{FS: fs}
 	size := uint64(fs.Inode().ISize())
 	m := newModel(size)
 	for id, r := range genRequests(rng, cfg.Requests, size) {
@@ -360,7 +360,7 @@ func checkCut(s Scenario, cfg Config, lg *Log, m *model, cut int, pol Policy, rn
 	if otherAfter != "" && otherAfter != other {
 		other = strings.TrimPrefix(other+"; after the mount: "+otherAfter, "; ")
 	}
-	if msg := compare(&target.Btrfs{FS: fs}, m, cut, s.Kind == NoCow); msg != "" {
+	if msg := compare(&btrfs.Target{FS: fs}, m, cut, s.Kind == NoCow); msg != "" {
 		other = strings.TrimPrefix(other+"; "+msg, "; ")
 	}
 	return copies, other
@@ -389,7 +389,7 @@ func damage(rep *btrfsdio.CheckReport) (copies, other string) {
 
 // compare reads the whole device back through the target and holds every
 // block to the model.
-func compare(tg *target.Btrfs, m *model, cut int, sectorAtomic bool) string {
+func compare(tg *btrfs.Target, m *model, cut int, sectorAtomic bool) string {
 	size := uint64(len(m.history)) * blockSize
 	if got := uint64(tg.FS.Inode().ISize()); got != size {
 		return fmt.Sprintf("the device is %d bytes, not %d", got, size)

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 
-	"github.com/btrfsdio/btrfsdio/target"
+	"github.com/btrfsdio/btrfsdio/tgt/btrfs"
 	"github.com/btrfsdio/btrfsdio/ublk"
 )
 
@@ -103,7 +103,7 @@ func (m *memData) ReadAt(p []byte, off int64) (int, error)  { return copy(p, m.b
 func (m *memData) WriteAt(p []byte, off int64) (int, error) { return copy(m.b[off:], p), nil }
 
 // send serves request id r on the target as the ublk server would.
-func send(t *target.Btrfs, id int, r request) error {
+func send(t *btrfs.Target, id int, r request) error {
 	req := &ublk.Request{Sector: r.off >> 9, Sectors: uint32(r.len >> 9)}
 	switch r.kind {
 	case reqWrite, reqWriteFUA:

@@ -1,4 +1,4 @@
-package target
+package btrfs
 
 import (
 	"bytes"
@@ -22,12 +22,12 @@ type memData struct{ b []byte }
 func (m *memData) ReadAt(p []byte, off int64) (int, error)  { return copy(p, m.b[off:]), nil }
 func (m *memData) WriteAt(p []byte, off int64) (int, error) { return copy(m.b[off:], p), nil }
 
-func newTarget(t *testing.T, mode btrfsdio.DioMode) *Btrfs {
+func newTarget(t *testing.T, mode btrfsdio.DioMode) *Target {
 	return newTargetOpts(t, btrfsdio.Options{Mode: mode})
 }
 
 // newTargetOpts is a target on a fresh in-memory RAID1 filesystem.
-func newTargetOpts(t *testing.T, opts btrfsdio.Options) *Btrfs {
+func newTargetOpts(t *testing.T, opts btrfsdio.Options) *Target {
 	log := logrus.New()
 	log.SetOutput(io.Discard)
 	dir := t.TempDir()
@@ -48,7 +48,7 @@ func newTargetOpts(t *testing.T, opts btrfsdio.Options) *Btrfs {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tg := &Btrfs{FS: fs}
+	tg := &Target{FS: fs}
 	t.Cleanup(func() {
 		if err := tg.Close(); err != nil {
 			t.Error(err)
@@ -116,7 +116,7 @@ func TestFlushAndFUAAreDurable(t *testing.T) {
 	log.SetOutput(io.Discard)
 	dir := t.TempDir()
 	paths := []string{filepath.Join(dir, "a"), filepath.Join(dir, "b")}
-	open := func(create int64) *Btrfs {
+	open := func(create int64) *Target {
 		var devs []*raid.Device
 		for _, p := range paths {
 			d, err := raid.OpenDevice(p, raid.DeviceOptions{Create: create > 0, Size: create, Logger: log})
@@ -133,7 +133,7 @@ func TestFlushAndFUAAreDurable(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return &Btrfs{FS: fs}
+		return &Target{FS: fs}
 	}
 	tg := open(16 << 20)
 	a, b := bytes.Repeat([]byte("fua!"), 16<<10), bytes.Repeat([]byte("flsh"), 16<<10)
@@ -219,7 +219,7 @@ func TestFailedFlushStaysFailed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tg := &Btrfs{FS: fs}
+	tg := &Target{FS: fs}
 	data := bytes.Repeat([]byte{0x5a}, 64<<10)
 	if got := tg.Handle(req(ublk.OpWrite, 0, data, 0)); got != int32(len(data)) {
 		t.Fatalf("write returned %d", got)

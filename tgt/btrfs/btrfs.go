@@ -1,7 +1,8 @@
-// Package target serves a ublk device with the btrfs direct IO port: each
-// block request becomes one btrfs_direct_read/btrfs_direct_write on the
-// filesystem's single inode, with the request's pages as the user buffer.
-package target
+// Package btrfs is the ublk target "btrfsdio": it serves a ublk device with
+// the btrfs direct IO port. Each block request becomes one
+// btrfs_direct_read/btrfs_direct_write on the filesystem's single inode,
+// with the request's pages as the user buffer.
+package btrfs
 
 import (
 	"io"
@@ -14,15 +15,15 @@ import (
 	"github.com/btrfsdio/btrfsdio/ublk"
 )
 
-// Btrfs is the ublk target "btrfsdio".
-type Btrfs struct {
+// Target is the ublk target "btrfsdio".
+type Target struct {
 	FS *btrfsdio.FsInfo
 }
 
-// Btrfs is a ublk target that ublk closes when the device is deleted.
+// Target is a ublk target that ublk closes when the device is deleted.
 var (
-	_ ublk.Target = (*Btrfs)(nil)
-	_ io.Closer   = (*Btrfs)(nil)
+	_ ublk.Target = (*Target)(nil)
+	_ io.Closer   = (*Target)(nil)
 )
 
 // Params are the device parameters this target offers: 4 KiB logical
@@ -31,7 +32,7 @@ var (
 // volatile because a completed write is durable only after the next
 // transaction commit: FLUSH commits (Flush), and a FUA write commits before
 // it completes.
-func (t *Btrfs) Params() ublk.TargetParams {
+func (t *Target) Params() ublk.TargetParams {
 	return ublk.TargetParams{
 		Size:             uint64(t.FS.Inode().ISize()),
 		LogicalBlockSize: btrfsdio.SectorSize,
@@ -44,7 +45,7 @@ func (t *Btrfs) Params() ublk.TargetParams {
 }
 
 // Handle serves one request.
-func (t *Btrfs) Handle(r *ublk.Request) int32 {
+func (t *Target) Handle(r *ublk.Request) int32 {
 	inode := t.FS.Inode()
 	if r.Op != ublk.OpFlush && !r.InRange(uint64(inode.ISize())) {
 		return -int32(syscall.EIO) // what bio_check_eod answers; Offset would wrap
@@ -94,7 +95,7 @@ func requestFolio(r *ublk.Request) int {
 // checksums on the request's own pages. The kernel can (the user's pages
 // are mapped), but a ublk READ request's pages can only be written: the
 // driver refuses pread on them (UBLK_F_USER_COPY checks the direction).
-func (t *Btrfs) verifiesInPlace() bool {
+func (t *Target) verifiesInPlace() bool {
 	return t.FS.Opts.Mode.ZeroCopyReads() && !t.FS.Inode().NoDataSum
 }
 
@@ -102,7 +103,7 @@ func (t *Btrfs) verifiesInPlace() bool {
 // memory, where btrfs_check_read_bio can verify (and repair) it, then
 // copies it to the request: one copy more than zero-copy, the price of
 // checksums on memory that can only be written.
-func (t *Btrfs) readVerified(r *ublk.Request) int32 {
+func (t *Target) readVerified(r *ublk.Request) int32 {
 	bp := readBuffers.Get().(*[]byte)
 	defer readBuffers.Put(bp)
 	size := requestFolio(r)
@@ -125,8 +126,8 @@ var readBuffers = sync.Pool{New: func() any { return new([]byte) }}
 
 // Stats are the filesystem's counters, for `btrfsdio list -v` (no kernel
 // counterpart).
-func (t *Btrfs) Stats() btrfsdio.Stats { return t.FS.Stats() }
+func (t *Target) Stats() btrfsdio.Stats { return t.FS.Stats() }
 
 // Close commits the transaction and closes the volume (close_ctree), on
 // `del` and on SIGTERM alike.
-func (t *Btrfs) Close() error { return t.FS.Close() }
+func (t *Target) Close() error { return t.FS.Close() }
