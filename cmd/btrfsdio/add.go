@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/btrfsdio/btrfsdio/tgt"
 	"io"
 	"os"
 	"os/exec"
@@ -60,7 +61,7 @@ type addSpec struct {
 	maxIO      uint
 	noUserCopy bool
 	foreground bool
-	factory    TargetFactory
+	factory    tgt.Factory
 	args       []string // as given, handed on to the daemon
 	dir        string   // the directory relative paths in args are relative to (recover)
 	fs         *flag.FlagSet
@@ -94,7 +95,7 @@ func parseAdd(args []string) (*addSpec, error) {
 	typ, found := findType(args)
 	if wantsHelp(args) {
 		if tt, ok := targetTypes[typ]; ok {
-			spec.factory = tt.new()
+			spec.factory = tt.New()
 			spec.factory.Flags(fs)
 		}
 		return spec, errHelp
@@ -106,7 +107,7 @@ func parseAdd(args []string) (*addSpec, error) {
 	if !ok {
 		return nil, fmt.Errorf("add: unknown target type %q (known types: %s)", typ, strings.Join(targetNames(), ", "))
 	}
-	spec.factory = tt.new()
+	spec.factory = tt.New()
 	spec.factory.Flags(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, fmt.Errorf("add: %w", err)
@@ -237,10 +238,6 @@ type reporter interface {
 	failed(err error)
 }
 
-// noticer is a TargetFactory whose Build has news for the user: serve
-// hands it the reporter's note.
-type noticer interface{ setNotice(func(string)) }
-
 // printReporter is --foreground: the list line on stdout, errors on stderr.
 type printReporter struct {
 	e    *env
@@ -293,10 +290,7 @@ func serve(spec *addSpec, rep reporter, log *logrus.Logger, logPath string, daem
 		rep.failed(err)
 		return exitFail
 	}
-	if n, ok := spec.factory.(noticer); ok {
-		n.setNotice(rep.note)
-	}
-	target, params, err := spec.factory.Build()
+	target, params, err := spec.factory.Build(tgt.Env{RunDir: runDir(), Holder: imageHolder, Notice: rep.note})
 	if err != nil {
 		return fail(err)
 	}

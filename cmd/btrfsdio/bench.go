@@ -3,6 +3,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"github.com/btrfsdio/btrfsdio/tgt"
 	"os"
 
 	"github.com/btrfsdio/btrfsdio/btrfsdio"
@@ -50,22 +51,22 @@ func runBench(e *env, args []string) int {
 	if *journalWrites > 0 {
 		return runJournalBench(e, p, *journalWrites, *rounds, *dir)
 	}
-	n, err := parseSize(*size)
+	n, err := tgt.ParseSize(*size)
 	if err != nil {
 		return e.failf(exitUsage, "bench: --size: %v", err)
 	}
-	b, err := parseSize(*bs)
+	b, err := tgt.ParseSize(*bs)
 	if err != nil {
 		return e.failf(exitUsage, "bench: --bs: %v", err)
 	}
-	poolBytes, err := parseSize(*pool)
+	poolBytes, err := tgt.ParseSize(*pool)
 	if err == nil {
 		err = btrfsdio.CheckBouncePool(poolBytes)
 	}
 	if err != nil {
 		return e.failf(exitUsage, "bench: --bounce-pool %q: %v (want a size such as 32M, at least 1M)", *pool, err)
 	}
-	qdBytes, err := parseSize(*qdSize)
+	qdBytes, err := tgt.ParseSize(*qdSize)
 	if err != nil {
 		return e.failf(exitUsage, "bench: --qd-size: %v", err)
 	}
@@ -98,7 +99,7 @@ func runBench(e *env, args []string) int {
 
 // runBitmapBench is bench --bitmap: the write-intent bitmap's cost.
 func runBitmapBench(e *env, p raid.Profile, dir, file string, writes, qd, flushEvery, rounds int) int {
-	n, err := parseSize(file)
+	n, err := tgt.ParseSize(file)
 	if err != nil {
 		return e.failf(exitUsage, "bench: --bitmap-file: %v", err)
 	}

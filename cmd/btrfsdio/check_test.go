@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"flag"
+	"github.com/btrfsdio/btrfsdio/tgt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,6 +15,9 @@ import (
 	"github.com/btrfsdio/btrfsdio/tgt/btrfs"
 )
 
+// testEnv is the tgt.Env serve hands a target's Build.
+func testEnv() tgt.Env { return tgt.Env{RunDir: runDir(), Holder: imageHolder} }
+
 // buildBtrfs runs the btrfsdio target's Build as `add` does.
 func buildBtrfs(t *testing.T, args ...string) (*btrfs.Target, error) {
 	t.Helper()
@@ -22,9 +26,9 @@ func buildBtrfs(t *testing.T, args ...string) (*btrfs.Target, error) {
 }
 
 // buildFactory is buildBtrfs that also returns the factory (for Info).
-func buildFactory(t *testing.T, args ...string) (*btrfs.Target, *btrfsFactory, error) {
+func buildFactory(t *testing.T, args ...string) (*btrfs.Target, *btrfs.Factory, error) {
 	t.Helper()
-	f := &btrfsFactory{}
+	f := &btrfs.Factory{}
 	fs := flag.NewFlagSet("add", flag.ContinueOnError)
 	f.Flags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -33,7 +37,7 @@ func buildFactory(t *testing.T, args ...string) (*btrfs.Target, *btrfsFactory, e
 	if err := f.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	tg, _, err := f.Build()
+	tg, _, err := f.Build(testEnv())
 	if err != nil {
 		return nil, f, err
 	}

@@ -100,7 +100,7 @@ func TestImagesOfARunningServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := spec.factory.Build(); err == nil || !strings.Contains(err.Error(), held) {
+	if _, _, err := spec.factory.Build(testEnv()); err == nil || !strings.Contains(err.Error(), held) {
 		t.Errorf("a second server's target: %v, want %q", err, held)
 	}
 

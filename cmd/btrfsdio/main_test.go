@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"github.com/btrfsdio/btrfsdio/tgt"
+	"github.com/btrfsdio/btrfsdio/tgt/loop"
 	"io"
 	"os"
 	"path/filepath"
@@ -203,14 +205,13 @@ func TestParseAdd(t *testing.T) {
 		spec.maxIO != 256<<10 || !spec.noUserCopy || !spec.foreground {
 		t.Errorf("spec %+v", spec)
 	}
-	lf := spec.factory.(*loopFactory)
-	if lf.file != file || !lf.readOnly {
-		t.Errorf("loop flags %+v", lf)
+	if _, ok := spec.factory.(*loop.Factory); !ok {
+		t.Errorf("factory %T, want *loop.Factory", spec.factory)
 	}
-	if got := spec.factory.Info(); got["file"] != file {
-		t.Errorf("info %v", got)
+	if got := spec.factory.Info(); got["file"] != file || got["read_only"] != true {
+		t.Errorf("loop flags: info %v", got)
 	}
-	target, params, err := spec.factory.Build()
+	target, params, err := spec.factory.Build(testEnv())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -261,10 +262,10 @@ func TestHelpAndVersion(t *testing.T) {
 	}
 }
 
-// Another file (target_btrfsdio.go, scrub.go) adds types and commands the
-// same way loop and list do; the tables must accept that and refuse clashes.
+// Another file (targets.go, scrub.go) adds types and commands the same way
+// loop and list do; the tables must accept that and refuse clashes.
 func TestRegistriesExtend(t *testing.T) {
-	registerTarget(targetType{name: "zz-test", usage: "-x", new: func() TargetFactory { return &loopFactory{} }})
+	registerTarget(tgt.Type{Name: "zz-test", Usage: "-x", New: func() tgt.Factory { return &loop.Factory{} }})
 	defer delete(targetTypes, "zz-test")
 	registerCommand(&command{name: "zz-cmd", summary: "test", run: func(e *env, _ []string) int { return 42 }})
 	defer delete(commands, "zz-cmd")
@@ -279,7 +280,7 @@ func TestRegistriesExtend(t *testing.T) {
 			t.Error("duplicate target type accepted")
 		}
 	}()
-	registerTarget(targetType{name: "loop"})
+	registerTarget(tgt.Type{Name: "loop"})
 }
 
 func TestPrintDevice(t *testing.T) {

@@ -11,6 +11,8 @@ import (
 
 	"github.com/btrfsdio/btrfsdio/btrfsdio"
 	"github.com/btrfsdio/btrfsdio/raid"
+	"github.com/btrfsdio/btrfsdio/tgt"
+	"github.com/btrfsdio/btrfsdio/tgt/btrfs"
 )
 
 const mkfsUsage = "--profile P [--datasum] [--nocow] [--size S] [--force] -f IMG [-f IMG...]"
@@ -40,22 +42,19 @@ exit status:
 	})
 }
 
-// forceUsage is --force for add and mkfs.
-const forceUsage = "format images that hold a partition table, filesystem, swap, LUKS, LVM or md signature (erasing it)"
-
 // runMkfs is mkfs.btrfs for a btrfsdio volume: create the missing images,
-// probe and format them (assembleVolume), commit the empty metadata with the
+// probe and format them (btrfs.AssembleVolume), commit the empty metadata with the
 // inode flags (btrfsdio.OpenFsInfo's first commit) and close.
 func runMkfs(e *env, args []string) int {
 	fl := newFlagSet("mkfs")
-	var files fileList
+	var files tgt.FileList
 	fl.Var(&files, "f", "image or block device (repeat, in device order)")
 	fl.Var(&files, "file", "same as -f")
 	profile := fl.String("profile", "", "data profile")
 	datasum := fl.Bool("datasum", false, "data checksums")
 	nocow := fl.Bool("nocow", false, "NODATACOW")
 	size := fl.String("size", "", "create missing images of this size")
-	force := fl.Bool("force", false, forceUsage)
+	force := fl.Bool("force", false, btrfs.ForceUsage)
 	if err := parseOnly(fl, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return runHelp(e, []string{"mkfs"})
@@ -94,7 +93,7 @@ func checkMkfs(files []string, profile, size string, bothFlags bool) (raid.Profi
 	}
 	var create int64
 	if size != "" {
-		if create, err = parseSize(size); err != nil {
+		if create, err = tgt.ParseSize(size); err != nil {
 			return 0, 0, fmt.Errorf("--size: %w", err)
 		}
 	}
@@ -107,30 +106,11 @@ func checkMkfs(files []string, profile, size string, bothFlags bool) (raid.Profi
 		return 0, 0, fmt.Errorf("profile %s needs at least %d devices, got %d", p, p.MinDevices(), len(files))
 	}
 	for _, path := range files {
-		if err := checkImagePath(path, create > 0); err != nil {
+		if err := btrfs.CheckImagePath(path, create > 0); err != nil {
 			return 0, 0, err
 		}
 	}
 	return p, create, nil
-}
-
-// checkImagePath accepts an existing regular file or block device, or
-// (canCreate) a path that does not exist yet.
-func checkImagePath(path string, canCreate bool) error {
-	st, err := os.Stat(path)
-	switch {
-	case errors.Is(err, fs.ErrNotExist) && canCreate:
-		return nil
-	case errors.Is(err, fs.ErrNotExist):
-		return fmt.Errorf("%s does not exist (give --size to create it)", path)
-	case err != nil:
-		return err
-	case st.IsDir():
-		return fmt.Errorf("%s is a directory", path)
-	case !st.Mode().IsRegular() && (st.Mode()&os.ModeDevice == 0 || st.Mode()&os.ModeCharDevice != 0):
-		return fmt.Errorf("%s is %s, not a regular file or block device", path, fileKind(st.Mode()))
-	}
-	return nil
 }
 
 // createImages creates the files that do not exist, sparse, of size
@@ -157,7 +137,7 @@ func createImages(files []string, size int64, log logrus.FieldLogger) ([]string,
 // force) and makes the first commit, which records the inode flags of
 // opts, then closes the volume: what mkfs.btrfs's make_btrfs writes.
 func makeVolume(e *env, files []string, p raid.Profile, opts btrfsdio.Options, force bool, log logrus.FieldLogger) error {
-	vol, _, err := assembleVolume(files, p, 0, false, formatOptions{force: force, mkfs: true}, log)
+	vol, _, err := btrfs.AssembleVolume(files, p, 0, false, btrfs.FormatOptions{Force: force, Mkfs: true, Holder: imageHolder}, log)
 	if err != nil {
 		return err
 	}
@@ -173,16 +153,8 @@ func makeVolume(e *env, files []string, p raid.Profile, opts btrfsdio.Options, f
 		return err
 	}
 	fmt.Fprintf(e.stdout, "made a %s volume on %s: %d bytes to serve, datasum %s, nocow %s\n",
-		p, plural(len(files), "device"), size, onOff(datasum), onOff(nocow))
+		p, tgt.Plural(len(files), "device"), size, onOff(datasum), onOff(nocow))
 	return nil
-}
-
-// plural is "1 device", "2 devices".
-func plural(n int, noun string) string {
-	if n == 1 {
-		return "1 " + noun
-	}
-	return fmt.Sprintf("%d %ss", n, noun)
 }
 
 func onOff(b bool) string {
@@ -190,53 +162,4 @@ func onOff(b bool) string {
 		return "on"
 	}
 	return "off"
-}
-
-// formatOptions is what assembleVolume may format over: add formats blank
-// images, mkfs every image.
-type formatOptions struct {
-	// force formats over the signatures found (--force).
-	force bool
-	// mkfs formats images holding a volume too (raid.FormatCheck.Reformat).
-	mkfs bool
-	// notice is told that images are being formatted (add's stderr).
-	notice func(string)
-}
-
-// assembleVolume is raid.Assemble for add and mkfs: images that hold
-// something else are refused unless fo.force (prepareFormat), and an image
-// that does not exist says how to create it.
-func assembleVolume(files []string, p raid.Profile, create int64, degraded bool, fo formatOptions, log logrus.FieldLogger) (*raid.Volume, *raid.Superblock, error) {
-	vol, sb, err := raid.Assemble(files, raid.AssembleOptions{
-		Profile: p, Create: create, Degraded: degraded, Holder: imageHolder, Logger: log,
-		Prepare: func(devs []*raid.Device) error { return prepareFormat(devs, p, false, fo, log) },
-	})
-	if errors.Is(err, fs.ErrNotExist) && create == 0 {
-		err = fmt.Errorf("%w (give --size to create it)", err)
-	}
-	return vol, sb, err
-}
-
-// prepareFormat runs just before raid.Assemble's format step (raid.OpenVolume
-// formats blank devices): it refuses images that hold something else,
-// naming what, unless fo.force (raid.PrepareFormat), and says when images
-// are being formatted. Read-only opens and raid.AnyProfile (check, scrub)
-// never format.
-func prepareFormat(devs []*raid.Device, p raid.Profile, readOnly bool, fo formatOptions, log logrus.FieldLogger) error {
-	if readOnly || p == raid.AnyProfile {
-		return nil
-	}
-	formatting, err := raid.PrepareFormat(devs, raid.FormatCheck{Force: fo.force, Reformat: fo.mkfs})
-	switch {
-	case errors.Is(err, raid.ErrForeign):
-		return fmt.Errorf("%w (use --force)", err)
-	case err != nil || !formatting || fo.mkfs:
-		return err
-	}
-	msg := fmt.Sprintf("formatting %s as %s", plural(len(devs), "blank image"), p)
-	log.Info(msg)
-	if fo.notice != nil {
-		fo.notice(msg)
-	}
-	return nil
 }

@@ -150,11 +150,12 @@ func TestMkfsThenAddThenCheck(t *testing.T) {
 }
 
 // buildNoting runs Build as add does and collects what it tells the user.
-func buildNoting(t *testing.T, args ...string) (*btrfs.Target, *btrfsFactory, *[]string, error) {
+func buildNoting(t *testing.T, args ...string) (*btrfs.Target, *btrfs.Factory, *[]string, error) {
 	t.Helper()
 	var notes []string
-	f := &btrfsFactory{}
-	f.setNotice(func(m string) { notes = append(notes, m) })
+	f := &btrfs.Factory{}
+	env := testEnv()
+	env.Notice = func(m string) { notes = append(notes, m) }
 	fs := flag.NewFlagSet("add", flag.ContinueOnError)
 	f.Flags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -163,7 +164,7 @@ func buildNoting(t *testing.T, args ...string) (*btrfs.Target, *btrfsFactory, *[
 	if err := f.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	tg, _, err := f.Build()
+	tg, _, err := f.Build(env)
 	if err != nil {
 		return nil, f, &notes, err
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/btrfsdio/btrfsdio/tgt"
 	"io"
 
 	"github.com/sirupsen/logrus"
@@ -201,7 +202,7 @@ func countMetaRepaired(copies []btrfsdio.MetaCopyStatus) int {
 // be read while someone else holds them.
 type offlineVolume struct {
 	name       string
-	files      fileList
+	files      tgt.FileList
 	profile    *string
 	degraded   *bool
 	ignoreLock *bool

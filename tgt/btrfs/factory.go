@@ -1,4 +1,4 @@
-package main
+package btrfs
 
 import (
 	"errors"
@@ -6,35 +6,27 @@ import (
 	"fmt"
 	"os"
 	"strconv"
-	"strings"
 	"syscall"
 
 	"github.com/sirupsen/logrus"
 
 	"github.com/btrfsdio/btrfsdio/btrfsdio"
 	"github.com/btrfsdio/btrfsdio/raid"
-	"github.com/btrfsdio/btrfsdio/tgt/btrfs"
+	"github.com/btrfsdio/btrfsdio/tgt"
 	"github.com/btrfsdio/btrfsdio/ublk"
 )
 
-func init() {
-	registerTarget(targetType{
-		name:  "btrfsdio",
-		usage: "--profile P --dio bounce|zerocopy|fallback|iomap-bounce [--datasum] [--nocow] [--faithful] [--bounce-pool SIZE|off] [--detect-volatile=false] [--size S] [--force] [--degraded] -f IMG [-f IMG...]",
-		new:   func() TargetFactory { return &btrfsFactory{} },
-	})
+// Type is the btrfsdio target of `add -t btrfsdio`.
+var Type = tgt.Type{
+	Name:  "btrfsdio",
+	Usage: "--profile P --dio bounce|zerocopy|fallback|iomap-bounce [--datasum] [--nocow] [--faithful] [--bounce-pool SIZE|off] [--detect-volatile=false] [--size S] [--force] [--degraded] -f IMG [-f IMG...]",
+	New:   func() tgt.Factory { return &Factory{} },
 }
 
-// fileList is a repeatable -f flag.
-type fileList []string
-
-func (l *fileList) String() string     { return strings.Join(*l, ",") }
-func (l *fileList) Set(s string) error { *l = append(*l, s); return nil }
-
-// btrfsFactory builds the btrfsdio target: the btrfs direct IO port over a
+// Factory builds the btrfsdio target: the btrfs direct IO port over a
 // raid volume of image files or block devices.
-type btrfsFactory struct {
-	files    fileList
+type Factory struct {
+	files    tgt.FileList
 	profile  string
 	dio      string
 	datasum  bool
@@ -44,8 +36,6 @@ type btrfsFactory struct {
 	degraded bool
 	// force formats blank images over the signatures of something else.
 	force bool
-	// notice tells whoever runs add that its images are being formatted.
-	notice func(string)
 	// bouncePool is --bounce-pool as given; pool is its value in bytes.
 	bouncePool string
 	pool       int64
@@ -57,7 +47,11 @@ type btrfsFactory struct {
 	imgs int64
 }
 
-func (f *btrfsFactory) Flags(fs *flag.FlagSet) {
+var _ tgt.Factory = (*Factory)(nil)
+
+// Flags registers the target's flags next to add's common ones (ublksrv's
+// per-target option parsing; no kernel counterpart).
+func (f *Factory) Flags(fs *flag.FlagSet) {
 	fs.Var(&f.files, "f", "backing image or block device (repeat, in device order)")
 	fs.Var(&f.files, "file", "same as -f")
 	fs.StringVar(&f.profile, "profile", "raid1", "data profile: single dup raid0 raid1 raid1c3 raid1c4 raid10 raid5 raid6")
@@ -67,14 +61,16 @@ func (f *btrfsFactory) Flags(fs *flag.FlagSet) {
 	fs.BoolVar(&f.faithful, "faithful", false, "reproduce the seed patch's flaws exactly")
 	fs.StringVar(&f.bouncePool, "bounce-pool", "32M", bouncePoolUsage)
 	fs.StringVar(&f.size, "size", "", "create missing images of this size (e.g. 256M, 1G)")
-	fs.BoolVar(&f.force, "force", false, forceUsage)
+	fs.BoolVar(&f.force, "force", false, ForceUsage)
 	fs.BoolVar(&f.degraded, "degraded", false,
 		"run with devices missing (images absent or too few given), as many as the profile tolerates; writes go to the others")
 	fs.BoolVar(&f.detectVolatile, "detect-volatile", true,
 		"zerocopy: count and log writes whose buffer changes while in flight (reads each write's data twice more)")
 }
 
-func (f *btrfsFactory) Validate() error {
+// Validate checks the parsed flags and the image paths without side
+// effects (no kernel counterpart: add runs it before daemonizing).
+func (f *Factory) Validate() error {
 	var err error
 	if f.p, err = raid.ParseProfile(f.profile); err != nil {
 		return fmt.Errorf("btrfsdio: --profile: %w", err)
@@ -89,7 +85,7 @@ func (f *btrfsFactory) Validate() error {
 		return fmt.Errorf("btrfsdio: %w", err)
 	}
 	if f.size != "" {
-		if f.imgs, err = parseSize(f.size); err != nil {
+		if f.imgs, err = tgt.ParseSize(f.size); err != nil {
 			return fmt.Errorf("btrfsdio: --size: %w", err)
 		}
 	}
@@ -105,7 +101,7 @@ func (f *btrfsFactory) Validate() error {
 	for _, p := range f.files {
 		// Absent images are created with --size, or are the missing
 		// devices of the volume the others hold (raid.Assemble decides).
-		if err := checkImagePath(p, f.imgs > 0 || f.degraded || someExist); err != nil {
+		if err := CheckImagePath(p, f.imgs > 0 || f.degraded || someExist); err != nil {
 			return fmt.Errorf("btrfsdio: %w", err)
 		}
 	}
@@ -118,24 +114,11 @@ func (f *btrfsFactory) Validate() error {
 	return nil
 }
 
-// fileKind names what a non-regular file is.
-func fileKind(m os.FileMode) string {
-	switch {
-	case m&os.ModeCharDevice != 0:
-		return "a character device"
-	case m&os.ModeNamedPipe != 0:
-		return "a named pipe"
-	case m&os.ModeSocket != 0:
-		return "a socket"
-	case m&os.ModeSymlink != 0:
-		return "a symbolic link"
-	}
-	return "a special file"
-}
-
-func (f *btrfsFactory) Build() (ublk.Target, ublk.TargetParams, error) {
+// Build assembles the volume, mounts it (OpenFsInfo, open_ctree) and
+// returns the target serving its one inode.
+func (f *Factory) Build(env tgt.Env) (ublk.Target, ublk.TargetParams, error) {
 	log := logrus.StandardLogger()
-	vol, sb, err := assembleVolume(f.files, f.p, f.imgs, f.degraded, formatOptions{force: f.force, notice: f.notice}, log)
+	vol, sb, err := AssembleVolume(f.files, f.p, f.imgs, f.degraded, FormatOptions{Force: f.force, Notice: env.Notice, Holder: env.Holder}, log)
 	if err != nil {
 		return nil, ublk.TargetParams{}, err
 	}
@@ -148,7 +131,7 @@ func (f *btrfsFactory) Build() (ublk.Target, ublk.TargetParams, error) {
 	fs, err := btrfsdio.OpenFsInfo(vol, btrfsdio.Options{
 		Mode: f.mode, Faithful: f.faithful, DataSum: f.datasum, NoCow: f.nocow, Log: log,
 		NoVolatileDetect: !f.detectVolatile, BouncePool: f.pool,
-		IntentLogDir: runDir(), ReplayStep: replayFault(log),
+		IntentLogDir: env.RunDir, ReplayStep: replayFault(log),
 		// Images that came back behind the volume are resynced while the
 		// device serves (list shows how far); reads never use them before.
 		ResyncInBackground: true,
@@ -157,7 +140,7 @@ func (f *btrfsFactory) Build() (ublk.Target, ublk.TargetParams, error) {
 		vol.Close()
 		return nil, ublk.TargetParams{}, err
 	}
-	t := &btrfs.Target{FS: fs}
+	t := &Target{FS: fs}
 	inode := fs.Inode()
 	// The inode's flags were fixed when the images were made: they win
 	// over the command line, and list shows what is in force.
@@ -171,10 +154,8 @@ func (f *btrfsFactory) Build() (ublk.Target, ublk.TargetParams, error) {
 	return t, t.Params(), nil
 }
 
-// setNotice implements noticer.
-func (f *btrfsFactory) setNotice(fn func(string)) { f.notice = fn }
-
-func (f *btrfsFactory) Info() map[string]any {
+// Info describes the target for `list`, with the inode flags in force.
+func (f *Factory) Info() map[string]any {
 	return map[string]any{
 		"profile": f.p.String(), "dio": f.mode.String(), "datasum": f.datasum,
 		"nocow": f.nocow, "faithful": f.faithful, "files": []string(f.files), "degraded": f.degraded,
@@ -212,7 +193,7 @@ func parseBouncePool(s string) (int64, error) {
 	if s == "off" {
 		return btrfsdio.NoBouncePool, nil
 	}
-	n, err := parseSize(s)
+	n, err := tgt.ParseSize(s)
 	if err == nil {
 		err = btrfsdio.CheckBouncePool(n)
 	}
@@ -220,30 +201,4 @@ func parseBouncePool(s string) (int64, error) {
 		return 0, fmt.Errorf("--bounce-pool %q: %w (want a size such as 32M, at least 1M, or off)", s, err)
 	}
 	return n, nil
-}
-
-// parseSize reads 4096, 64K, 256M, 1G, 2T.
-func parseSize(s string) (int64, error) {
-	if s == "" {
-		return 0, errors.New("empty size")
-	}
-	mult := int64(1)
-	switch strings.ToUpper(s[len(s)-1:]) {
-	case "K":
-		mult = 1 << 10
-	case "M":
-		mult = 1 << 20
-	case "G":
-		mult = 1 << 30
-	case "T":
-		mult = 1 << 40
-	}
-	if mult > 1 {
-		s = s[:len(s)-1]
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || n <= 0 || n > (1<<62)/mult {
-		return 0, fmt.Errorf("bad size %q", s)
-	}
-	return n * mult, nil
 }
