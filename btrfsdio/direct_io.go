@@ -449,6 +449,16 @@ func (inode *Inode) DirectWrite(iocb *iomap.Kiocb, from *iomap.IovIter) (int, er
 	return written, nil
 }
 
+// DirectReadVerifiesInPlace reports whether a direct read verifies data
+// checksums on the caller's own pages: zero-copy reads of a datasum inode,
+// where btrfs_check_read_bio reads back what the devices wrote there. No
+// kernel counterpart (the kernel's user pages are always readable); a
+// caller whose pages can only be written reads into its own memory when
+// this holds.
+func (inode *Inode) DirectReadVerifiesInPlace() bool {
+	return inode.fs.Opts.Mode.ZeroCopyReads() && !inode.NoDataSum
+}
+
 // DirectRead is btrfs_direct_read, with the buffered fallback for what direct
 // IO could not do (-ENOTBLK on a range under buffered writeback).
 func (inode *Inode) DirectRead(iocb *iomap.Kiocb, to *iomap.IovIter) (int, error) {

@@ -55,7 +55,7 @@ func (t *Target) Handle(r *ublk.Request) int32 {
 		if r.Bytes() == 0 {
 			return -int32(syscall.EINVAL)
 		}
-		if r.Op == ublk.OpRead && t.verifiesInPlace() {
+		if r.Op == ublk.OpRead && inode.DirectReadVerifiesInPlace() {
 			return t.readVerified(r)
 		}
 		// The request's pages are only reachable by copying; in zero-copy
@@ -91,18 +91,13 @@ func requestFolio(r *ublk.Request) int {
 	return (int(r.Bytes()) + blk.PageSize - 1) &^ (blk.PageSize - 1)
 }
 
-// verifiesInPlace reports whether a zero-copy read would verify data
-// checksums on the request's own pages. The kernel can (the user's pages
-// are mapped), but a ublk READ request's pages can only be written: the
-// driver refuses pread on them (UBLK_F_USER_COPY checks the direction).
-func (t *Target) verifiesInPlace() bool {
-	return t.FS.Opts.Mode.ZeroCopyReads() && !t.FS.Inode().NoDataSum
-}
-
-// readVerified serves a zero-copy read of a datasum inode into process
-// memory, where btrfs_check_read_bio can verify (and repair) it, then
-// copies it to the request: one copy more than zero-copy, the price of
-// checksums on memory that can only be written.
+// readVerified serves a read the filesystem would verify on the request's
+// own pages (Inode.DirectReadVerifiesInPlace), which a ublk READ request
+// cannot offer: they can only be written (the driver refuses pread on them,
+// UBLK_F_USER_COPY checks the direction). It reads into process memory,
+// where btrfs_check_read_bio can verify (and repair) it, then copies it to
+// the request: one copy more than zero-copy, the price of checksums on
+// memory that can only be written.
 func (t *Target) readVerified(r *ublk.Request) int32 {
 	bp := readBuffers.Get().(*[]byte)
 	defer readBuffers.Put(bp)
