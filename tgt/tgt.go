@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/btrfsdio/btrfsdio/raid"
 	"github.com/btrfsdio/btrfsdio/ublk"
@@ -48,6 +49,9 @@ type Type struct {
 	Name  string
 	Usage string // the type's flags, for help
 	New   func() Factory
+	// DecodeStatus reads back the Status of a Reporter from its JSON (nil
+	// when the type's targets have none).
+	DecodeStatus func(b []byte) (Status, error)
 }
 
 // FileList is a repeatable -f flag.
@@ -90,4 +94,25 @@ func Plural(n int, noun string) string {
 		return "1 " + noun
 	}
 	return fmt.Sprintf("%d %ss", n, noun)
+}
+
+// Status is a target's live state: `list` shows it and the server keeps it
+// current in its run file. The target marshals it itself (encoding/json);
+// the CLI reads it back with its Type's DecodeStatus.
+type Status interface {
+	// Lines are what `list` prints under the device, one a line.
+	Lines() []string
+	// ReadOnly says why the target stopped taking writes, "" while it
+	// takes them: recover does not bring such a device back writable.
+	ReadOnly() string
+	// Warnings are what the server logs about the change from prev, its
+	// state every earlier.
+	Warnings(prev Status, every time.Duration) []string
+	// Summary is what the server logs of it when it stops ("" for nothing).
+	Summary() string
+}
+
+// Reporter is a target with a Status.
+type Reporter interface {
+	Status() Status
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -15,7 +16,6 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/btrfsdio/btrfsdio/btrfsdio"
 	"github.com/btrfsdio/btrfsdio/ublk"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
@@ -323,7 +323,7 @@ func serve(spec *addSpec, rep reporter, log *logrus.Logger, logPath string, daem
 	logPath = finalizeLog(logPath, dev.ID(), log)
 	runFile, ri := writeRunInfo(dev, spec, logPath, target, log)
 	stopStats := func() {}
-	if st, ok := target.(statsTarget); ok && runFile != "" {
+	if st, ok := target.(tgt.Reporter); ok && runFile != "" {
 		stopStats = refreshRunStats(runFile, ri, st, runStatsInterval, log)
 	}
 	rep.ready(dev)
@@ -525,9 +525,9 @@ type runInfo struct {
 	// what `recover` starts a new server with.
 	Args []string `json:"args"`
 	Dir  string   `json:"dir"`
-	// Stats are the target's counters, refreshed every runStatsInterval
-	// (at StatsTime) while they change.
-	Stats     *btrfsdio.Stats `json:"stats,omitempty"`
+	// Stats is the target's tgt.Status as it marshals it, refreshed every
+	// runStatsInterval (at StatsTime) while it changes.
+	Stats     json.RawMessage `json:"stats,omitempty"`
 	StatsTime string          `json:"stats_time,omitempty"`
 }
 

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"github.com/btrfsdio/btrfsdio/tgt"
 	"io"
 	"os"
 	"strings"
@@ -124,15 +125,25 @@ func printDevice(w io.Writer, st ublk.Status, run *runInfo) {
 	}
 	target, _ := json.Marshal(map[string]any{"type": run.Type, "info": run.Target, "user_copy": run.UserCopy})
 	fmt.Fprintf(w, "\ttarget %s\n", target)
-	if st := run.Stats; st != nil && st.VolatileChecked > 0 {
-		fmt.Fprintf(w, "\tzero-copy writes changed in flight: %d of %d\n", st.VolatileWrites, st.VolatileChecked)
+	if st := run.status(); st != nil {
+		for _, l := range st.Lines() {
+			fmt.Fprintf(w, "\t%s\n", l)
+		}
 	}
-	if st := run.Stats; st != nil && st.Resync != "" {
-		fmt.Fprintf(w, "\tresync: %s\n", st.Resync)
+}
+
+// status decodes the target's Status from the run file with its type's
+// DecodeStatus; nil when there is none (or it does not decode).
+func (ri *runInfo) status() tgt.Status {
+	tt, ok := targetTypes[ri.Type]
+	if len(ri.Stats) == 0 || !ok || tt.DecodeStatus == nil {
+		return nil
 	}
-	if st := run.Stats; st != nil && st.ReadOnly != "" {
-		fmt.Fprintf(w, "\tREAD-ONLY after a failure: %s\n\t(writes and flushes fail, reads work: del, check the images, then add again)\n", st.ReadOnly)
+	st, err := tt.DecodeStatus(ri.Stats)
+	if err != nil {
+		return nil
 	}
+	return st
 }
 
 // readRunInfo loads what the serving process recorded, if it is that process's.
@@ -151,12 +162,11 @@ func readRunInfo(id uint32, pid int32) *runInfo {
 // writeRunInfo records the target for `list`; failure only costs the target
 // line there, so it is logged, not fatal. It returns the file written ("" on
 // failure) and what it holds.
-func writeRunInfo(dev *ublk.Device, spec *addSpec, logPath string, tgt ublk.Target, log *logrus.Logger) (string, runInfo) {
+func writeRunInfo(dev *ublk.Device, spec *addSpec, logPath string, target ublk.Target, log *logrus.Logger) (string, runInfo) {
 	ri := runInfo{DevID: dev.ID(), PID: os.Getpid(), Type: spec.typ, Target: spec.factory.Info(),
 		QueueTIDs: dev.QueueTIDs(), UserCopy: dev.UserCopy(), Log: logPath, Args: spec.args, Dir: spec.dir}
-	if st, ok := tgt.(statsTarget); ok {
-		s := st.Stats()
-		ri.Stats = &s
+	if r, ok := target.(tgt.Reporter); ok {
+		ri.Stats = marshalStatus(r.Status(), log)
 	}
 	path := runFilePath(dev.ID())
 	err := privateDir(runDir(), runDir() == defaultRunDir)

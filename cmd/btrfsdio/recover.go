@@ -61,16 +61,17 @@ func runRecover(e *env, args []string) int {
 	return daemonize(e, spec)
 }
 
-// refuseReadOnly keeps a device that turned read-only after a failed
-// flush (btrfsdio.FsInfo.FsError) from coming back writable through a new
+// refuseReadOnly keeps a device that turned read-only after a failure
+// (its tgt.Status.ReadOnly) from coming back writable through a new
 // server: what the failure lost must be looked at first, so only a fresh
 // add, after check, serves those images again.
 func refuseReadOnly(ri *runInfo) error {
-	if ri.Stats == nil || ri.Stats.ReadOnly == "" {
+	st := ri.status()
+	if st == nil || st.ReadOnly() == "" {
 		return nil
 	}
 	return fmt.Errorf("device %d turned read-only after a failure (%s): delete it, check the images, then add them again",
-		ri.DevID, ri.Stats.ReadOnly)
+		ri.DevID, st.ReadOnly())
 }
 
 // loadRunInfo reads the run file of device id, which recover runs the

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -10,14 +11,8 @@ import (
 
 	"github.com/sirupsen/logrus"
 
-	"github.com/btrfsdio/btrfsdio/btrfsdio"
+	"github.com/btrfsdio/btrfsdio/tgt"
 )
-
-// statsTarget is a target with live counters (the btrfsdio target): its
-// server keeps them current in the run file, where `list -v` shows them.
-type statsTarget interface {
-	Stats() btrfsdio.Stats
-}
 
 // runStatsInterval is how often a server refreshes the counters in its run
 // file; `list -v` shows them at most this old.
@@ -49,23 +44,36 @@ func writeRunFile(path string, ri *runInfo) error {
 	return nil
 }
 
-// statsRefresher rewrites a run file with a target's counters whenever they
-// changed, and logs zero-copy writes whose buffer changed in flight.
+// marshalStatus is a target's Status as the run file keeps it; nil (and a
+// warning) if it does not marshal.
+func marshalStatus(st tgt.Status, log logrus.FieldLogger) json.RawMessage {
+	b, err := json.Marshal(st)
+	if err != nil {
+		log.Warnf("cannot record the target's status for 'list': %v", err)
+		return nil
+	}
+	return b
+}
+
+// statsRefresher rewrites a run file with a target's Status whenever it
+// changed, and logs the target's warnings about the change.
 type statsRefresher struct {
 	path string
 	ri   runInfo
-	tgt  statsTarget
+	tgt  tgt.Reporter
 	log  logrus.FieldLogger
-	last btrfsdio.Stats
+	// last is the Status last written, lastJSON its JSON.
+	last     tgt.Status
+	lastJSON json.RawMessage
 }
 
 // refreshRunStats starts refreshing path every interval until the returned
-// function is called; that function stops it, waits, and logs the
-// detector's totals.
-func refreshRunStats(path string, ri runInfo, tgt statsTarget, every time.Duration, log logrus.FieldLogger) func() {
-	r := &statsRefresher{path: path, ri: ri, tgt: tgt, log: log}
-	if ri.Stats != nil {
-		r.last = *ri.Stats
+// function is called; that function stops it, waits, and logs the target's
+// summary.
+func refreshRunStats(path string, ri runInfo, src tgt.Reporter, every time.Duration, log logrus.FieldLogger) func() {
+	r := &statsRefresher{path: path, ri: ri, tgt: src, log: log, lastJSON: ri.Stats}
+	if tt, ok := targetTypes[ri.Type]; ok && tt.DecodeStatus != nil && len(ri.Stats) > 0 {
+		r.last, _ = tt.DecodeStatus(ri.Stats)
 	}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -90,29 +98,27 @@ func refreshRunStats(path string, ri runInfo, tgt statsTarget, every time.Durati
 	}
 }
 
-// refresh writes the current counters if they changed since the last call.
+// refresh writes the current Status if it changed since the last call.
 func (r *statsRefresher) refresh(every time.Duration) {
-	st := r.tgt.Stats()
-	if st == r.last {
+	st := r.tgt.Status()
+	b := marshalStatus(st, r.log)
+	if b == nil || bytes.Equal(b, r.lastJSON) {
 		return
 	}
-	if d := st.VolatileWrites - r.last.VolatileWrites; d > 0 {
-		r.log.Warnf("zero-copy: %d write(s) changed their buffer while in flight in the last %v (%d of %d checked so far); "+
-			"the copies of a mirrored profile may differ: use --dio bounce", d, every, st.VolatileWrites, st.VolatileChecked)
+	for _, w := range st.Warnings(r.last, every) {
+		r.log.Warn(w)
 	}
-	r.last = st
-	r.ri.Stats = &st
+	r.last, r.lastJSON = st, b
+	r.ri.Stats = b
 	r.ri.StatsTime = time.Now().UTC().Format(time.RFC3339)
 	if err := writeRunFile(r.path, &r.ri); err != nil {
 		r.log.Warnf("cannot refresh counters for 'list': %v", err)
 	}
 }
 
-// summary logs the detector's totals when the server stops.
+// summary logs the target's summary when the server stops.
 func (r *statsRefresher) summary() {
-	st := r.tgt.Stats()
-	if st.VolatileChecked > 0 {
-		r.log.Infof("volatile write detector: %d of %d zero-copy writes changed their buffer while in flight",
-			st.VolatileWrites, st.VolatileChecked)
+	if s := r.tgt.Status().Summary(); s != "" {
+		r.log.Info(s)
 	}
 }

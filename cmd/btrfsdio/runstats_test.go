@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,14 +13,26 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/btrfsdio/btrfsdio/btrfsdio"
+	"github.com/btrfsdio/btrfsdio/tgt"
+	"github.com/btrfsdio/btrfsdio/tgt/btrfs"
 	"github.com/btrfsdio/btrfsdio/ublk"
 )
 
 // fakeStats is a target whose volatile write counter the test moves.
 type fakeStats struct{ changed, checked atomic.Int64 }
 
-func (f *fakeStats) Stats() btrfsdio.Stats {
-	return btrfsdio.Stats{VolatileWrites: f.changed.Load(), VolatileChecked: f.checked.Load()}
+func (f *fakeStats) Status() tgt.Status {
+	return btrfs.Status{Stats: btrfsdio.Stats{VolatileWrites: f.changed.Load(), VolatileChecked: f.checked.Load()}}
+}
+
+// statusJSON is st as a server records it in its run file.
+func statusJSON(t *testing.T, st btrfsdio.Stats) json.RawMessage {
+	t.Helper()
+	b, err := json.Marshal(btrfs.Status{Stats: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 // TestRunStatsRefresh: the server's counters reach the run file that `list`
@@ -42,7 +55,8 @@ func TestRunStatsRefresh(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		got := readRunInfo(7, 99)
-		if got != nil && got.Stats != nil && got.Stats.VolatileWrites == 3 && got.StatsTime != "" {
+		var st btrfsdio.Stats
+		if got != nil && json.Unmarshal(got.Stats, &st) == nil && st.VolatileWrites == 3 && got.StatsTime != "" {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -76,7 +90,7 @@ func TestRunStatsRefresh(t *testing.T) {
 func TestListShowsReadOnly(t *testing.T) {
 	t.Setenv(envRunDir, t.TempDir())
 	why := "transaction aborted while flushing data: raid: /img FLUSH at 0 (+0): input/output error"
-	ri := runInfo{DevID: 8, PID: 99, Type: "btrfsdio", Stats: &btrfsdio.Stats{ReadOnly: why}}
+	ri := runInfo{DevID: 8, PID: 99, Type: "btrfsdio", Stats: statusJSON(t, btrfsdio.Stats{ReadOnly: why})}
 	if err := writeRunFile(runFilePath(8), &ri); err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +103,7 @@ func TestListShowsReadOnly(t *testing.T) {
 	if err := refuseReadOnly(readRunInfo(8, 99)); err == nil || !strings.Contains(err.Error(), "check the images") {
 		t.Fatalf("recover of a read-only device: %v", err)
 	}
-	if err := refuseReadOnly(&runInfo{DevID: 9, Stats: &btrfsdio.Stats{}}); err != nil {
+	if err := refuseReadOnly(&runInfo{DevID: 9, Type: "btrfsdio", Stats: statusJSON(t, btrfsdio.Stats{})}); err != nil {
 		t.Fatalf("recover of a writable device: %v", err)
 	}
 }

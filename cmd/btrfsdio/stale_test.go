@@ -67,7 +67,7 @@ func TestStaleDeviceShown(t *testing.T) {
 	tg.FS.WaitResync() // add resyncs beside the I/O
 	st := tg.FS.Stats()
 	var l bytes.Buffer
-	printDevice(&l, ublk.Status{}, &runInfo{Stats: &st})
+	printDevice(&l, ublk.Status{}, &runInfo{Type: "btrfsdio", Stats: statusJSON(t, st)})
 	if !strings.Contains(l.String(), "resync: "+b+" came back behind the volume (generation ") || !strings.Contains(l.String(), ": resynced (") ||
 		st.ResyncDone != st.ResyncTotal || st.ResyncTotal == 0 {
 		t.Fatalf("list after the resync: %q (%d of %d bytes)", l.String(), st.ResyncDone, st.ResyncTotal)

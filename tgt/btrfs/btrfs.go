@@ -119,10 +119,6 @@ func (t *Target) readVerified(r *ublk.Request) int32 {
 // readBuffers hold readVerified's data.
 var readBuffers = sync.Pool{New: func() any { return new([]byte) }}
 
-// Stats are the filesystem's counters, for `btrfsdio list -v` (no kernel
-// counterpart).
-func (t *Target) Stats() btrfsdio.Stats { return t.FS.Stats() }
-
 // Close commits the transaction and closes the volume (close_ctree), on
 // `del` and on SIGTERM alike.
 func (t *Target) Close() error { return t.FS.Close() }

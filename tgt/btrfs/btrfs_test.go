@@ -242,7 +242,7 @@ func TestFailedFlushStaysFailed(t *testing.T) {
 	if got := tg.Handle(req(ublk.OpRead, 0, out, 0)); got != int32(len(out)) || !bytes.Equal(out, data) {
 		t.Fatalf("read after a failed flush returned %d", got)
 	}
-	if tg.Stats().ReadOnly == "" {
+	if tg.Status().ReadOnly() == "" {
 		t.Fatal("stats do not say the device is read-only")
 	}
 }

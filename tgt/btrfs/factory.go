@@ -18,9 +18,10 @@ import (
 
 // Type is the btrfsdio target of `add -t btrfsdio`.
 var Type = tgt.Type{
-	Name:  "btrfsdio",
-	Usage: "--profile P --dio bounce|zerocopy|fallback|iomap-bounce [--datasum] [--nocow] [--faithful] [--bounce-pool SIZE|off] [--detect-volatile=false] [--size S] [--force] [--degraded] -f IMG [-f IMG...]",
-	New:   func() tgt.Factory { return &Factory{} },
+	Name:         "btrfsdio",
+	Usage:        "--profile P --dio bounce|zerocopy|fallback|iomap-bounce [--datasum] [--nocow] [--faithful] [--bounce-pool SIZE|off] [--detect-volatile=false] [--size S] [--force] [--degraded] -f IMG [-f IMG...]",
+	New:          func() tgt.Factory { return &Factory{} },
+	DecodeStatus: decodeStatus,
 }
 
 // Factory builds the btrfsdio target: the btrfs direct IO port over a
