@@ -28,6 +28,12 @@ func buildBtrfs(t *testing.T, args ...string) (*btrfs.Target, error) {
 // buildFactory is buildBtrfs that also returns the factory (for Info).
 func buildFactory(t *testing.T, args ...string) (*btrfs.Target, *btrfs.Factory, error) {
 	t.Helper()
+	return buildWith(t, testEnv(), args...)
+}
+
+// buildWith parses args and builds the btrfsdio target with env.
+func buildWith(t *testing.T, env tgt.Env, args ...string) (*btrfs.Target, *btrfs.Factory, error) {
+	t.Helper()
 	f := &btrfs.Factory{}
 	fs := flag.NewFlagSet("add", flag.ContinueOnError)
 	f.Flags(fs)
@@ -37,7 +43,7 @@ func buildFactory(t *testing.T, args ...string) (*btrfs.Target, *btrfs.Factory, 
 	if err := f.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	tg, _, err := f.Build(testEnv())
+	tg, _, err := f.Build(env)
 	if err != nil {
 		return nil, f, err
 	}

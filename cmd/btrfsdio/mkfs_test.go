@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
-	"flag"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -153,22 +152,10 @@ func TestMkfsThenAddThenCheck(t *testing.T) {
 func buildNoting(t *testing.T, args ...string) (*btrfs.Target, *btrfs.Factory, *[]string, error) {
 	t.Helper()
 	var notes []string
-	f := &btrfs.Factory{}
 	env := testEnv()
 	env.Notice = func(m string) { notes = append(notes, m) }
-	fs := flag.NewFlagSet("add", flag.ContinueOnError)
-	f.Flags(fs)
-	if err := fs.Parse(args); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	tg, _, err := f.Build(env)
-	if err != nil {
-		return nil, f, &notes, err
-	}
-	return tg.(*btrfs.Target), f, &notes, nil
+	tg, f, err := buildWith(t, env, args...)
+	return tg, f, &notes, err
 }
 
 // mkfs refuses an image that holds a filesystem, naming it, writes nothing
