@@ -20,8 +20,9 @@ type Options struct {
 	MaxIOBytes uint32 // largest request; default ublk.DefaultMaxIOBytes
 }
 
-// Loop is a ublk.Target backed by a file or block device.
-type Loop struct {
+// Target is the loop target: a ublk.Target backed by a file or block device
+// (ublksrv's loop target; struct loop_device in drivers/block/loop.c).
+type Target struct {
 	// fd is a raw descriptor, not an *os.File: an os.File's finalizer would
 	// close it behind our back if only the fd number stayed referenced.
 	fd       int
@@ -38,15 +39,15 @@ type Loop struct {
 	closeOnce   sync.Once
 }
 
-// Loop is a ublk target that ublk closes when the device is deleted.
+// Target is a ublk target that ublk closes when the device is deleted.
 var (
-	_ ublk.Target = (*Loop)(nil)
-	_ io.Closer   = (*Loop)(nil)
+	_ ublk.Target = (*Target)(nil)
+	_ io.Closer   = (*Target)(nil)
 )
 
 // Open opens path as the backing store. The device size is the file size (or
 // the block device size) rounded down to the logical block size.
-func Open(path string, opts Options) (*Loop, error) {
+func Open(path string, opts Options) (*Target, error) {
 	flags := unix.O_RDWR | unix.O_CLOEXEC
 	if opts.ReadOnly {
 		flags = unix.O_RDONLY | unix.O_CLOEXEC
@@ -55,7 +56,7 @@ func Open(path string, opts Options) (*Loop, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &Loop{fd: fd, path: path, readOnly: opts.ReadOnly, maxIO: opts.MaxIOBytes, lbs: 512, pbs: 512}
+	l := &Target{fd: fd, path: path, readOnly: opts.ReadOnly, maxIO: opts.MaxIOBytes, lbs: 512, pbs: 512}
 	if l.maxIO == 0 {
 		l.maxIO = ublk.DefaultMaxIOBytes
 	}
@@ -114,7 +115,7 @@ func openClaimed(path string, flags int) (int, error) {
 }
 
 // probe finds the size and block sizes of the backing store.
-func (l *Loop) probe() error {
+func (l *Target) probe() error {
 	var st unix.Stat_t
 	if err := unix.Fstat(l.fd, &st); err != nil {
 		return fmt.Errorf("loop: stat %s: %w", l.path, err)
@@ -147,11 +148,11 @@ func (l *Loop) probe() error {
 }
 
 // Size returns the device size in bytes.
-func (l *Loop) Size() int64 { return l.size }
+func (l *Target) Size() int64 { return l.size }
 
 // Params describes the device: a volatile cache (so FLUSH and FUA reach
 // fdatasync), discard and write-zeroes through fallocate.
-func (l *Loop) Params() ublk.TargetParams {
+func (l *Target) Params() ublk.TargetParams {
 	return ublk.TargetParams{
 		Size:              uint64(l.size),
 		LogicalBlockSize:  l.lbs,
@@ -166,7 +167,7 @@ func (l *Loop) Params() ublk.TargetParams {
 }
 
 // Handle serves one request (loop_queue_tgt_io in ublksrv).
-func (l *Loop) Handle(r *ublk.Request) int32 {
+func (l *Target) Handle(r *ublk.Request) int32 {
 	if r.Op != ublk.OpFlush && !r.InRange(uint64(l.size)) {
 		return -int32(unix.EIO) // what bio_check_eod answers
 	}
@@ -189,7 +190,7 @@ func (l *Loop) Handle(r *ublk.Request) int32 {
 }
 
 // read copies file bytes into the request, chunk by chunk.
-func (l *Loop) read(r *ublk.Request) int32 {
+func (l *Target) read(r *ublk.Request) int32 {
 	buf := l.getBuf()
 	defer l.bufs.Put(buf)
 	total := r.Bytes()
@@ -210,7 +211,7 @@ func (l *Loop) read(r *ublk.Request) int32 {
 }
 
 // write copies the request into the file; FUA makes it durable first.
-func (l *Loop) write(r *ublk.Request) int32 {
+func (l *Target) write(r *ublk.Request) int32 {
 	buf := l.getBuf()
 	defer l.bufs.Put(buf)
 	total := r.Bytes()
@@ -235,7 +236,7 @@ func (l *Loop) write(r *ublk.Request) int32 {
 // writeZeroes zeroes the range: ZERO_RANGE keeps blocks allocated (what
 // REQ_NOUNMAP asks for); where it is refused, PUNCH_HOLE unless NOUNMAP, and
 // plain zero writes as the last resort.
-func (l *Loop) writeZeroes(r *ublk.Request) error {
+func (l *Target) writeZeroes(r *ublk.Request) error {
 	if !l.noZeroRange.Load() {
 		err := l.fallocate(unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, r.Offset(), r.Bytes())
 		if !errors.Is(err, unix.EOPNOTSUPP) {
@@ -262,7 +263,7 @@ func (l *Loop) writeZeroes(r *ublk.Request) error {
 	return nil
 }
 
-func (l *Loop) fallocate(mode uint32, off, n int64) error {
+func (l *Target) fallocate(mode uint32, off, n int64) error {
 	for {
 		err := unix.Fallocate(l.fd, mode, off, n)
 		if !errors.Is(err, unix.EINTR) {
@@ -271,10 +272,10 @@ func (l *Loop) fallocate(mode uint32, off, n int64) error {
 	}
 }
 
-func (l *Loop) getBuf() *[]byte { return l.bufs.Get().(*[]byte) }
+func (l *Target) getBuf() *[]byte { return l.bufs.Get().(*[]byte) }
 
 // Close closes the backing file. It is idempotent.
-func (l *Loop) Close() error {
+func (l *Target) Close() error {
 	var err error
 	l.closeOnce.Do(func() {
 		if err = unix.Close(l.fd); err != nil {

@@ -47,7 +47,7 @@ func (m *memData) WriteAt(p []byte, off int64) (int, error) {
 const fileSize = 1 << 20
 
 // newLoop creates a 1 MiB file whose byte i is i*7 (mod 256) and opens it.
-func newLoop(t *testing.T, opts Options) (*Loop, string) {
+func newLoop(t *testing.T, opts Options) (*Target, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "backing")
 	content := make([]byte, fileSize)
