@@ -97,8 +97,12 @@ func (sb *Superblock) JournalOffset() uint64 { return sb.ChunkDevBytes + sb.Meta
 // buffer they size can exceed it.
 func checkFits(d *Device, sb *Superblock) error {
 	if !sb.journalFits(d.Size()) {
-		return fmt.Errorf("raid: %s is %d bytes, too small for the %d data bytes, the 2 x %d x %d metadata bytes and the %d journal bytes its superblock lays out: truncated image",
-			d.Path(), d.Size(), sb.ChunkDevBytes, sb.MetaCopies, sb.MetaSlotBytes, sb.JournalBytes)
+		journal := ""
+		if sb.JournalBytes != 0 {
+			journal = fmt.Sprintf(" and the %d journal bytes", sb.JournalBytes)
+		}
+		return fmt.Errorf("raid: %s is %d bytes, too small for the %d data bytes and the 2 x %d x %d metadata bytes%s its superblock lays out: truncated image",
+			d.Path(), d.Size(), sb.ChunkDevBytes, sb.MetaCopies, sb.MetaSlotBytes, journal)
 	}
 	return nil
 }
