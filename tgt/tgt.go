@@ -7,7 +7,6 @@ package tgt
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"strconv"
 	"strings"
@@ -15,13 +14,15 @@ import (
 
 	"github.com/btrfsdio/btrfsdio/raid"
 	"github.com/btrfsdio/btrfsdio/ublk"
+	"github.com/spf13/pflag"
 )
 
 // Factory turns one target type's command-line flags into a ublk.Target
 // (ublksrv's struct ublk_tgt_ops: init_tgt with its own option parsing).
 type Factory interface {
-	// Flags registers the type's flags on fs (next to add's common flags).
-	Flags(fs *flag.FlagSet)
+	// Flags registers the type's flags on fs (next to add's common flags),
+	// GNU style: --long, with a one-letter -s where it has one.
+	Flags(fs *pflag.FlagSet)
 	// Validate checks the parsed flags without side effects. `add` calls it
 	// before daemonizing so mistakes show up on the terminal.
 	Validate() error
@@ -54,11 +55,14 @@ type Type struct {
 	DecodeStatus func(b []byte) (Status, error)
 }
 
-// FileList is a repeatable -f flag.
+// FileList is a repeatable -f flag (a pflag.Value).
 type FileList []string
 
 func (l *FileList) String() string     { return strings.Join(*l, ",") }
 func (l *FileList) Set(s string) error { *l = append(*l, s); return nil }
+
+// Type names the value in help: -f, --file PATH.
+func (l *FileList) Type() string { return "PATH" }
 
 // ParseSize reads 4096, 64K, 256M, 1G, 2T (no kernel counterpart: the
 // command line's sizes, as memparse reads the kernel's).

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"github.com/btrfsdio/btrfsdio/tgt"
 	"io"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/btrfsdio/btrfsdio/ublk"
 	"github.com/sirupsen/logrus"
+	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 )
 
@@ -64,30 +64,22 @@ type addSpec struct {
 	factory    tgt.Factory
 	args       []string // as given, handed on to the daemon
 	dir        string   // the directory relative paths in args are relative to (recover)
-	fs         *flag.FlagSet
+	fs         *pflag.FlagSet
 }
 
 // parseAdd parses and validates add's flags and the target type's flags.
 func parseAdd(args []string) (*addSpec, error) {
 	spec := &addSpec{args: args, recoverID: ublk.AnyID}
 	spec.dir, _ = os.Getwd() // "" only if the directory is gone: paths then stay as given
-	fs := flag.NewFlagSet("add", flag.ContinueOnError)
-	fs.SetOutput(io.Discard) // errors are reported once, by the caller
+	fs := newFlags("add")
 	spec.fs = fs
-	fs.StringVar(&spec.typ, "t", "", "target type")
-	fs.StringVar(&spec.typ, "type", "", "same as -t")
-	fs.IntVar(&spec.id, "n", ublk.AnyID, "device id (-1: the kernel picks one)")
-	fs.IntVar(&spec.id, "number", ublk.AnyID, "same as -n")
-	fs.IntVar(&spec.queues, "q", ublk.DefaultQueues, "hardware queues (clamped to the CPU count)")
-	fs.IntVar(&spec.queues, "queues", ublk.DefaultQueues, "same as -q")
-	fs.IntVar(&spec.depth, "d", ublk.DefaultQueueDepth, "queue depth")
-	fs.IntVar(&spec.depth, "depth", ublk.DefaultQueueDepth, "same as -d")
-	fs.IntVar(&spec.recovery, "r", 0, "1: request UBLK_F_USER_RECOVERY")
-	fs.IntVar(&spec.recovery, "recovery", 0, "same as -r")
-	fs.IntVar(&spec.reissue, "i", 0, "1: with -r 1, reissue the requests a dead server held (UBLK_F_USER_RECOVERY_REISSUE)")
-	fs.IntVar(&spec.reissue, "recovery-reissue", 0, "same as -i")
-	fs.IntVar(&spec.failIO, "e", 0, "1: with -r 1, fail IO while no server runs instead of queueing it (UBLK_F_USER_RECOVERY_FAIL_IO, Linux 6.13+)")
-	fs.IntVar(&spec.failIO, "recovery-fail-io", 0, "same as -e")
+	fs.StringVarP(&spec.typ, "type", "t", "", "target type: "+strings.Join(targetNames(), ", "))
+	fs.IntVarP(&spec.id, "number", "n", ublk.AnyID, "device id (-1: the kernel picks one)")
+	fs.IntVarP(&spec.queues, "queues", "q", ublk.DefaultQueues, "hardware queues (clamped to the CPU count)")
+	fs.IntVarP(&spec.depth, "depth", "d", ublk.DefaultQueueDepth, "queue depth")
+	fs.IntVarP(&spec.recovery, "recovery", "r", 0, "1: a new server can take the device over when this one dies (UBLK_F_USER_RECOVERY; see recover)")
+	fs.IntVarP(&spec.reissue, "recovery-reissue", "i", 0, "1: with -r 1, reissue the requests a dead server held (UBLK_F_USER_RECOVERY_REISSUE)")
+	fs.IntVarP(&spec.failIO, "recovery-fail-io", "e", 0, "1: with -r 1, fail IO while no server runs instead of queueing it (UBLK_F_USER_RECOVERY_FAIL_IO, Linux 6.13+)")
 	fs.UintVar(&spec.maxIO, "max-io", 0, "largest request in bytes (default: the target's, 1 MiB)")
 	fs.BoolVar(&spec.noUserCopy, "no-user-copy", false, "do not use UBLK_F_USER_COPY (per-tag buffers)")
 	fs.BoolVar(&spec.foreground, "foreground", false, "serve in this process, log to stderr")
@@ -109,7 +101,7 @@ func parseAdd(args []string) (*addSpec, error) {
 	}
 	spec.factory = tt.New()
 	spec.factory.Flags(fs)
-	if err := fs.Parse(args); err != nil {
+	if err := fs.Parse(compatLong(fs, args)); err != nil {
 		return nil, fmt.Errorf("add: %w", err)
 	}
 	if fs.NArg() > 0 {
@@ -167,6 +159,9 @@ func findType(args []string) (string, bool) {
 		if !strings.HasPrefix(a, "-") {
 			continue
 		}
+		if len(a) > 2 && a[1] == 't' && a[2] != '=' && !strings.HasPrefix(a, "-type") { // -tloop
+			return a[2:], true
+		}
 		name, val, hasVal := strings.Cut(strings.TrimLeft(a, "-"), "=")
 		if name != "t" && name != "type" {
 			continue
@@ -184,6 +179,9 @@ func findType(args []string) (string, bool) {
 
 func wantsHelp(args []string) bool {
 	for _, a := range args {
+		if a == "--" {
+			return false
+		}
 		if a == "-h" || a == "--help" || a == "-help" {
 			return true
 		}
@@ -194,10 +192,12 @@ func wantsHelp(args []string) bool {
 func runAdd(e *env, args []string) int {
 	spec, err := parseAdd(args)
 	if errors.Is(err, errHelp) {
-		fmt.Fprintf(e.stdout, "usage: btrfsdio add %s\n\n", addUsage)
-		spec.fs.SetOutput(e.stdout)
-		spec.fs.PrintDefaults()
-		printTargetTypes(e.stdout)
+		printCommandHelp(e.stdout, commands["add"], spec.fs)
+		if spec.factory == nil {
+			fmt.Fprintln(e.stdout)
+			printTargetTypes(e.stdout)
+			fmt.Fprintln(e.stdout, "\n'btrfsdio help -t TYPE' (or 'add -t TYPE --help') lists a type's options.")
+		}
 		return exitOK
 	}
 	if err != nil {

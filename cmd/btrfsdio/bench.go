@@ -1,7 +1,6 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"github.com/btrfsdio/btrfsdio/tgt"
 	"os"
@@ -21,8 +20,7 @@ func init() {
 }
 
 func runBench(e *env, args []string) int {
-	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	fs := newFlags("bench")
 	profile := fs.String("profile", "raid1", "data profile")
 	size := fs.String("size", "256M", "bytes written and read per measurement")
 	bs := fs.String("bs", "1M", "IO size")
@@ -38,8 +36,8 @@ func runBench(e *env, args []string) int {
 	bitmapWrites := fs.Int("bitmap-writes", 20000, "--bitmap: timed writes per pass")
 	bitmapFlush := fs.Int("bitmap-flush-every", 32, "--bitmap: a second row with a FLUSH after this many writes per submitter (0: none)")
 	journalWrites := fs.Int("journal-writes", 0, "instead of the table: the RAID5/6 journal's cost, N random 4 KiB NODATACOW overwrites with and without it (--profile raid5 or raid6)")
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
+	if code, done := parseArgs(e, fs, args); done {
+		return code
 	}
 	p, err := raid.ParseProfile(*profile)
 	if err != nil {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"io"
 
@@ -25,10 +24,8 @@ straight from the images. It never writes; the images are
 locked for reading while it runs, so it never reads them beside a server
 that writes them.
 
-` + offlineHelp + `
-
-exit status:
-  0  no errors found
+` + offlineHelp,
+		exits: `  0  no errors found
   1  the check could not run (an image in use by a server, among others)
   2  bad command line
   3  damage found (a bad superblock or metadata copy included)`,
@@ -37,14 +34,13 @@ exit status:
 }
 
 func runCheck(e *env, args []string) int {
-	fs := flag.NewFlagSet("check", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	fs := newFlags("check")
 	ov := newOfflineVolume("check", fs)
-	verbose := fs.Bool("v", false, "list every damaged sector")
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
+	verbose := fs.BoolP("verbose", "v", false, "list every damaged sector")
+	if code, done := parseArgs(e, fs, args); done {
+		return code
 	}
-	vol, _, code := ov.open(e, fs, true)
+	vol, _, code := ov.open(e, true)
 	if code != exitOK {
 		return code
 	}

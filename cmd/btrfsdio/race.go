@@ -1,7 +1,6 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"os"
 	"sync"
@@ -21,16 +20,15 @@ func init() {
 }
 
 func runRace(e *env, args []string) int {
-	fs := flag.NewFlagSet("race", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
-	dev := fs.String("d", "", "block device, e.g. /dev/ublkb0")
+	fs := newFlags("race")
+	dev := fs.StringP("device", "d", "", "block device, e.g. /dev/ublkb0")
 	writes := fs.Int("writes", 2000, "number of IOs")
 	span := fs.Int("span", 64, "MiB of the device to cycle over")
 	threads := fs.Int("threads", 2, "threads modifying the buffer")
 	bs := fs.Int("bs", 1<<20, "IO size in bytes (multiple of 4096)")
 	read := fs.Bool("read", false, "race O_DIRECT reads instead of writes")
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
+	if code, done := parseArgs(e, fs, args); done {
+		return code
 	}
 	switch {
 	case *dev == "":

@@ -2,12 +2,12 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"github.com/btrfsdio/btrfsdio/tgt"
 	"io"
 
 	"github.com/sirupsen/logrus"
+	"github.com/spf13/pflag"
 
 	"github.com/btrfsdio/btrfsdio/btrfsdio"
 	"github.com/btrfsdio/btrfsdio/raid"
@@ -45,10 +45,8 @@ or another repair of them.
   --degraded  accept images that are missing (absent paths, or fewer -f
               than the volume has), as many as the profile tolerates; their
               copies are neither checked nor repaired.
-` + offlineHelp + `
-
-exit status:
-  0  clean (with --repair: everything found was repaired)
+` + offlineHelp,
+		exits: `  0  clean (with --repair: everything found was repaired)
   1  the scrub could not run (an image in use by a server, among others)
   2  bad command line
   3  copies or parity differ, reads failed, or a superblock or metadata
@@ -60,18 +58,17 @@ exit status:
 }
 
 func runScrub(e *env, args []string) int {
-	fs := flag.NewFlagSet("scrub", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	fs := newFlags("scrub")
 	ov := newOfflineVolume("scrub", fs)
-	verbose := fs.Bool("v", false, "list every differing sector and every repair")
+	verbose := fs.BoolP("verbose", "v", false, "list every differing sector and every repair")
 	repair := fs.Bool("repair", false, "rewrite bad copies from good ones (opens the images read-write)")
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
+	if code, done := parseArgs(e, fs, args); done {
+		return code
 	}
 	if *repair && *ov.ignoreLock {
 		return e.failf(exitUsage, "scrub: --ignore-lock is for reading only: --repair writes and must have the images to itself")
 	}
-	vol, log, code := ov.open(e, fs, !*repair)
+	vol, log, code := ov.open(e, !*repair)
 	if code != exitOK {
 		return code
 	}
@@ -208,12 +205,12 @@ type offlineVolume struct {
 	ignoreLock *bool
 }
 
-func newOfflineVolume(name string, fs *flag.FlagSet) *offlineVolume {
+func newOfflineVolume(name string, fs *pflag.FlagSet) *offlineVolume {
 	o := &offlineVolume{name: name}
 	o.profile = fs.String("profile", "", "data profile the images must hold (default: what their superblocks say)")
 	o.degraded = fs.Bool("degraded", false, "accept missing images, as many as the profile tolerates")
 	o.ignoreLock = fs.Bool("ignore-lock", false, ignoreLockUsage)
-	fs.Var(&o.files, "f", "image or block device (repeat, in device order)")
+	fs.VarP(&o.files, "file", "f", "image or block device (repeat, in device order)")
 	return o
 }
 
@@ -230,12 +227,9 @@ const offlineHelp = `  --ignore-lock
               read may be stale, and copies caught mid-write look
               damaged. Read-only use only; --repair never ignores locks.`
 
-// open checks what fs parsed and opens the volume (never formatting it),
+// open checks what was parsed and opens the volume (never formatting it),
 // with a logger on stderr; a non-zero code has been reported.
-func (o *offlineVolume) open(e *env, fs *flag.FlagSet, readOnly bool) (*raid.Volume, *logrus.Logger, int) {
-	if fs.NArg() > 0 {
-		return nil, nil, e.failf(exitUsage, "%s: unexpected argument %q", o.name, fs.Arg(0))
-	}
+func (o *offlineVolume) open(e *env, readOnly bool) (*raid.Volume, *logrus.Logger, int) {
 	p := raid.AnyProfile
 	if *o.profile != "" {
 		var err error

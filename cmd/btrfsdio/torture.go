@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"hash/crc32"
 	"io"
@@ -51,23 +50,20 @@ type tortureState struct {
 }
 
 func runTorture(e *env, args []string) int {
-	fs := flag.NewFlagSet("torture", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
-	dev := fs.String("d", "", "block device (or file)")
+	fs := newFlags("torture")
+	dev := fs.StringP("device", "d", "", "block device (or file)")
 	statePath := fs.String("state", "", "state file, created on the first run")
 	writes := fs.Int64("writes", 1<<40, "stop after this many writes (default: until an I/O error or a signal)")
 	flushEvery := fs.Int("flush-every", 16, "fdatasync (a FLUSH) after this many writes")
 	blocks := fs.Int64("blocks", 0, "4 KiB blocks to write over (default: the whole device)")
 	seed := fs.Uint64("seed", 0, "random seed (default: from the state's sequence number)")
 	verify := fs.Bool("verify", false, "check the device against the state, then record what it holds")
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
+	if code, done := parseArgs(e, fs, args); done {
+		return code
 	}
 	switch {
 	case *dev == "" || *statePath == "":
 		return e.failf(exitUsage, "torture: -d DEV and --state FILE are required")
-	case fs.NArg() > 0:
-		return e.failf(exitUsage, "torture: unexpected argument %q", fs.Arg(0))
 	case *writes <= 0 || *flushEvery <= 0 || *blocks < 0:
 		return e.failf(exitUsage, "torture: --writes and --flush-every must be positive, --blocks not negative")
 	}
