@@ -99,7 +99,7 @@ func TestBadCommandLines(t *testing.T) {
 		{[]string{"add", "-t", "btrfsdio", "--size", "12Q", "-f", file, "-f", file}, exitUsage, "--size: bad size"},
 		{[]string{"add", "-t", "btrfsdio", "--profile", "single", "-f", "/dev/null"}, exitUsage, "/dev/null is a character device, not a regular file or block device"},
 		{[]string{"add", "-t", "btrfsdio", "--bounce-pool", "100K", "-f", file, "-f", file}, exitUsage, `--bounce-pool "100K"`},
-		{[]string{"add", "-t", "btrfsdio", "--bounce-pool", "", "-f", file, "-f", file}, exitUsage, "empty size"},
+		{[]string{"add", "-t", "btrfsdio", "--bounce-pool", "", "-f", file, "-f", file}, exitUsage, `bad size ""`},
 		{[]string{"bench", "--bounce-pool", "lots"}, exitUsage, `bench: --bounce-pool "lots"`},
 		{[]string{"bench", "--bounce-pool", "off"}, exitUsage, `bench: --bounce-pool "off"`},
 		{[]string{"scrub", "--profile", "raid9", "-f", file}, exitUsage, "scrub: --profile"},
