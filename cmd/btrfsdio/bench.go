@@ -1,8 +1,10 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"github.com/btrfsdio/btrfsdio/tgt"
+	"io"
 	"os"
 
 	"github.com/btrfsdio/btrfsdio/btrfsdio"
@@ -13,7 +15,7 @@ import (
 func init() {
 	registerCommand(&command{
 		name:    "bench",
-		summary: "in-process benchmark: the seed's table (zero-copy, pooled bounce, the seed's bounce; nodatasum vs datasum) next to the raw backing file, then peak RSS and allocations under a QD32 load",
+		summary: "in-process benchmark: the bounce patch's table (zero-copy, pooled bounce, page-by-page bounce as posted; nodatasum vs datasum) next to the raw backing file, then peak RSS and allocations under a QD32 load",
 		usage:   "[--profile P] [--size BYTES] [--bs BYTES] [--rounds N] [--bounce-pool SIZE] [--qd N] [--qd-size BYTES] [--dir DIR] [--json FILE] [--svg FILE] | --bitmap [--profile P] [--rounds N] [--qd N] [--bitmap-file BYTES] [--bitmap-writes N] [--bitmap-flush-every N] | --journal-writes N [--profile raid5|raid6] [--rounds N] [--dir DIR]",
 		run:     runBench,
 	})
@@ -43,6 +45,18 @@ func runBench(e *env, args []string) int {
 	if err != nil {
 		return e.failf(exitUsage, "bench: --profile: %v", err)
 	}
+	switch {
+	case *rounds < 1:
+		return e.failf(exitUsage, "bench: --rounds %d: at least 1", *rounds)
+	case *qd < 0:
+		return e.failf(exitUsage, "bench: --qd %d: not negative", *qd)
+	case (*bitmap || *journalWrites > 0) && (*jsonOut != "" || *svgOut != ""):
+		return e.failf(exitUsage, "bench: --json and --svg write the table's results, not those of --bitmap or --journal-writes")
+	case *bitmap && *journalWrites > 0:
+		return e.failf(exitUsage, "bench: --bitmap and --journal-writes are two different runs: give one")
+	case *journalWrites < 0:
+		return e.failf(exitUsage, "bench: --journal-writes %d: not negative", *journalWrites)
+	}
 	if *bitmap {
 		return runBitmapBench(e, p, *dir, *bitmapFile, *bitmapWrites, *qd, *bitmapFlush, *rounds)
 	}
@@ -54,6 +68,9 @@ func runBench(e *env, args []string) int {
 		return e.failf(exitUsage, "bench: --size: %v", err)
 	}
 	b, err := tgt.ParseSize(*bs)
+	if err == nil && (b%btrfsdio.SectorSize != 0 || b > n) {
+		err = fmt.Errorf("%q: a multiple of %d, at most --size (%s)", *bs, btrfsdio.SectorSize, *size)
+	}
 	if err != nil {
 		return e.failf(exitUsage, "bench: --bs: %v", err)
 	}
@@ -65,8 +82,28 @@ func runBench(e *env, args []string) int {
 		return e.failf(exitUsage, "bench: --bounce-pool %q: %v (want a size such as 32M, at least 1M)", *pool, err)
 	}
 	qdBytes, err := tgt.ParseSize(*qdSize)
+	if err == nil && *qd > 0 && qdBytes < int64(*qd)<<20 {
+		err = fmt.Errorf("%q: the load needs at least 1M per submitter (--qd %d)", *qdSize, *qd)
+	}
 	if err != nil {
 		return e.failf(exitUsage, "bench: --qd-size: %v", err)
+	}
+	// The output files are opened before minutes of measuring, so a path
+	// that cannot be written fails now.
+	var outs []*outputFile
+	defer func() {
+		for _, o := range outs {
+			o.abandon()
+		}
+	}()
+	for _, path := range []string{*jsonOut, *svgOut} {
+		var o *outputFile
+		if path != "" {
+			if o, err = openOutput(path); err != nil {
+				return e.failf(exitFail, "bench: %v", err)
+			}
+		}
+		outs = append(outs, o)
 	}
 	cfg := bench.Config{Dir: *dir, Profile: p, Bytes: n, BS: int(b), Rounds: *rounds,
 		BouncePool: poolBytes, QD: *qd, QDBytes: qdBytes}
@@ -78,28 +115,77 @@ func runBench(e *env, args []string) int {
 		return e.failf(exitFail, "%v", err)
 	}
 	res.WriteTable(e.stdout)
-	for _, out := range []struct {
-		path  string
-		write func(f *os.File) error
-	}{
-		{*jsonOut, func(f *os.File) error { return res.WriteJSON(f) }},
-		{*svgOut, func(f *os.File) error { return res.WriteSVG(f) }},
-	} {
-		if out.path == "" {
+	for i, write := range []func(io.Writer) error{res.WriteJSON, res.WriteSVG} {
+		if outs[i] == nil {
 			continue
 		}
-		if err := writeFile(out.path, out.write); err != nil {
+		err := outs[i].write(write)
+		outs[i] = nil
+		if err != nil {
 			return e.failf(exitFail, "bench: %v", err)
 		}
 	}
 	return exitOK
 }
 
+// outputFile is a --json or --svg file, opened before the run.
+type outputFile struct {
+	f       *os.File
+	path    string
+	created bool // abandon removes it
+}
+
+// openOutput opens path for writing without truncating what it holds:
+// that happens only when the results are there (write).
+func openOutput(path string) (*outputFile, error) {
+	_, statErr := os.Stat(path)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	return &outputFile{f: f, path: path, created: errors.Is(statErr, os.ErrNotExist)}, nil
+}
+
+// write replaces the file's content with what fn writes and closes it.
+func (o *outputFile) write(fn func(io.Writer) error) error {
+	err := o.f.Truncate(0)
+	if err == nil {
+		err = fn(o.f)
+	}
+	if cerr := o.f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", o.path, err)
+	}
+	return nil
+}
+
+// abandon closes a file the run did not get to write, removing it if the
+// run created it; nil does nothing.
+func (o *outputFile) abandon() {
+	if o == nil {
+		return
+	}
+	o.f.Close()
+	if o.created {
+		os.Remove(o.path)
+	}
+}
+
 // runBitmapBench is bench --bitmap: the write-intent bitmap's cost.
 func runBitmapBench(e *env, p raid.Profile, dir, file string, writes, qd, flushEvery, rounds int) int {
 	n, err := tgt.ParseSize(file)
-	if err != nil {
+	if err == nil && n < 1<<20 {
+		err = fmt.Errorf("%q: at least 1M", file)
+	}
+	switch {
+	case err != nil:
 		return e.failf(exitUsage, "bench: --bitmap-file: %v", err)
+	case writes < 1:
+		return e.failf(exitUsage, "bench: --bitmap-writes %d: at least 1", writes)
+	case flushEvery < 0:
+		return e.failf(exitUsage, "bench: --bitmap-flush-every %d: not negative", flushEvery)
 	}
 	cfg := bench.BitmapConfig{Dir: dir, Profile: p, File: n, Writes: writes, QD: max(qd, 1), FlushEvery: flushEvery, Rounds: rounds}
 	rows, err := bench.RunBitmap(cfg, func(round, rounds int, what string) {
@@ -111,18 +197,6 @@ func runBitmapBench(e *env, p raid.Profile, dir, file string, writes, qd, flushE
 	}
 	bench.WriteBitmapTable(e.stdout, cfg, rows)
 	return exitOK
-}
-
-func writeFile(path string, write func(f *os.File) error) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	if err := write(f); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }
 
 // defaultBenchDir prefers tmpfs, so the figures measure the port rather

@@ -22,7 +22,7 @@ func init() {
 	registerCommand(&command{
 		name:    "torture",
 		summary: "crash-consistency writer: tagged O_DIRECT block writes with a FLUSH every N, state kept in a file; --verify checks a device against it",
-		usage:   "-d DEV --state FILE [--writes N] [--flush-every N] [--blocks N] [--seed S] | -d DEV --state FILE --verify",
+		usage:   "-d DEV --state FILE [--writes N] [--flush-every N] [--blocks N] [--random N] | -d DEV --state FILE --verify",
 		run:     runTorture,
 	})
 }
@@ -56,7 +56,10 @@ func runTorture(e *env, args []string) int {
 	writes := fs.Int64("writes", 1<<40, "stop after this many writes (default: until an I/O error or a signal)")
 	flushEvery := fs.Int("flush-every", 16, "fdatasync (a FLUSH) after this many writes")
 	blocks := fs.Int64("blocks", 0, "4 KiB blocks to write over (default: the whole device)")
-	seed := fs.Uint64("seed", 0, "random seed (default: from the state's sequence number)")
+	seed := fs.Uint64("random", 0, "start of the random sequence of blocks written, to repeat a run (default: derived from the writes so far, so every run differs)")
+	// --seed, the name before --random, is kept for scripts that use it.
+	fs.Uint64Var(seed, "seed", 0, "same as --random")
+	fs.MarkHidden("seed")
 	verify := fs.Bool("verify", false, "check the device against the state, then record what it holds")
 	if code, done := parseArgs(e, fs, args); done {
 		return code
@@ -66,6 +69,10 @@ func runTorture(e *env, args []string) int {
 		return e.failf(exitUsage, "torture: -d DEV and --state FILE are required")
 	case *writes <= 0 || *flushEvery <= 0 || *blocks < 0:
 		return e.failf(exitUsage, "torture: --writes and --flush-every must be positive, --blocks not negative")
+	}
+	if _, err := os.Stat(*statePath); *verify && errors.Is(err, os.ErrNotExist) {
+		// Without the writer's state every block it wrote would look corrupt.
+		return e.failf(exitFail, "torture: --verify: state file %s does not exist: verify with the --state file a torture run wrote", *statePath)
 	}
 	f, err := os.OpenFile(*dev, os.O_RDWR|unix.O_DIRECT, 0)
 	if err != nil {
@@ -80,6 +87,7 @@ func runTorture(e *env, args []string) int {
 	if err != nil {
 		return e.failf(exitFail, "torture: %v", err)
 	}
+
 	if st.Blocks == 0 {
 		st.Blocks = size / tortureBS
 		if *blocks > 0 {
