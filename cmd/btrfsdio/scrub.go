@@ -62,6 +62,7 @@ func runScrub(e *env, args []string) int {
 	ov := newOfflineVolume("scrub", fs)
 	verbose := fs.BoolP("verbose", "v", false, "list every differing sector and every repair")
 	repair := fs.Bool("repair", false, "rewrite bad copies from good ones (opens the images read-write)")
+	asJSON := fs.Bool("json", false, "print the result as one JSON object (docs/json.md) instead of text")
 	if code, done := parseArgs(e, fs, args); done {
 		return code
 	}
@@ -77,13 +78,62 @@ func runScrub(e *env, args []string) int {
 	if code != exitOK {
 		return e.failf(code, "scrub: %v", res.err)
 	}
-	printScrub(e.stdout, vol, res.data, *repair, *verbose)
-	printStale(e.stdout, vol, vol.StaleDevices())
-	printScrubCopies(e.stdout, res, *repair)
+	code = res.exitCode(*repair)
+	if res.flushErr != nil {
+		code = exitScrubUnrepairable
+	}
+	if *asJSON {
+		if err := writeJSON(e.stdout, scrubToJSON(vol, ov.files, res, *repair, code)); err != nil {
+			return e.failf(exitFail, "scrub: %v", err)
+		}
+	} else {
+		printScrub(e.stdout, vol, res.data, *repair, *verbose)
+		printStale(e.stdout, vol, vol.StaleDevices())
+		printScrubCopies(e.stdout, res, *repair)
+	}
 	if res.flushErr != nil {
 		return e.failf(exitScrubUnrepairable, "scrub: the repairs may not be on disk: %v", res.flushErr)
 	}
-	return res.exitCode(*repair)
+	return code
+}
+
+// scrubJSON is scrub --json (docs/json.md).
+type scrubJSON struct {
+	jsonHeader
+	Profile          string        `json:"profile"`
+	Images           []string      `json:"images"`
+	Repair           bool          `json:"repair"`
+	SectorsChecked   uint64        `json:"sectors_checked"`
+	Differing        int           `json:"differing"`
+	ParityMismatches int           `json:"parity_mismatches"`
+	CsumErrors       int           `json:"csum_errors"`
+	ReadErrors       int           `json:"read_errors"`
+	Repaired         int           `json:"repaired"`
+	Unrepairable     int           `json:"unrepairable"`
+	SuperblockCopies int           `json:"superblock_copies"`
+	MetadataCopies   int           `json:"metadata_copies"`
+	MetadataError    string        `json:"metadata_error,omitempty"`
+	FlushError       string        `json:"flush_error,omitempty"`
+	MissingDevids    []uint64      `json:"missing_devids"`
+	StaleDevices     []staleJSON   `json:"stale_devices"`
+	Findings         []findingJSON `json:"findings"`
+}
+
+func scrubToJSON(vol *raid.Volume, images []string, res *scrubResult, repair bool, code int) *scrubJSON {
+	d := res.data
+	out := &scrubJSON{jsonHeader: newJSONHeader("scrub", code), Profile: vol.Profile().String(), Images: images,
+		Repair: repair, SectorsChecked: d.SectorsChecked, Differing: len(d.Differences),
+		ParityMismatches: len(d.ParityMismatches), CsumErrors: len(d.CsumErrors), ReadErrors: len(d.ReadErrors),
+		Repaired: len(d.Repaired) + countRepaired(res.supers) + countMetaRepaired(res.meta), Unrepairable: len(d.Unrepairable),
+		SuperblockCopies: len(res.supers), MetadataCopies: len(res.meta), MetadataError: errString(res.metaErr),
+		FlushError: errString(res.flushErr), MissingDevids: append([]uint64{}, vol.MissingDevices()...),
+		StaleDevices: staleDevices(vol.StaleDevices()),
+	}
+	out.Findings = append(copyFindings(res.supers, res.meta), dataFindings(vol, d)...)
+	if out.Findings == nil {
+		out.Findings = []findingJSON{}
+	}
+	return out
 }
 
 // scrubResult is what scrubAll found: the data, superblock and metadata
