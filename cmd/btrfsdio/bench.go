@@ -28,7 +28,7 @@ func runBench(e *env, args []string) int {
 	bs := fs.String("bs", "1M", "IO size")
 	rounds := fs.Int("rounds", 3, "repetitions of the whole matrix")
 	dir := fs.String("dir", defaultBenchDir(), "directory for the backing images")
-	jsonOut := fs.String("json", "", "write the result as JSON to FILE")
+	jsonOut := fs.String("json", "", "write the result as JSON to FILE (docs/json.md)")
 	svgOut := fs.String("svg", "", "write a bar chart to FILE")
 	pool := fs.String("bounce-pool", "32M", "pooled bounce mode: bytes of bounce memory held at once (at least 1M)")
 	qd := fs.Int("qd", 32, "submitters of the memory load (0: skip it)")
@@ -115,7 +115,11 @@ func runBench(e *env, args []string) int {
 		return e.failf(exitFail, "%v", err)
 	}
 	res.WriteTable(e.stdout)
-	for i, write := range []func(io.Writer) error{res.WriteJSON, res.WriteSVG} {
+	// The header first, then the result's keys (bench.Result.WriteJSON).
+	writeJSONResult := func(w io.Writer) error {
+		return writeJSON(w, benchJSON{jsonHeader: newJSONHeader("bench", exitOK), Result: res})
+	}
+	for i, write := range []func(io.Writer) error{writeJSONResult, res.WriteSVG} {
 		if outs[i] == nil {
 			continue
 		}
@@ -126,6 +130,13 @@ func runBench(e *env, args []string) int {
 		}
 	}
 	return exitOK
+}
+
+// benchJSON is bench --json FILE (docs/json.md): the header, then the
+// result.
+type benchJSON struct {
+	jsonHeader
+	*bench.Result
 }
 
 // outputFile is a --json or --svg file, opened before the run.

@@ -2,6 +2,8 @@ package main
 
 import (
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -59,5 +61,72 @@ func TestScrubCheckJSON(t *testing.T) {
 		if !found {
 			t.Errorf("%s --json: no csum_error finding in %s", cmd, out)
 		}
+	}
+}
+
+// decodeJSON decodes a --json output and checks the header and keys.
+func decodeJSON(t *testing.T, cmd, out string, keys ...string) map[string]any {
+	t.Helper()
+	var doc map[string]any
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		t.Fatalf("%s --json: %v in %q", cmd, err, out)
+	}
+	for _, k := range append([]string{"schema_version", "command", "version", "kernel", "time", "exit_status"}, keys...) {
+		if _, ok := doc[k]; !ok {
+			t.Errorf("%s --json lacks %q: %s", cmd, k, out)
+		}
+	}
+	if doc["command"] != cmd {
+		t.Errorf("%s --json: command %v", cmd, doc["command"])
+	}
+	return doc
+}
+
+// TestTortureRaceJSON: torture (write and verify) and race print their
+// figures as documented.
+func TestTortureRaceJSON(t *testing.T) {
+	dev := backingFile(t)
+	state := filepath.Join(t.TempDir(), "state.json")
+	code, out, stderr := runCLI(t, nil, "torture", "-d", dev, "--state", state, "--writes", "40", "--flush-every", "8", "--json")
+	if code != exitOK {
+		t.Fatalf("torture --json: exit %d, %q", code, stderr)
+	}
+	doc := decodeJSON(t, "torture", out, "mode", "device", "state", "blocks", "writes_this_run", "writes_total", "flushes_total", "stopped_by")
+	if doc["mode"] != "write" || doc["writes_this_run"] != float64(40) || doc["flushes_total"] != float64(5) {
+		t.Errorf("torture --json: %s", out)
+	}
+	code, out, stderr = runCLI(t, nil, "torture", "-d", dev, "--state", state, "--verify", "--json")
+	if code != exitOK {
+		t.Fatalf("torture --verify --json: exit %d, %q", code, stderr)
+	}
+	if doc = decodeJSON(t, "torture", out, "mode", "bad_blocks", "blocks"); doc["mode"] != "verify" || doc["bad_blocks"] != float64(0) {
+		t.Errorf("torture --verify --json: %s", out)
+	}
+	code, out, stderr = runCLI(t, nil, "race", "-d", dev, "--writes", "3", "--span", "1", "--bs", "4096", "--threads", "1", "--json")
+	if code != exitOK {
+		t.Fatalf("race --json: exit %d, %q", code, stderr)
+	}
+	if doc = decodeJSON(t, "race", out, "device", "op", "ios", "bytes_per_io", "scribblers", "seconds", "mib_per_second"); doc["ios"] != float64(3) || doc["op"] != "write" {
+		t.Errorf("race --json: %s", out)
+	}
+}
+
+// TestBenchJSON: bench --json FILE writes the header and the result in
+// snake_case, the profile by name.
+func TestBenchJSON(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(t.TempDir(), "bench.json")
+	code, _, stderr := runCLI(t, nil, "bench", "--dir", dir, "--size", "256k", "--bs", "64k", "--rounds", "1", "--qd", "0", "--json", path)
+	if code != exitOK {
+		t.Fatalf("bench: exit %d, %q", code, stderr)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := decodeJSON(t, "bench", string(b), "config", "cells", "raw_direct", "memcpy", "resolution_pct")
+	cfg, _ := doc["config"].(map[string]any)
+	if cfg["profile"] != "raid1" || cfg["bs"] != float64(64<<10) {
+		t.Errorf("bench --json config: %v", cfg)
 	}
 }

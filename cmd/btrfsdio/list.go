@@ -24,7 +24,8 @@ func init() {
 func runList(e *env, args []string) int {
 	fs := newFlags("list")
 	id := fs.IntP("number", "n", ublk.AnyID, "only this device (default: all)")
-	verbose := fs.BoolP("verbose", "v", false, "JSON output: dev_info, flags, state, params and target")
+	verbose := fs.BoolP("verbose", "v", false, "JSON output as ublksrv's list -v: dev_info, flags, state, params and target")
+	asJSON := fs.Bool("json", false, "one JSON object with the --json header and the devices (docs/json.md)")
 	if code, done := parseArgs(e, fs, args); done {
 		return code
 	}
@@ -47,6 +48,12 @@ func runList(e *env, args []string) int {
 			return e.failf(exitFail, "list: %v", err)
 		}
 	}
+	if *asJSON {
+		if err := writeJSON(e.stdout, listJSON{jsonHeader: newJSONHeader("list", exitOK), Devices: devicesJSON(sts)}); err != nil {
+			return e.failf(exitFail, "list: %v", err)
+		}
+		return exitOK
+	}
 	if *verbose {
 		return printJSON(e, sts, *id != ublk.AnyID)
 	}
@@ -65,8 +72,13 @@ type deviceJSON struct {
 	Target  *runInfo     `json:"target,omitempty"`
 }
 
-// printJSON prints one object for -n, an array otherwise.
-func printJSON(e *env, sts []ublk.Status, single bool) int {
+// listJSON is list --json (docs/json.md).
+type listJSON struct {
+	jsonHeader
+	Devices []deviceJSON `json:"devices"`
+}
+
+func devicesJSON(sts []ublk.Status) []deviceJSON {
 	devs := make([]deviceJSON, 0, len(sts))
 	for _, st := range sts {
 		devs = append(devs, deviceJSON{
@@ -74,6 +86,12 @@ func printJSON(e *env, sts []ublk.Status, single bool) int {
 			Params: st.Params, Target: readRunInfo(st.Info.DevID, st.Info.SrvPID),
 		})
 	}
+	return devs
+}
+
+// printJSON prints one object for -n, an array otherwise.
+func printJSON(e *env, sts []ublk.Status, single bool) int {
+	devs := devicesJSON(sts)
 	enc := json.NewEncoder(e.stdout)
 	enc.SetIndent("", "  ")
 	var err error

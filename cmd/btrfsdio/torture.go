@@ -61,6 +61,7 @@ func runTorture(e *env, args []string) int {
 	fs.Uint64Var(seed, "seed", 0, "same as --random")
 	fs.MarkHidden("seed")
 	verify := fs.Bool("verify", false, "check the device against the state, then record what it holds")
+	asJSON := fs.Bool("json", false, "print the result as one JSON object (docs/json.md)")
 	if code, done := parseArgs(e, fs, args); done {
 		return code
 	}
@@ -97,13 +98,26 @@ func runTorture(e *env, args []string) int {
 	if st.Blocks*tortureBS > size || st.Blocks == 0 {
 		return e.failf(exitFail, "torture: the state covers %d blocks, %s has %d", st.Blocks, *dev, size/tortureBS)
 	}
+	out := tortureJSON{Device: *dev, State: *statePath, Blocks: st.Blocks}
 	if *verify {
-		bad, err := st.verify(f, e.stdout)
+		lines := e.stdout
+		if *asJSON {
+			lines = io.Discard
+		}
+		bad, err := st.verify(f, lines)
 		if err == nil {
 			err = st.save(*statePath)
 		}
 		if err != nil {
 			return e.failf(exitFail, "torture: verify: %v", err)
+		}
+		if *asJSON {
+			out.Mode, out.BadBlocks, out.WritesTotal, out.FlushesTotal = "verify", &bad, st.Writes, st.Flushes
+			code := exitOK
+			if bad > 0 {
+				code = exitFail
+			}
+			return out.print(e, code)
 		}
 		if bad > 0 {
 			return e.failf(exitFail, "torture: verify: %d of %d blocks hold what no acknowledged write left there", bad, st.Blocks)
@@ -121,8 +135,34 @@ func runTorture(e *env, args []string) int {
 	if err := st.save(*statePath); err != nil {
 		return e.failf(exitFail, "torture: %v", err)
 	}
+	if *asJSON {
+		out.Mode, out.WritesThisRun, out.WritesTotal, out.FlushesTotal, out.StoppedBy = "write", &n, st.Writes, st.Flushes, stopReason(werr)
+		return out.print(e, exitOK)
+	}
 	fmt.Fprintf(e.stdout, "torture: %d writes this run, %d writes and %d flushes in all; stopped by: %v\n", n, st.Writes, st.Flushes, stopReason(werr))
 	return exitOK
+}
+
+// tortureJSON is torture --json (docs/json.md).
+type tortureJSON struct {
+	jsonHeader
+	Mode          string `json:"mode"` // write or verify
+	Device        string `json:"device"`
+	State         string `json:"state"`
+	Blocks        int64  `json:"blocks"`
+	WritesThisRun *int64 `json:"writes_this_run,omitempty"` // write
+	WritesTotal   int64  `json:"writes_total"`
+	FlushesTotal  int64  `json:"flushes_total"`
+	StoppedBy     string `json:"stopped_by,omitempty"` // write
+	BadBlocks     *int64 `json:"bad_blocks,omitempty"` // verify
+}
+
+func (o *tortureJSON) print(e *env, code int) int {
+	o.jsonHeader = newJSONHeader("torture", code)
+	if err := writeJSON(e.stdout, o); err != nil {
+		return e.failf(exitFail, "torture: %v", err)
+	}
+	return code
 }
 
 func stopReason(err error) string {
