@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"github.com/btrfsdio/btrfsdio/tgt"
 	"io"
+	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/pflag"
@@ -52,7 +55,9 @@ or another repair of them.
   3  copies or parity differ, reads failed, or a superblock or metadata
      copy is bad (without --repair)
   4  with --repair: some sectors could not be repaired, nor some
-     superblock or metadata copies, or the images did not flush`,
+     superblock or metadata copies, or the images did not flush
+  130  with --repair: SIGINT or SIGTERM stopped it; the full stripes
+     in progress were finished and what was repaired is flushed`,
 		run: runScrub,
 	})
 }
@@ -63,6 +68,7 @@ func runScrub(e *env, args []string) int {
 	verbose := fs.BoolP("verbose", "v", false, "list every differing sector and every repair")
 	repair := fs.Bool("repair", false, "rewrite bad copies from good ones (opens the images read-write)")
 	asJSON := fs.Bool("json", false, "print the result as one JSON object (docs/json.md) instead of text")
+	quiet := fs.BoolP("quiet", "q", false, "no progress line (there is none when stderr is not a terminal)")
 	if code, done := parseArgs(e, fs, args); done {
 		return code
 	}
@@ -74,13 +80,26 @@ func runScrub(e *env, args []string) int {
 		return code
 	}
 	defer vol.Close()
-	res, code := scrubAll(vol, log, *repair)
+	var stop chan os.Signal
+	if *repair {
+		// A repair stops between two pieces of the scrub, at a full
+		// stripe's end, then flushes what it rewrote and reports.
+		stop = make(chan os.Signal, 1)
+		signal.Notify(stop, syscall.SIGINT, syscall.SIGTERM)
+		defer signal.Stop(stop)
+	}
+	prog := newProgress(e, *quiet, "scrub", vol.Capacity())
+	res, code := scrubAll(vol, log, *repair, prog, stop)
+	prog.done()
 	if code != exitOK {
 		return e.failf(code, "scrub: %v", res.err)
 	}
 	code = res.exitCode(*repair)
 	if res.flushErr != nil {
 		code = exitScrubUnrepairable
+	}
+	if res.interrupted != nil {
+		code = exitInterrupted
 	}
 	if *asJSON {
 		if err := writeJSON(e.stdout, scrubToJSON(vol, ov.files, res, *repair, code)); err != nil {
@@ -93,6 +112,10 @@ func runScrub(e *env, args []string) int {
 	}
 	if res.flushErr != nil {
 		return e.failf(exitScrubUnrepairable, "scrub: the repairs may not be on disk: %v", res.flushErr)
+	}
+	if res.interrupted != nil {
+		return e.failf(exitInterrupted, "scrub: stopped by %v after %d of %d bytes; what was repaired is flushed; the superblock copies were not scrubbed",
+			res.interrupted, res.data.Length, vol.Capacity())
 	}
 	return code
 }
@@ -114,6 +137,8 @@ type scrubJSON struct {
 	MetadataCopies   int           `json:"metadata_copies"`
 	MetadataError    string        `json:"metadata_error,omitempty"`
 	FlushError       string        `json:"flush_error,omitempty"`
+	BytesScrubbed    uint64        `json:"bytes_scrubbed"`
+	Interrupted      string        `json:"interrupted,omitempty"`
 	MissingDevids    []uint64      `json:"missing_devids"`
 	StaleDevices     []staleJSON   `json:"stale_devices"`
 	Findings         []findingJSON `json:"findings"`
@@ -127,7 +152,10 @@ func scrubToJSON(vol *raid.Volume, images []string, res *scrubResult, repair boo
 		Repaired: len(d.Repaired) + countRepaired(res.supers) + countMetaRepaired(res.meta), Unrepairable: len(d.Unrepairable),
 		SuperblockCopies: len(res.supers), MetadataCopies: len(res.meta), MetadataError: errString(res.metaErr),
 		FlushError: errString(res.flushErr), MissingDevids: append([]uint64{}, vol.MissingDevices()...),
-		StaleDevices: staleDevices(vol.StaleDevices()),
+		StaleDevices: staleDevices(vol.StaleDevices()), BytesScrubbed: d.Length,
+	}
+	if res.interrupted != nil {
+		out.Interrupted = res.interrupted.String()
 	}
 	out.Findings = append(copyFindings(res.supers, res.meta), dataFindings(vol, d)...)
 	if out.Findings == nil {
@@ -146,6 +174,8 @@ type scrubResult struct {
 	metaErr  error
 	flushErr error
 	err      error // the scrub could not run
+	// interrupted is the signal that stopped a repair before the end.
+	interrupted os.Signal
 }
 
 // scrubAll scrubs the metadata copies (repairing them first, so the data
@@ -153,7 +183,7 @@ type scrubResult struct {
 // the superblock copies (after the metadata they name, as a commit writes
 // them), and with repair flushes every device before reporting success.
 // A non-zero code means the scrub could not run (res.err says why).
-func scrubAll(vol *raid.Volume, log *logrus.Logger, repair bool) (*scrubResult, int) {
+func scrubAll(vol *raid.Volume, log *logrus.Logger, repair bool, prog *progress, stop <-chan os.Signal) (*scrubResult, int) {
 	res := &scrubResult{}
 	res.meta, res.err = btrfsdio.ScrubMeta(vol, repair)
 	if res.err != nil {
@@ -173,8 +203,12 @@ func scrubAll(vol *raid.Volume, log *logrus.Logger, repair bool) (*scrubResult, 
 	if err != nil {
 		log.Warnf("scrub: %v: data checksums not used", err)
 	}
-	if res.data, res.err = scrub(0, vol.Capacity(), csum); res.err != nil {
+	if res.data, res.interrupted, res.err = scrubPieces(vol, scrub, csum, prog, stop); res.err != nil {
 		return res, exitFail
+	}
+	if res.interrupted != nil {
+		res.flushErr = vol.FlushDevices()
+		return res, exitOK
 	}
 	if res.supers, res.err = vol.ScrubSupers(repair); res.err != nil {
 		return res, exitFail
@@ -183,6 +217,43 @@ func scrubAll(vol *raid.Volume, log *logrus.Logger, repair bool) (*scrubResult, 
 		res.flushErr = vol.FlushDevices()
 	}
 	return res, exitOK
+}
+
+// scrubPiece is the data scrub's unit between two progress updates and
+// two looks at stop: whole full stripes (RAID5/6 scrubs full stripes),
+// about 4 MiB.
+const scrubPiece = 4 << 20
+
+// scrubPieces scrubs the whole volume a piece at a time and merges the
+// reports; a signal on stop ends it after the piece in progress, and is
+// returned with the report of what was scrubbed (Length says how far).
+func scrubPieces(vol *raid.Volume, scrub func(start, length uint64, csum raid.CsumLookup) (*raid.ScrubReport, error),
+	csum raid.CsumLookup, prog *progress, stop <-chan os.Signal) (*raid.ScrubReport, os.Signal, error) {
+	full := vol.FullStripeLen()
+	piece := (scrubPiece + full - 1) / full * full
+	total := vol.Capacity()
+	all := &raid.ScrubReport{}
+	for off := uint64(0); off < total; off += piece {
+		select {
+		case s := <-stop:
+			return all, s, nil
+		default:
+		}
+		rep, err := scrub(off, min(piece, total-off), csum)
+		if err != nil {
+			return nil, nil, err
+		}
+		all.Length += rep.Length
+		all.SectorsChecked += rep.SectorsChecked
+		all.Differences = append(all.Differences, rep.Differences...)
+		all.ParityMismatches = append(all.ParityMismatches, rep.ParityMismatches...)
+		all.CsumErrors = append(all.CsumErrors, rep.CsumErrors...)
+		all.ReadErrors = append(all.ReadErrors, rep.ReadErrors...)
+		all.Repaired = append(all.Repaired, rep.Repaired...)
+		all.Unrepairable = append(all.Unrepairable, rep.Unrepairable...)
+		prog.update(all.Length)
+	}
+	return all, nil, nil
 }
 
 // exitCode is the exit status `btrfsdio help scrub` documents.

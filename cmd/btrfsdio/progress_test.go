@@ -1,0 +1,75 @@
+package main
+
+import (
+	"bytes"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/btrfsdio/btrfsdio/raid"
+)
+
+// TestScrubPiecesStopsAfterThePieceInProgress: a signal during a piece
+// of scrub --repair lets that piece finish, then stops, with what was
+// scrubbed in the report.
+func TestScrubPiecesStopsAfterThePieceInProgress(t *testing.T) {
+	dir := t.TempDir()
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	vol, _, err := raid.Assemble([]string{filepath.Join(dir, "a"), filepath.Join(dir, "b")},
+		raid.AssembleOptions{Profile: raid.Raid1, Create: 24 << 20, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vol.Close()
+	if vol.Capacity() <= scrubPiece {
+		t.Fatalf("capacity %d: the test needs more than one piece", vol.Capacity())
+	}
+	stop := make(chan os.Signal, 1)
+	var pieces []uint64
+	scrub := func(start, length uint64, csum raid.CsumLookup) (*raid.ScrubReport, error) {
+		pieces = append(pieces, start)
+		if start == 0 {
+			stop <- syscall.SIGTERM // arrives while the first piece runs
+		}
+		return vol.ScrubRepair(start, length, csum)
+	}
+	rep, sig, err := scrubPieces(vol, scrub, nil, &progress{}, stop)
+	if err != nil || sig != syscall.SIGTERM || len(pieces) != 1 || rep.Length != scrubPiece || rep.SectorsChecked != scrubPiece/raid.SectorSize {
+		t.Fatalf("stopped scrub: %v %v, pieces %v, length %d, %d sectors", err, sig, pieces, rep.Length, rep.SectorsChecked)
+	}
+	rep, sig, err = scrubPieces(vol, vol.Scrub, nil, &progress{}, nil)
+	if err != nil || sig != nil || rep.Length != vol.Capacity() {
+		t.Fatalf("whole scrub: %v %v, length %d of %d", err, sig, rep.Length, vol.Capacity())
+	}
+}
+
+// TestProgressOnlyOnATerminal: no progress line into a pipe or a file,
+// nor with --quiet.
+func TestProgressOnlyOnATerminal(t *testing.T) {
+	var buf bytes.Buffer
+	p := newProgress(&env{stderr: &buf}, false, "scrub", 100)
+	p.update(50)
+	p.done()
+	f, err := os.CreateTemp(t.TempDir(), "stderr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	newProgress(&env{stderr: f}, false, "scrub", 100).update(100)
+	if st, _ := f.Stat(); buf.Len() != 0 || st.Size() != 0 {
+		t.Errorf("progress written to a buffer (%q) or a file (%d bytes)", buf.String(), st.Size())
+	}
+	// Drawn when there is a terminal: the line names bytes, rate and ETA.
+	p = &progress{w: &buf, what: "scrub", total: 4 << 20}
+	p.start = p.start.Add(-1e9)
+	p.update(1 << 20)
+	if s := buf.String(); !strings.Contains(s, "1.0 MiB of 4.0 MiB (25%)") || !strings.Contains(s, "ETA") {
+		t.Errorf("progress line %q", s)
+	}
+}
