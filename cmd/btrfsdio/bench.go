@@ -6,6 +6,8 @@ import (
 	"github.com/btrfsdio/btrfsdio/tgt"
 	"io"
 	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/btrfsdio/btrfsdio/btrfsdio"
 	"github.com/btrfsdio/btrfsdio/internal/bench"
@@ -17,7 +19,9 @@ func init() {
 		name:    "bench",
 		summary: "in-process benchmark: the bounce patch's table (zero-copy, pooled bounce, page-by-page bounce as posted; nodatasum vs datasum) next to the raw backing file, then peak RSS and allocations under a QD32 load",
 		usage:   "[--profile P] [--size BYTES] [--bs BYTES] [--rounds N] [--bounce-pool SIZE] [--qd N] [--qd-size BYTES] [--dir DIR] [--json FILE] [--svg FILE] | --bitmap [--profile P] [--rounds N] [--qd N] [--bitmap-file BYTES] [--bitmap-writes N] [--bitmap-flush-every N] | --journal-writes N [--profile raid5|raid6] [--rounds N] [--dir DIR]",
-		run:     runBench,
+		exits: defaultExits + `
+  130  SIGINT or SIGTERM stopped it (its images are removed)`,
+		run: runBench,
 	})
 }
 
@@ -27,7 +31,8 @@ func runBench(e *env, args []string) int {
 	size := fs.String("size", "256M", "bytes written and read per measurement")
 	bs := fs.String("bs", "1M", "IO size")
 	rounds := fs.Int("rounds", 3, "repetitions of the whole matrix")
-	dir := fs.String("dir", defaultBenchDir(), "directory for the backing images")
+	dir := fs.String("dir", defaultBenchDir(), "directory for the backing images (in a scratch directory removed at the end, or on SIGINT/SIGTERM)")
+	quiet := fs.BoolP("quiet", "q", false, "no progress line (there is none when stderr is not a terminal)")
 	jsonOut := fs.String("json", "", "write the result as JSON to FILE (docs/json.md)")
 	svgOut := fs.String("svg", "", "write a bar chart to FILE")
 	pool := fs.String("bounce-pool", "32M", "pooled bounce mode: bytes of bounce memory held at once (at least 1M)")
@@ -57,8 +62,15 @@ func runBench(e *env, args []string) int {
 	case *journalWrites < 0:
 		return e.failf(exitUsage, "bench: --journal-writes %d: not negative", *journalWrites)
 	}
+	scratch, cleanup, err := benchScratch(e, *dir)
+	if err != nil {
+		return e.failf(exitFail, "bench: --dir: %v", err)
+	}
+	defer cleanup()
+	*dir = scratch
+	prog := newProgress(e, *quiet, "bench", 0)
 	if *bitmap {
-		return runBitmapBench(e, p, *dir, *bitmapFile, *bitmapWrites, *qd, *bitmapFlush, *rounds)
+		return runBitmapBench(prog, e, p, *dir, *bitmapFile, *bitmapWrites, *qd, *bitmapFlush, *rounds)
 	}
 	if *journalWrites > 0 {
 		return runJournalBench(e, p, *journalWrites, *rounds, *dir)
@@ -108,9 +120,9 @@ func runBench(e *env, args []string) int {
 	cfg := bench.Config{Dir: *dir, Profile: p, Bytes: n, BS: int(b), Rounds: *rounds,
 		BouncePool: poolBytes, QD: *qd, QDBytes: qdBytes}
 	res, err := bench.Run(cfg, func(round, rounds int, what string) {
-		fmt.Fprintf(e.stderr, "\rbench: round %d/%d: %-36s", round, rounds, what)
+		prog.note(fmt.Sprintf("round %d/%d: %s", round, rounds, what))
 	})
-	fmt.Fprintln(e.stderr)
+	prog.done()
 	if err != nil {
 		return e.failf(exitFail, "%v", err)
 	}
@@ -185,7 +197,7 @@ func (o *outputFile) abandon() {
 }
 
 // runBitmapBench is bench --bitmap: the write-intent bitmap's cost.
-func runBitmapBench(e *env, p raid.Profile, dir, file string, writes, qd, flushEvery, rounds int) int {
+func runBitmapBench(prog *progress, e *env, p raid.Profile, dir, file string, writes, qd, flushEvery, rounds int) int {
 	n, err := tgt.ParseSize(file)
 	if err == nil && n < 1<<20 {
 		err = fmt.Errorf("%q: at least 1M", file)
@@ -200,14 +212,41 @@ func runBitmapBench(e *env, p raid.Profile, dir, file string, writes, qd, flushE
 	}
 	cfg := bench.BitmapConfig{Dir: dir, Profile: p, File: n, Writes: writes, QD: max(qd, 1), FlushEvery: flushEvery, Rounds: rounds}
 	rows, err := bench.RunBitmap(cfg, func(round, rounds int, what string) {
-		fmt.Fprintf(e.stderr, "\rbench: round %d/%d: %-36s", round, rounds, what)
+		prog.note(fmt.Sprintf("round %d/%d: %s", round, rounds, what))
 	})
-	fmt.Fprintln(e.stderr)
+	prog.done()
 	if err != nil {
 		return e.failf(exitFail, "%v", err)
 	}
 	bench.WriteBitmapTable(e.stdout, cfg, rows)
 	return exitOK
+}
+
+// benchScratch makes the directory the run's images go in, below dir,
+// and removes it when the run ends or when SIGINT or SIGTERM stops it
+// (then bench exits 130): gigabytes of images must not stay in /dev/shm.
+func benchScratch(e *env, dir string) (string, func(), error) {
+	scratch, err := os.MkdirTemp(dir, "btrfsdio-bench-")
+	if err != nil {
+		return "", nil, err
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		select {
+		case s := <-sigs:
+			os.RemoveAll(scratch)
+			fmt.Fprintf(e.stderr, "\nbtrfsdio: bench: stopped by %v; %s removed\n", s, scratch)
+			os.Exit(exitInterrupted)
+		case <-done:
+		}
+	}()
+	return scratch, func() {
+		signal.Stop(sigs)
+		close(done)
+		os.RemoveAll(scratch)
+	}, nil
 }
 
 // defaultBenchDir prefers tmpfs, so the figures measure the port rather

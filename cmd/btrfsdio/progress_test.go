@@ -2,12 +2,15 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/sirupsen/logrus"
 
@@ -71,5 +74,40 @@ func TestProgressOnlyOnATerminal(t *testing.T) {
 	p.update(1 << 20)
 	if s := buf.String(); !strings.Contains(s, "1.0 MiB of 4.0 MiB (25%)") || !strings.Contains(s, "ETA") {
 		t.Errorf("progress line %q", s)
+	}
+}
+
+// TestBenchSignalRemovesScratch: SIGTERM in the middle of a bench removes
+// its images and exits 130 (it used to leave gigabytes in /dev/shm).
+func TestBenchSignalRemovesScratch(t *testing.T) {
+	dir := t.TempDir()
+	cmd := exec.Command(os.Args[0], "bench", "--dir", dir, "--size", "32M", "--bs", "1M", "--rounds", "1000", "--qd", "0")
+	cmd.Env = append(os.Environ(), envReadyFD+"=bench") // TestMain runs the command line
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		imgs, _ := filepath.Glob(filepath.Join(dir, "btrfsdio-bench-*", "*", "*"))
+		if len(imgs) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatalf("bench made no images in 30s: %s", stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	err := cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != exitInterrupted {
+		t.Errorf("bench after SIGTERM: %v, %s; want exit %d", err, stderr.String(), exitInterrupted)
+	}
+	if left, _ := os.ReadDir(dir); len(left) != 0 {
+		t.Errorf("bench left %v in --dir after SIGTERM", left)
 	}
 }
