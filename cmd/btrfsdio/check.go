@@ -38,6 +38,7 @@ func runCheck(e *env, args []string) int {
 	ov := newOfflineVolume("check", fs)
 	verbose := fs.BoolP("verbose", "v", false, "list every damaged sector")
 	asJSON := fs.Bool("json", false, "print the result as one JSON object (docs/json.md) instead of text")
+	quiet := fs.BoolP("quiet", "q", false, "no progress line (there is none when stderr is not a terminal)")
 	if code, done := parseArgs(e, fs, args); done {
 		return code
 	}
@@ -46,7 +47,12 @@ func runCheck(e *env, args []string) int {
 		return code
 	}
 	defer vol.Close()
-	rep, err := btrfsdio.Check(vol)
+	prog := newProgress(e, *quiet, "check", 0)
+	rep, err := btrfsdio.CheckWithProgress(vol, func(done, total uint64) {
+		prog.total = total
+		prog.update(done)
+	})
+	prog.done()
 	code = exitOK
 	switch {
 	case err != nil && rep != nil && len(rep.MetaCopies) > 0: // no valid copy

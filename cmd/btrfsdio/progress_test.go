@@ -14,6 +14,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/btrfsdio/btrfsdio/btrfsdio"
 	"github.com/btrfsdio/btrfsdio/raid"
 )
 
@@ -109,5 +110,31 @@ func TestBenchSignalRemovesScratch(t *testing.T) {
 	}
 	if left, _ := os.ReadDir(dir); len(left) != 0 {
 		t.Errorf("bench left %v in --dir after SIGTERM", left)
+	}
+}
+
+// TestCheckProgress: check's progress reaches the total of the mapped
+// ranges, never going back, and the report is the one Check makes.
+func TestCheckProgress(t *testing.T) {
+	a, b, _, tg, _ := datasumRaid1With64K(t, 3)
+	if err := tg.Close(); err != nil {
+		t.Fatal(err)
+	}
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	vol, _, err := raid.Assemble([]string{a, b}, raid.AssembleOptions{Profile: raid.AnyProfile, ReadOnly: true, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vol.Close()
+	var calls, last, total uint64
+	rep, err := btrfsdio.CheckWithProgress(vol, func(done, tot uint64) {
+		if done < last || done > tot {
+			t.Errorf("progress %d of %d after %d", done, tot, last)
+		}
+		calls, last, total = calls+1, done, tot
+	})
+	if err != nil || !rep.Clean() || calls == 0 || last != total || total < 64<<10 || rep.Scrub.SectorsChecked != total/raid.SectorSize {
+		t.Fatalf("check: %v, clean %v, %d calls, %d of %d, %d sectors", err, rep != nil && rep.Clean(), calls, last, total, rep.Scrub.SectorsChecked)
 	}
 }
