@@ -73,7 +73,7 @@ func parseAdd(args []string) (*addSpec, error) {
 	spec.dir, _ = os.Getwd() // "" only if the directory is gone: paths then stay as given
 	fs := newFlags("add")
 	spec.fs = fs
-	fs.StringVarP(&spec.typ, "type", "t", "", "target type: "+strings.Join(targetNames(), ", "))
+	fs.StringVarP(&spec.typ, "type", "t", "", "target `TYPE`: "+strings.Join(targetNames(), ", "))
 	fs.IntVarP(&spec.id, "number", "n", ublk.AnyID, "device id (-1: the kernel picks one)")
 	fs.IntVarP(&spec.queues, "queues", "q", ublk.DefaultQueues, "hardware queues (clamped to the CPU count)")
 	fs.IntVarP(&spec.depth, "depth", "d", ublk.DefaultQueueDepth, "queue depth")

@@ -66,6 +66,67 @@ func compatLong(fs *pflag.FlagSet, args []string) []string {
 	return out
 }
 
+// optionUsages lists fs's options as getopt_long tools do: "-s, --long
+// VALUE" (VALUE from a `quoted` word of the usage, else from the type),
+// then the usage and any default that says something, wrapped.
+func optionUsages(fs *pflag.FlagSet) string {
+	type row struct{ names, usage string }
+	var rows []row
+	width := 0
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Hidden {
+			return
+		}
+		names := "    --" + f.Name // aligned under "-s, "
+		if f.Shorthand != "" {
+			names = "-" + f.Shorthand + ", --" + f.Name
+		}
+		varname, usage := pflag.UnquoteUsage(f)
+		if f.Value.Type() != "bool" {
+			switch varname {
+			case "int", "uint", "int64", "uint64":
+				varname = "N"
+			case "string":
+				varname = "VALUE"
+			}
+			names += " " + varname
+		}
+		switch d := f.DefValue; {
+		case f.Value.Type() == "bool" && d == "true":
+			usage += fmt.Sprintf(" (on by default; --%s=false turns it off)", f.Name)
+		case d != "" && d != "0" && d != "false" && d != "[]" && !strings.Contains(usage, "default"):
+			usage += fmt.Sprintf(" (default %s)", d)
+		}
+		rows = append(rows, row{names, usage})
+		width = max(width, len(names))
+	})
+	width = min(width, 30)
+	var b strings.Builder
+	for _, r := range rows {
+		pad := strings.Repeat(" ", width+4)
+		b.WriteString("  " + r.names)
+		if len(r.names) > width {
+			b.WriteString("\n" + pad)
+		} else {
+			b.WriteString(strings.Repeat(" ", width-len(r.names)+2))
+		}
+		col := width + 4
+		for i, word := range strings.Fields(r.usage) {
+			if i > 0 && col+1+len(word) > 100 {
+				b.WriteString("\n" + pad)
+				col = width + 4
+			} else if i > 0 {
+				b.WriteString(" ")
+				col++
+			}
+			b.WriteString(word)
+			col += len(word)
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
+}
+
 // printCommandHelp is what `btrfsdio help CMD` and `btrfsdio CMD --help`
 // both print: the synopsis, what the command does, every option and the
 // exit statuses.
@@ -75,7 +136,7 @@ func printCommandHelp(w io.Writer, c *command, fs *pflag.FlagSet) {
 		fmt.Fprintf(w, "\n%s\n", c.help)
 	}
 	if fs != nil && fs.HasAvailableFlags() {
-		fmt.Fprintf(w, "\noptions:\n%s", fs.FlagUsagesWrapped(100))
+		fmt.Fprintf(w, "\noptions:\n%s", optionUsages(fs))
 	}
 	exits := c.exits
 	if exits == "" {

@@ -39,10 +39,10 @@ func runMkfs(e *env, args []string) int {
 	fl := newFlags("mkfs")
 	var files tgt.FileList
 	fl.VarP(&files, "file", "f", "image or block device (repeat, in device order)")
-	profile := fl.String("profile", "", "data profile: single dup raid0 raid1 raid1c3 raid1c4 raid10 raid5 raid6")
+	profile := fl.String("profile", "", "data profile `P`: single dup raid0 raid1 raid1c3 raid1c4 raid10 raid5 raid6")
 	datasum := fl.Bool("datasum", false, "data checksums (direct writes fall back to stable buffered writes)")
 	nocow := fl.Bool("nocow", false, "NODATACOW: overwrite extents in place")
-	size := fl.String("size", "", "create the images that do not exist, sparse, of this size (e.g. 256M, 1.5G, 1GiB)")
+	size := fl.String("size", "", "create the images that do not exist, sparse, of this `SIZE` (e.g. 256M, 1.5G, 1GiB)")
 	force := fl.Bool("force", false, btrfs.ForceUsage)
 	if code, done := parseArgs(e, fl, args); done {
 		return code

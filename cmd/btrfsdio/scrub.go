@@ -328,7 +328,7 @@ type offlineVolume struct {
 
 func newOfflineVolume(name string, fs *pflag.FlagSet) *offlineVolume {
 	o := &offlineVolume{name: name}
-	o.profile = fs.String("profile", "", "data profile the images must hold (default: what their superblocks say)")
+	o.profile = fs.String("profile", "", "data profile `P` the images must hold (default: what their superblocks say)")
 	o.degraded = fs.Bool("degraded", false, "accept missing images, as many as the profile tolerates")
 	o.ignoreLock = fs.Bool("ignore-lock", false, ignoreLockUsage)
 	fs.VarP(&o.files, "file", "f", "image or block device (repeat, in device order)")
