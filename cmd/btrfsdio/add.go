@@ -41,6 +41,8 @@ func init() {
 	registerCommand(&command{
 		name: "add", usage: addUsage, run: runAdd,
 		summary: "add a ublk device; the server daemonizes unless --foreground is given",
+		help: `ublksrv's names --user_recovery, --user_recovery_reissue and
+--user_recovery_fail_io are accepted for -r, -i and -e.`,
 	})
 	registerCommand(&command{name: serveCommand, hidden: true, run: runServe})
 }
@@ -72,6 +74,7 @@ func parseAdd(args []string) (*addSpec, error) {
 	spec := &addSpec{args: args, recoverID: ublk.AnyID}
 	spec.dir, _ = os.Getwd() // "" only if the directory is gone: paths then stay as given
 	fs := newFlags("add")
+	fs.SetNormalizeFunc(ublksrvNames)
 	spec.fs = fs
 	fs.StringVarP(&spec.typ, "type", "t", "", "target `TYPE`: "+strings.Join(targetNames(), ", "))
 	fs.IntVarP(&spec.id, "number", "n", ublk.AnyID, "device id (-1: the kernel picks one)")
@@ -147,6 +150,20 @@ func (s *addSpec) check() error {
 		return fmt.Errorf("add: --max-io %d: must be a multiple of %d up to %d", s.maxIO, page, ublk.MaxUserCopyBytes)
 	}
 	return nil
+}
+
+// ublksrvNames accepts ublksrv's long names of the options add shares with
+// its `ublk add`, so command lines written for it carry over.
+func ublksrvNames(_ *pflag.FlagSet, name string) pflag.NormalizedName {
+	switch name {
+	case "user_recovery":
+		name = "recovery"
+	case "user_recovery_reissue":
+		name = "recovery-reissue"
+	case "user_recovery_fail_io":
+		name = "recovery-fail-io"
+	}
+	return pflag.NormalizedName(name)
 }
 
 // findType pre-scans for -t/--type, whose value decides which flags exist.

@@ -122,6 +122,10 @@ func TestGNUOptions(t *testing.T) {
 		{[]string{"mkfs", "--size", "99999999999T", "--profile", "single", "-f", "x"}, exitUsage, `size "99999999999T" is too large`},
 		{[]string{"add", "-tloop"}, exitUsage, "loop: -f FILE is required"},
 		{[]string{"add", "-tnbd"}, exitUsage, `unknown target type "nbd"`},
+		// ublksrv's long names.
+		{[]string{"add", "-t", "loop", "-f", "/dev/null", "--user_recovery", "2"}, exitUsage, "-r 2: must be 0 or 1"},
+		{[]string{"add", "-t", "loop", "-f", "/dev/null", "--user_recovery=1", "--user_recovery_reissue", "3"}, exitUsage, "-i 3: must be 0 or 1"},
+		{[]string{"add", "-t", "loop", "-f", "/dev/null", "--user_recovery_fail_io", "1"}, exitUsage, "-e 1 (fail IO while no server runs) needs -r 1"},
 	}
 	for _, c := range cases {
 		code, _, stderr := runCLI(t, nil, c.args...)
