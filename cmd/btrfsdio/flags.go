@@ -49,16 +49,22 @@ func parseArgs(e *env, fs *pflag.FlagSet, args []string) (code int, done bool) {
 // compatLong turns a single-dash long option (-profile, -size=1G), which
 // Go's flag package accepted and run files written by earlier versions
 // record (recover replays them), into its GNU form --profile; pflag would
-// otherwise read it as bundled short options.
+// otherwise read it as bundled short options. A one-letter option given
+// with two dashes (--n 3, which Go's package also took) becomes -n 3.
 func compatLong(fs *pflag.FlagSet, args []string) []string {
 	out := make([]string, 0, len(args))
 	for i, a := range args {
 		if a == "--" {
 			return append(out, args[i:]...)
 		}
-		if len(a) > 2 && a[0] == '-' && a[1] != '-' {
+		switch {
+		case len(a) > 2 && a[0] == '-' && a[1] != '-':
 			if name, _, _ := strings.Cut(a[1:], "="); len(name) > 1 && fs.Lookup(name) != nil {
 				a = "-" + a
+			}
+		case len(a) > 2 && strings.HasPrefix(a, "--"):
+			if name, _, _ := strings.Cut(a[2:], "="); len(name) == 1 && fs.Lookup(name) == nil && fs.ShorthandLookup(name) != nil {
+				a = a[1:]
 			}
 		}
 		out = append(out, a)

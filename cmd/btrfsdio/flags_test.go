@@ -122,6 +122,8 @@ func TestGNUOptions(t *testing.T) {
 		{[]string{"mkfs", "--size", "99999999999T", "--profile", "single", "-f", "x"}, exitUsage, `size "99999999999T" is too large`},
 		{[]string{"add", "-tloop"}, exitUsage, "loop: -f FILE is required"},
 		{[]string{"add", "-tnbd"}, exitUsage, `unknown target type "nbd"`},
+		{[]string{"del", "--a", "--n", "3"}, exitUsage, "give -n ID or -a, not both"},
+		{[]string{"del", "--a", "--n=3"}, exitUsage, "give -n ID or -a, not both"},
 		// ublksrv's long names.
 		{[]string{"add", "-t", "loop", "-f", "/dev/null", "--user_recovery", "2"}, exitUsage, "-r 2: must be 0 or 1"},
 		{[]string{"add", "-t", "loop", "-f", "/dev/null", "--user_recovery=1", "--user_recovery_reissue", "3"}, exitUsage, "-i 3: must be 0 or 1"},
@@ -177,5 +179,19 @@ func TestBenchUsage(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
 		t.Errorf("bench left %d files in --dir after refusing to run", len(ents))
+	}
+}
+
+// TestRecordedGoStyleArgsStillParse: run files written before the GNU
+// parser record add command lines in Go's flag style, which recover
+// replays: they still parse to the same options.
+func TestRecordedGoStyleArgsStillParse(t *testing.T) {
+	file := backingFile(t)
+	spec, err := parseAdd([]string{"-type", "loop", "-file=" + file, "-read-only", "-number", "7", "-queues", "1", "--r", "1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if spec.typ != "loop" || spec.id != 7 || spec.queues != 1 || spec.recovery != 1 || spec.factory.Info()["file"] != file || spec.factory.Info()["read_only"] != true {
+		t.Errorf("parsed %+v, target %v", spec, spec.factory.Info())
 	}
 }
