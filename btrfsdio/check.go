@@ -57,6 +57,18 @@ func (r *CheckReport) Clean() bool {
 // means the check could not run (no valid metadata copy, unreadable
 // superblocks).
 func Check(vol *raid.Volume) (*CheckReport, error) {
+	return CheckWithProgress(vol, nil)
+}
+
+// checkPiece is how much CheckWithProgress scrubs between two progress
+// calls (rounded up to whole full stripes on RAID5/6).
+const checkPiece = 4 << 20
+
+// CheckWithProgress is Check calling progress (when not nil) after every
+// piece of the data scrub with the bytes of mapped ranges scrubbed so far
+// and their total, for a progress line (btrfs-progs' check --progress; no
+// kernel counterpart).
+func CheckWithProgress(vol *raid.Volume, progress func(done, total uint64)) (*CheckReport, error) {
 	meta, err := raid.OpenMetaArea(vol)
 	if err != nil {
 		return nil, fmt.Errorf("btrfsdio: check: %w", err)
@@ -88,16 +100,28 @@ func Check(vol *raid.Volume) (*CheckReport, error) {
 		end := min((e.diskBytenr+e.len+gran-1)/gran*gran, img.capacity)
 		ranges = append(ranges, span{start, end - start})
 	}
-	for _, r := range mergeSpans(ranges) {
-		s, err := vol.Scrub(r.start, r.len, csums.lookup)
-		if err != nil {
-			return rep, fmt.Errorf("btrfsdio: check: %w", err)
+	spans := mergeSpans(ranges)
+	var total, done uint64
+	for _, r := range spans {
+		total += r.len
+	}
+	piece := (checkPiece + gran - 1) / gran * gran
+	for _, r := range spans {
+		for off := r.start; off < r.start+r.len; off += piece {
+			s, err := vol.Scrub(off, min(piece, r.start+r.len-off), csums.lookup)
+			if err != nil {
+				return rep, fmt.Errorf("btrfsdio: check: %w", err)
+			}
+			rep.Scrub.SectorsChecked += s.SectorsChecked
+			rep.Scrub.Differences = append(rep.Scrub.Differences, s.Differences...)
+			rep.Scrub.ParityMismatches = append(rep.Scrub.ParityMismatches, s.ParityMismatches...)
+			rep.Scrub.CsumErrors = append(rep.Scrub.CsumErrors, s.CsumErrors...)
+			rep.Scrub.ReadErrors = append(rep.Scrub.ReadErrors, s.ReadErrors...)
+			done += s.Length
+			if progress != nil {
+				progress(done, total)
+			}
 		}
-		rep.Scrub.SectorsChecked += s.SectorsChecked
-		rep.Scrub.Differences = append(rep.Scrub.Differences, s.Differences...)
-		rep.Scrub.ParityMismatches = append(rep.Scrub.ParityMismatches, s.ParityMismatches...)
-		rep.Scrub.CsumErrors = append(rep.Scrub.CsumErrors, s.CsumErrors...)
-		rep.Scrub.ReadErrors = append(rep.Scrub.ReadErrors, s.ReadErrors...)
 	}
 	rep.Scrub.Length = vol.Capacity()
 	return rep, nil

@@ -6,22 +6,22 @@
 package tgt
 
 import (
-	"errors"
-	"flag"
 	"fmt"
-	"strconv"
+	"math/big"
 	"strings"
 	"time"
 
 	"github.com/btrfsdio/btrfsdio/raid"
 	"github.com/btrfsdio/btrfsdio/ublk"
+	"github.com/spf13/pflag"
 )
 
 // Factory turns one target type's command-line flags into a ublk.Target
 // (ublksrv's struct ublk_tgt_ops: init_tgt with its own option parsing).
 type Factory interface {
-	// Flags registers the type's flags on fs (next to add's common flags).
-	Flags(fs *flag.FlagSet)
+	// Flags registers the type's flags on fs (next to add's common flags),
+	// GNU style: --long, with a one-letter -s where it has one.
+	Flags(fs *pflag.FlagSet)
 	// Validate checks the parsed flags without side effects. `add` calls it
 	// before daemonizing so mistakes show up on the terminal.
 	Validate() error
@@ -54,37 +54,57 @@ type Type struct {
 	DecodeStatus func(b []byte) (Status, error)
 }
 
-// FileList is a repeatable -f flag.
+// FileList is a repeatable -f flag (a pflag.Value).
 type FileList []string
 
 func (l *FileList) String() string     { return strings.Join(*l, ",") }
 func (l *FileList) Set(s string) error { *l = append(*l, s); return nil }
 
-// ParseSize reads 4096, 64K, 256M, 1G, 2T (no kernel counterpart: the
-// command line's sizes, as memparse reads the kernel's).
+// Type names the value in help: -f, --file PATH.
+func (l *FileList) Type() string { return "PATH" }
+
+// ParseSize reads a size: 4096, 512k, 256M, 1.5G, 1GiB, 2T (suffixes K M G T
+// P E, any case, optionally followed by B or iB, all powers of 1024; a
+// fraction must come to whole bytes). The error names the value as given
+// (no kernel counterpart: the command line's sizes, as memparse reads the
+// kernel's).
 func ParseSize(s string) (int64, error) {
-	if s == "" {
-		return 0, errors.New("empty size")
+	num := strings.TrimSpace(s)
+	lower := strings.ToLower(num)
+	for _, unit := range []string{"ib", "b"} {
+		if strings.HasSuffix(lower, unit) && len(lower) > len(unit) {
+			lower = lower[:len(lower)-len(unit)]
+			if unit == "ib" && !strings.ContainsAny(lower[len(lower)-1:], "kmgtpe") {
+				return 0, fmt.Errorf("bad size %q: want a number with an optional K, M, G, T, P or E suffix (e.g. 512k, 1.5G, 1GiB)", s)
+			}
+			break
+		}
 	}
-	mult := int64(1)
-	switch strings.ToUpper(s[len(s)-1:]) {
-	case "K":
-		mult = 1 << 10
-	case "M":
-		mult = 1 << 20
-	case "G":
-		mult = 1 << 30
-	case "T":
-		mult = 1 << 40
+	shift := uint(0)
+	if n := len(lower); n > 0 {
+		if i := strings.IndexByte("kmgtpe", lower[n-1]); i >= 0 {
+			shift = 10 * uint(i+1)
+			lower = lower[:n-1]
+		}
 	}
-	if mult > 1 {
-		s = s[:len(s)-1]
+	if lower == "" || strings.Trim(lower, "0123456789.") != "" || strings.Count(lower, ".") > 1 ||
+		lower[0] == '.' || lower[len(lower)-1] == '.' {
+		return 0, fmt.Errorf("bad size %q: want a number with an optional K, M, G, T, P or E suffix (e.g. 512k, 1.5G, 1GiB)", s)
 	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || n <= 0 || n > (1<<62)/mult {
+	r, ok := new(big.Rat).SetString(lower)
+	if !ok {
 		return 0, fmt.Errorf("bad size %q", s)
 	}
-	return n * mult, nil
+	r.Mul(r, new(big.Rat).SetInt(new(big.Int).Lsh(big.NewInt(1), shift)))
+	switch {
+	case !r.IsInt():
+		return 0, fmt.Errorf("bad size %q: not a whole number of bytes", s)
+	case r.Sign() <= 0:
+		return 0, fmt.Errorf("bad size %q: must be positive", s)
+	case r.Num().BitLen() > 62:
+		return 0, fmt.Errorf("size %q is too large: the limit is 4E (2^62 bytes)", s)
+	}
+	return r.Num().Int64(), nil
 }
 
 // Plural is "1 device", "2 devices" (no kernel counterpart: wording shared

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"github.com/btrfsdio/btrfsdio/tgt"
 	"io"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/btrfsdio/btrfsdio/ublk"
 	"github.com/sirupsen/logrus"
+	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 )
 
@@ -41,6 +41,8 @@ func init() {
 	registerCommand(&command{
 		name: "add", usage: addUsage, run: runAdd,
 		summary: "add a ublk device; the server daemonizes unless --foreground is given",
+		help: `ublksrv's names --user_recovery, --user_recovery_reissue and
+--user_recovery_fail_io are accepted for -r, -i and -e.`,
 	})
 	registerCommand(&command{name: serveCommand, hidden: true, run: runServe})
 }
@@ -64,30 +66,23 @@ type addSpec struct {
 	factory    tgt.Factory
 	args       []string // as given, handed on to the daemon
 	dir        string   // the directory relative paths in args are relative to (recover)
-	fs         *flag.FlagSet
+	fs         *pflag.FlagSet
 }
 
 // parseAdd parses and validates add's flags and the target type's flags.
 func parseAdd(args []string) (*addSpec, error) {
 	spec := &addSpec{args: args, recoverID: ublk.AnyID}
 	spec.dir, _ = os.Getwd() // "" only if the directory is gone: paths then stay as given
-	fs := flag.NewFlagSet("add", flag.ContinueOnError)
-	fs.SetOutput(io.Discard) // errors are reported once, by the caller
+	fs := newFlags("add")
+	fs.SetNormalizeFunc(ublksrvNames)
 	spec.fs = fs
-	fs.StringVar(&spec.typ, "t", "", "target type")
-	fs.StringVar(&spec.typ, "type", "", "same as -t")
-	fs.IntVar(&spec.id, "n", ublk.AnyID, "device id (-1: the kernel picks one)")
-	fs.IntVar(&spec.id, "number", ublk.AnyID, "same as -n")
-	fs.IntVar(&spec.queues, "q", ublk.DefaultQueues, "hardware queues (clamped to the CPU count)")
-	fs.IntVar(&spec.queues, "queues", ublk.DefaultQueues, "same as -q")
-	fs.IntVar(&spec.depth, "d", ublk.DefaultQueueDepth, "queue depth")
-	fs.IntVar(&spec.depth, "depth", ublk.DefaultQueueDepth, "same as -d")
-	fs.IntVar(&spec.recovery, "r", 0, "1: request UBLK_F_USER_RECOVERY")
-	fs.IntVar(&spec.recovery, "recovery", 0, "same as -r")
-	fs.IntVar(&spec.reissue, "i", 0, "1: with -r 1, reissue the requests a dead server held (UBLK_F_USER_RECOVERY_REISSUE)")
-	fs.IntVar(&spec.reissue, "recovery-reissue", 0, "same as -i")
-	fs.IntVar(&spec.failIO, "e", 0, "1: with -r 1, fail IO while no server runs instead of queueing it (UBLK_F_USER_RECOVERY_FAIL_IO, Linux 6.13+)")
-	fs.IntVar(&spec.failIO, "recovery-fail-io", 0, "same as -e")
+	fs.StringVarP(&spec.typ, "type", "t", "", "target `TYPE`: "+strings.Join(targetNames(), ", "))
+	fs.IntVarP(&spec.id, "number", "n", ublk.AnyID, "device id (-1: the kernel picks one)")
+	fs.IntVarP(&spec.queues, "queues", "q", ublk.DefaultQueues, "hardware queues (clamped to the CPU count)")
+	fs.IntVarP(&spec.depth, "depth", "d", ublk.DefaultQueueDepth, "queue depth")
+	fs.IntVarP(&spec.recovery, "recovery", "r", 0, "1: a new server can take the device over when this one dies (UBLK_F_USER_RECOVERY; see recover)")
+	fs.IntVarP(&spec.reissue, "recovery-reissue", "i", 0, "1: with -r 1, reissue the requests a dead server held (UBLK_F_USER_RECOVERY_REISSUE)")
+	fs.IntVarP(&spec.failIO, "recovery-fail-io", "e", 0, "1: with -r 1, fail IO while no server runs instead of queueing it (UBLK_F_USER_RECOVERY_FAIL_IO, Linux 6.13+)")
 	fs.UintVar(&spec.maxIO, "max-io", 0, "largest request in bytes (default: the target's, 1 MiB)")
 	fs.BoolVar(&spec.noUserCopy, "no-user-copy", false, "do not use UBLK_F_USER_COPY (per-tag buffers)")
 	fs.BoolVar(&spec.foreground, "foreground", false, "serve in this process, log to stderr")
@@ -109,7 +104,7 @@ func parseAdd(args []string) (*addSpec, error) {
 	}
 	spec.factory = tt.New()
 	spec.factory.Flags(fs)
-	if err := fs.Parse(args); err != nil {
+	if err := fs.Parse(compatLong(fs, args)); err != nil {
 		return nil, fmt.Errorf("add: %w", err)
 	}
 	if fs.NArg() > 0 {
@@ -157,6 +152,20 @@ func (s *addSpec) check() error {
 	return nil
 }
 
+// ublksrvNames accepts ublksrv's long names of the options add shares with
+// its `ublk add`, so command lines written for it carry over.
+func ublksrvNames(_ *pflag.FlagSet, name string) pflag.NormalizedName {
+	switch name {
+	case "user_recovery":
+		name = "recovery"
+	case "user_recovery_reissue":
+		name = "recovery-reissue"
+	case "user_recovery_fail_io":
+		name = "recovery-fail-io"
+	}
+	return pflag.NormalizedName(name)
+}
+
 // findType pre-scans for -t/--type, whose value decides which flags exist.
 func findType(args []string) (string, bool) {
 	for i := 0; i < len(args); i++ {
@@ -166,6 +175,9 @@ func findType(args []string) (string, bool) {
 		}
 		if !strings.HasPrefix(a, "-") {
 			continue
+		}
+		if len(a) > 2 && a[1] == 't' && a[2] != '=' && !strings.HasPrefix(a, "-type") { // -tloop
+			return a[2:], true
 		}
 		name, val, hasVal := strings.Cut(strings.TrimLeft(a, "-"), "=")
 		if name != "t" && name != "type" {
@@ -184,6 +196,9 @@ func findType(args []string) (string, bool) {
 
 func wantsHelp(args []string) bool {
 	for _, a := range args {
+		if a == "--" {
+			return false
+		}
 		if a == "-h" || a == "--help" || a == "-help" {
 			return true
 		}
@@ -194,10 +209,12 @@ func wantsHelp(args []string) bool {
 func runAdd(e *env, args []string) int {
 	spec, err := parseAdd(args)
 	if errors.Is(err, errHelp) {
-		fmt.Fprintf(e.stdout, "usage: btrfsdio add %s\n\n", addUsage)
-		spec.fs.SetOutput(e.stdout)
-		spec.fs.PrintDefaults()
-		printTargetTypes(e.stdout)
+		printCommandHelp(e.stdout, commands["add"], spec.fs)
+		if spec.factory == nil {
+			fmt.Fprintln(e.stdout)
+			printTargetTypes(e.stdout)
+			fmt.Fprintln(e.stdout, "\n'btrfsdio help -t TYPE' (or 'add -t TYPE --help') lists a type's options.")
+		}
 		return exitOK
 	}
 	if err != nil {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"io"
 
@@ -25,10 +24,8 @@ straight from the images. It never writes; the images are
 locked for reading while it runs, so it never reads them beside a server
 that writes them.
 
-` + offlineHelp + `
-
-exit status:
-  0  no errors found
+` + offlineHelp,
+		exits: `  0  no errors found
   1  the check could not run (an image in use by a server, among others)
   2  bad command line
   3  damage found (a bad superblock or metadata copy included)`,
@@ -37,31 +34,86 @@ exit status:
 }
 
 func runCheck(e *env, args []string) int {
-	fs := flag.NewFlagSet("check", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	fs := newFlags("check")
 	ov := newOfflineVolume("check", fs)
-	verbose := fs.Bool("v", false, "list every damaged sector")
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
+	verbose := fs.BoolP("verbose", "v", false, "list every damaged sector")
+	asJSON := fs.Bool("json", false, "print the result as one JSON object (docs/json.md) instead of text")
+	quiet := fs.BoolP("quiet", "q", false, "no progress line (there is none when stderr is not a terminal)")
+	if code, done := parseArgs(e, fs, args); done {
+		return code
 	}
-	vol, _, code := ov.open(e, fs, true)
+	vol, _, code := ov.open(e, true)
 	if code != exitOK {
 		return code
 	}
 	defer vol.Close()
-	rep, err := btrfsdio.Check(vol)
-	if rep != nil {
-		printCheck(e.stdout, vol, rep, *verbose)
-	}
+	prog := newProgress(e, *quiet, "check", 0)
+	rep, err := btrfsdio.CheckWithProgress(vol, func(done, total uint64) {
+		prog.total = total
+		prog.update(done)
+	})
+	prog.done()
+	code = exitOK
 	switch {
 	case err != nil && rep != nil && len(rep.MetaCopies) > 0: // no valid copy
-		return e.failf(exitDamaged, "check: %v", err)
+		code = exitDamaged
 	case err != nil:
-		return e.failf(exitFail, "check: %v", err)
+		code = exitFail
 	case !rep.Clean():
-		return exitDamaged
+		code = exitDamaged
 	}
-	return exitOK
+	switch {
+	case rep != nil && *asJSON:
+		if jerr := writeJSON(e.stdout, checkToJSON(vol, ov.files, rep, err, code)); jerr != nil {
+			return e.failf(exitFail, "check: %v", jerr)
+		}
+	case rep != nil:
+		printCheck(e.stdout, vol, rep, *verbose)
+	}
+	if err != nil {
+		return e.failf(code, "check: %v", err)
+	}
+	return code
+}
+
+// checkJSON is check --json (docs/json.md).
+type checkJSON struct {
+	jsonHeader
+	Profile          string        `json:"profile"`
+	Images           []string      `json:"images"`
+	Generation       uint64        `json:"generation"`
+	Clean            bool          `json:"clean"`
+	SuperblockCopies int           `json:"superblock_copies"`
+	MetadataCopies   int           `json:"metadata_copies"`
+	MetadataError    string        `json:"metadata_error,omitempty"`
+	Extents          int           `json:"extents"`
+	MappedBytes      uint64        `json:"mapped_bytes"`
+	CsumSectors      uint64        `json:"csum_sectors"`
+	SectorsChecked   uint64        `json:"sectors_checked"`
+	Differing        int           `json:"differing"`
+	ParityMismatches int           `json:"parity_mismatches"`
+	CsumErrors       int           `json:"csum_errors"`
+	ReadErrors       int           `json:"read_errors"`
+	MissingDevids    []uint64      `json:"missing_devids"`
+	StaleDevices     []staleJSON   `json:"stale_devices"`
+	Findings         []findingJSON `json:"findings"`
+}
+
+func checkToJSON(vol *raid.Volume, images []string, rep *btrfsdio.CheckReport, err error, code int) *checkJSON {
+	s := &rep.Scrub
+	out := &checkJSON{jsonHeader: newJSONHeader("check", code), Profile: vol.Profile().String(), Images: images,
+		Generation: rep.Generation, Clean: err == nil && rep.Clean(), SuperblockCopies: len(rep.Supers),
+		MetadataCopies: len(rep.MetaCopies), MetadataError: errString(err), Extents: rep.Extents,
+		MappedBytes: rep.MappedBytes, CsumSectors: rep.CsumSectors, SectorsChecked: s.SectorsChecked,
+		Differing: len(s.Differences), ParityMismatches: len(s.ParityMismatches), CsumErrors: len(s.CsumErrors),
+		ReadErrors: len(s.ReadErrors), MissingDevids: append([]uint64{}, vol.MissingDevices()...),
+		StaleDevices: staleDevices(rep.Stale),
+	}
+	out.Findings = append(copyFindings(rep.Supers, rep.MetaCopies), dataFindings(vol, s)...)
+	if out.Findings == nil {
+		out.Findings = []findingJSON{}
+	}
+	return out
 }
 
 func printCheck(w io.Writer, vol *raid.Volume, rep *btrfsdio.CheckReport, verbose bool) {

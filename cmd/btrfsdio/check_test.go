@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"flag"
 	"github.com/btrfsdio/btrfsdio/tgt"
 	"os"
 	"path/filepath"
@@ -35,7 +34,7 @@ func buildFactory(t *testing.T, args ...string) (*btrfs.Target, *btrfs.Factory, 
 func buildWith(t *testing.T, env tgt.Env, args ...string) (*btrfs.Target, *btrfs.Factory, error) {
 	t.Helper()
 	f := &btrfs.Factory{}
-	fs := flag.NewFlagSet("add", flag.ContinueOnError)
+	fs := newFlags("add")
 	f.Flags(fs)
 	if err := fs.Parse(args); err != nil {
 		t.Fatal(err)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"flag"
 	"fmt"
 	"github.com/btrfsdio/btrfsdio/tgt"
 	"io"
@@ -22,31 +21,13 @@ func init() {
 		summary: "show the UBLK_F_* features of the loaded ublk_drv"})
 }
 
-// newFlagSet returns a FlagSet that reports nothing itself.
-func newFlagSet(name string) *flag.FlagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	return fs
-}
-
-func parseOnly(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("%s: %w", fs.Name(), err)
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))
-	}
-	return nil
-}
-
 func runList(e *env, args []string) int {
-	fs := newFlagSet("list")
-	id := fs.Int("n", ublk.AnyID, "device id")
-	fs.IntVar(id, "number", ublk.AnyID, "same as -n")
-	verbose := fs.Bool("v", false, "JSON output")
-	fs.BoolVar(verbose, "verbose", false, "same as -v")
-	if err := parseOnly(fs, args); err != nil {
-		return e.failf(exitUsage, "%v", err)
+	fs := newFlags("list")
+	id := fs.IntP("number", "n", ublk.AnyID, "only this device (default: all)")
+	verbose := fs.BoolP("verbose", "v", false, "JSON output as ublksrv's list -v: dev_info, flags, state, params and target")
+	asJSON := fs.Bool("json", false, "one JSON object with the --json header and the devices (docs/json.md)")
+	if code, done := parseArgs(e, fs, args); done {
+		return code
 	}
 	if *id < ublk.AnyID {
 		return e.failf(exitUsage, "list: -n %d: a device id is a number >= 0", *id)
@@ -67,6 +48,12 @@ func runList(e *env, args []string) int {
 			return e.failf(exitFail, "list: %v", err)
 		}
 	}
+	if *asJSON {
+		if err := writeJSON(e.stdout, listJSON{jsonHeader: newJSONHeader("list", exitOK), Devices: devicesJSON(sts)}); err != nil {
+			return e.failf(exitFail, "list: %v", err)
+		}
+		return exitOK
+	}
 	if *verbose {
 		return printJSON(e, sts, *id != ublk.AnyID)
 	}
@@ -85,8 +72,13 @@ type deviceJSON struct {
 	Target  *runInfo     `json:"target,omitempty"`
 }
 
-// printJSON prints one object for -n, an array otherwise.
-func printJSON(e *env, sts []ublk.Status, single bool) int {
+// listJSON is list --json (docs/json.md).
+type listJSON struct {
+	jsonHeader
+	Devices []deviceJSON `json:"devices"`
+}
+
+func devicesJSON(sts []ublk.Status) []deviceJSON {
 	devs := make([]deviceJSON, 0, len(sts))
 	for _, st := range sts {
 		devs = append(devs, deviceJSON{
@@ -94,6 +86,12 @@ func printJSON(e *env, sts []ublk.Status, single bool) int {
 			Params: st.Params, Target: readRunInfo(st.Info.DevID, st.Info.SrvPID),
 		})
 	}
+	return devs
+}
+
+// printJSON prints one object for -n, an array otherwise.
+func printJSON(e *env, sts []ublk.Status, single bool) int {
+	devs := devicesJSON(sts)
 	enc := json.NewEncoder(e.stdout)
 	enc.SetIndent("", "  ")
 	var err error
@@ -181,13 +179,11 @@ func writeRunInfo(dev *ublk.Device, spec *addSpec, logPath string, target ublk.T
 }
 
 func runDel(e *env, args []string) int {
-	fs := newFlagSet("del")
-	id := fs.Int("n", ublk.AnyID, "device id")
-	fs.IntVar(id, "number", ublk.AnyID, "same as -n")
-	all := fs.Bool("a", false, "all devices")
-	fs.BoolVar(all, "all", false, "same as -a")
-	if err := parseOnly(fs, args); err != nil {
-		return e.failf(exitUsage, "%v", err)
+	fs := newFlags("del")
+	id := fs.IntP("number", "n", ublk.AnyID, "the device to delete")
+	all := fs.BoolP("all", "a", false, "delete all devices")
+	if code, done := parseArgs(e, fs, args); done {
+		return code
 	}
 	switch {
 	case *all && *id != ublk.AnyID:
@@ -224,8 +220,8 @@ func runDel(e *env, args []string) int {
 }
 
 func runFeatures(e *env, args []string) int {
-	if err := parseOnly(newFlagSet("features"), args); err != nil {
-		return e.failf(exitUsage, "%v", err)
+	if code, done := parseArgs(e, newFlags("features"), args); done {
+		return code
 	}
 	if err := checkDriver(); err != nil {
 		return e.failf(exitFail, "features: %v", err)

@@ -48,7 +48,8 @@ type command struct {
 	name    string
 	summary string // one line for `help`
 	usage   string // the synopsis after the command name
-	help    string // more for `help COMMAND`: options, exit status
+	help    string // more for `help COMMAND` and `COMMAND --help`
+	exits   string // the exit statuses, one a line; "" is defaultExits
 	hidden  bool   // internal commands, e.g. __serve
 	run     func(e *env, args []string) int
 }
@@ -68,7 +69,9 @@ func registerCommand(c *command) {
 var checkDriver = ublk.CheckDriver
 
 func init() {
-	registerCommand(&command{name: "help", summary: "show this help, or a command's usage", usage: "[COMMAND]", run: runHelp})
+	registerCommand(&command{name: "help", summary: "show this help, or a command's usage (the same as COMMAND --help)",
+		usage: "[COMMAND | -t TYPE]", run: runHelp,
+		help: "With -t TYPE: the options of 'add -t TYPE', the target type's included."})
 	registerCommand(&command{name: "version", summary: "print the version", run: runVersion})
 }
 
@@ -97,32 +100,43 @@ func run(e *env, args []string) int {
 }
 
 func runVersion(e *env, args []string) int {
-	if len(args) > 0 {
-		return e.failf(exitUsage, "version takes no arguments")
+	if code, done := parseArgs(e, newFlags("version"), args); done {
+		return code
 	}
 	fmt.Fprintf(e.stdout, "btrfsdio %s (%s %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 	return exitOK
 }
 
+// runHelp prints the overview, or a command's help by running it with
+// --help, so `help CMD` and `CMD --help` print the same text.
 func runHelp(e *env, args []string) int {
-	if len(args) == 0 {
+	fs := newFlags("help")
+	typ := fs.StringP("type", "t", "", "print the options of 'add -t TYPE'")
+	err := fs.Parse(compatLong(fs, args))
+	switch {
+	case err != nil:
+		return e.failf(exitUsage, "help: %v", err)
+	case *typ != "":
+		if _, ok := targetTypes[*typ]; !ok {
+			return e.failf(exitUsage, "help: unknown target type %q (known types: %s)", *typ, strings.Join(targetNames(), ", "))
+		}
+		return runAdd(e, []string{"-t", *typ, "--help"})
+	case fs.NArg() > 1:
+		return e.failf(exitUsage, "help: unexpected argument %q", fs.Arg(1))
+	case fs.NArg() == 0:
+		if help, _ := fs.GetBool("help"); help {
+			printCommandHelp(e.stdout, commands["help"], fs)
+			return exitOK
+		}
 		printUsage(e.stdout)
 		return exitOK
 	}
-	c, ok := commands[args[0]]
+	c, ok := commands[fs.Arg(0)]
 	if !ok || c.hidden {
-		return e.failf(exitUsage, "no help for unknown command %q", args[0])
+		return e.failf(exitUsage, "no help for unknown command %q", fs.Arg(0))
 	}
-	fmt.Fprintf(e.stdout, "usage: btrfsdio %s %s\n\n%s\n", c.name, c.usage, c.summary)
-	if c.help != "" {
-		fmt.Fprintf(e.stdout, "\n%s\n", c.help)
-	}
-	if c.name == "add" {
-		printTargetTypes(e.stdout)
-	}
-	return exitOK
+	return c.run(e, []string{"--help"})
 }
-
 func printUsage(w io.Writer) {
 	fmt.Fprintln(w, "usage: btrfsdio COMMAND [ARGS]\n\ncommands:")
 	names := make([]string, 0, len(commands))

@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"io/fs"
 	"os"
@@ -24,19 +23,10 @@ func init() {
 		help: `Formats the images as one volume of profile P and commits its empty
 metadata, with the inode flags, as mkfs.btrfs does. 'btrfsdio add -t btrfsdio
 -f IMG...' then serves it with those flags, and 'btrfsdio check -f IMG...'
-checks it.
-
-  --profile P  data profile: single dup raid0 raid1 raid1c3 raid1c4 raid10 raid5 raid6
-  --datasum    data checksums (direct writes fall back to stable buffered writes)
-  --nocow      NODATACOW: overwrite extents in place
-  --size S     create the images that do not exist, sparse, of this size (e.g. 256M, 1G)
-  --force      format images that hold something: a partition table, a
-               filesystem, swap, LUKS, LVM, md RAID or a btrfsdio volume.
-               Without it mkfs names what it found and refuses; with it
-               the signatures found are erased.
-
-exit status:
-  0  the volume is made
+checks it. Images that hold something (a partition table, a filesystem,
+swap, LUKS, LVM, md RAID or a btrfsdio volume) are refused, naming what
+was found, unless --force is given: then the signatures are erased.`,
+		exits: `  0  the volume is made
   1  it could not be made, or the images hold something and --force was not given
   2  bad command line`,
 	})
@@ -46,20 +36,16 @@ exit status:
 // probe and format them (btrfs.AssembleVolume), commit the empty metadata with the
 // inode flags (btrfsdio.OpenFsInfo's first commit) and close.
 func runMkfs(e *env, args []string) int {
-	fl := newFlagSet("mkfs")
+	fl := newFlags("mkfs")
 	var files tgt.FileList
-	fl.Var(&files, "f", "image or block device (repeat, in device order)")
-	fl.Var(&files, "file", "same as -f")
-	profile := fl.String("profile", "", "data profile")
-	datasum := fl.Bool("datasum", false, "data checksums")
-	nocow := fl.Bool("nocow", false, "NODATACOW")
-	size := fl.String("size", "", "create missing images of this size")
+	fl.VarP(&files, "file", "f", "image or block device (repeat, in device order)")
+	profile := fl.String("profile", "", "data profile `P`: single dup raid0 raid1 raid1c3 raid1c4 raid10 raid5 raid6")
+	datasum := fl.Bool("datasum", false, "data checksums (direct writes fall back to stable buffered writes)")
+	nocow := fl.Bool("nocow", false, "NODATACOW: overwrite extents in place")
+	size := fl.String("size", "", "create the images that do not exist, sparse, of this `SIZE` (e.g. 256M, 1.5G, 1GiB)")
 	force := fl.Bool("force", false, btrfs.ForceUsage)
-	if err := parseOnly(fl, args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return runHelp(e, []string{"mkfs"})
-		}
-		return e.failf(exitUsage, "%v", err)
+	if code, done := parseArgs(e, fl, args); done {
+		return code
 	}
 	p, create, err := checkMkfs(files, *profile, *size, *datasum && *nocow)
 	if err != nil {

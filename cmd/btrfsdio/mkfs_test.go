@@ -98,7 +98,7 @@ func TestMkfsUsage(t *testing.T) {
 		{[]string{"mkfs", "--profile", "single", "--datasum", "--nocow", "-f", img}, "mkfs: --datasum and --nocow exclude each other"},
 		{[]string{"mkfs", "--profile", "single", "--size", "12Q", "-f", absent}, "mkfs: --size: bad size"},
 		{[]string{"mkfs", "--profile", "single", "-f", img, "extra"}, `mkfs: unexpected argument "extra"`},
-		{[]string{"mkfs", "--profile", "single", "--bogus", "-f", img}, "mkfs: flag provided but not defined: -bogus"},
+		{[]string{"mkfs", "--profile", "single", "--bogus", "-f", img}, "mkfs: unknown flag: --bogus"},
 		{[]string{"mkfs", "--profile", "single", "-f", dir}, "mkfs: " + dir + " is a directory"},
 		{[]string{"mkfs", "--profile", "single", "-f", "/dev/null"}, "/dev/null is a character device, not a regular file or block device"},
 	}

@@ -93,7 +93,7 @@ func TestScrubRepairFlushes(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer vol.Close()
-	res, code := scrubAll(vol, log, true)
+	res, code := scrubAll(vol, log, true, &progress{}, nil)
 	if code != exitOK || res.flushErr != nil || res.exitCode(true) != exitOK {
 		t.Fatalf("clean repair: %d %v %v", code, res.err, res.flushErr)
 	}
@@ -103,7 +103,7 @@ func TestScrubRepairFlushes(t *testing.T) {
 		}
 	}
 	vol.Devices()[1].InjectFault(blk.OpFlush, -1)
-	if res, code = scrubAll(vol, log, true); code != exitOK || res.flushErr == nil {
+	if res, code = scrubAll(vol, log, true, &progress{}, nil); code != exitOK || res.flushErr == nil {
 		t.Fatalf("failing flush not reported: %d %v", code, res.flushErr)
 	}
 }

@@ -1,9 +1,9 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,16 +21,16 @@ func init() {
 }
 
 func runRace(e *env, args []string) int {
-	fs := flag.NewFlagSet("race", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
-	dev := fs.String("d", "", "block device, e.g. /dev/ublkb0")
+	fs := newFlags("race")
+	dev := fs.StringP("device", "d", "", "block device, e.g. /dev/ublkb0")
 	writes := fs.Int("writes", 2000, "number of IOs")
 	span := fs.Int("span", 64, "MiB of the device to cycle over")
 	threads := fs.Int("threads", 2, "threads modifying the buffer")
 	bs := fs.Int("bs", 1<<20, "IO size in bytes (multiple of 4096)")
 	read := fs.Bool("read", false, "race O_DIRECT reads instead of writes")
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
+	asJSON := fs.Bool("json", false, "print the result as one JSON object (docs/json.md)")
+	if code, done := parseArgs(e, fs, args); done {
+		return code
 	}
 	switch {
 	case *dev == "":
@@ -94,7 +94,27 @@ func runRace(e *env, args []string) int {
 	if *read {
 		op = "reads"
 	}
+	rate := float64(*writes) * float64(*bs) / (1 << 20) / el
+	if *asJSON {
+		if err := writeJSON(e.stdout, raceJSON{jsonHeader: newJSONHeader("race", exitOK), Device: *dev, Op: strings.TrimSuffix(op, "s"),
+			IOs: *writes, BytesPerIO: *bs, Scribblers: *threads, Seconds: el, MiBPerSecond: rate}); err != nil {
+			return e.failf(exitFail, "race: %v", err)
+		}
+		return exitOK
+	}
 	fmt.Fprintf(e.stdout, "race: %d %s of %d bytes with %d scribblers in %.1fs (%.1f MiB/s)\n",
-		*writes, op, *bs, *threads, el, float64(*writes)*float64(*bs)/(1<<20)/el)
+		*writes, op, *bs, *threads, el, rate)
 	return exitOK
+}
+
+// raceJSON is race --json (docs/json.md).
+type raceJSON struct {
+	jsonHeader
+	Device       string  `json:"device"`
+	Op           string  `json:"op"` // write or read
+	IOs          int     `json:"ios"`
+	BytesPerIO   int     `json:"bytes_per_io"`
+	Scribblers   int     `json:"scribblers"`
+	Seconds      float64 `json:"seconds"`
+	MiBPerSecond float64 `json:"mib_per_second"`
 }

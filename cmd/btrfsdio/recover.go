@@ -24,12 +24,11 @@ func init() {
 // server recorded in its run file starts a new server, which takes the
 // device over (START_USER_RECOVERY ... END_USER_RECOVERY).
 func runRecover(e *env, args []string) int {
-	fs := newFlagSet("recover")
-	id := fs.Int("n", ublk.AnyID, "device id")
-	fs.IntVar(id, "number", ublk.AnyID, "same as -n")
+	fs := newFlags("recover")
+	id := fs.IntP("number", "n", ublk.AnyID, "the device whose server died")
 	foreground := fs.Bool("foreground", false, "serve in this process, log to stderr")
-	if err := parseOnly(fs, args); err != nil {
-		return e.failf(exitUsage, "%v", err)
+	if code, done := parseArgs(e, fs, args); done {
+		return code
 	}
 	if *id < 0 {
 		return e.failf(exitUsage, "recover: missing -n ID (a device id >= 0)")

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -17,27 +16,26 @@ func init() {
 		help: `The target must hold what the logged device held when logging started
 (zeroes, usually). Discards are replayed as zeroes. Without --end-mark the
 whole log is replayed. The log is checked before the target is touched: a
-missing mark or a damaged log changes nothing.
-Exit status: 0 replayed (or listed), 1 failed, 2 usage.`,
+missing mark or a damaged log changes nothing.`,
+		exits: `  0  replayed (or listed)
+  1  failed
+  2  bad command line`,
 		run: runReplayLog,
 	})
 }
 
 func runReplayLog(e *env, args []string) int {
-	fs := flag.NewFlagSet("replay-log", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	fs := newFlags("replay-log")
 	logPath := fs.String("log", "", "the log device (or file) of the dm-log-writes target")
 	target := fs.String("replay", "", "device (or file) to replay onto")
 	endMark := fs.String("end-mark", "", "stop after the first mark with this label")
 	list := fs.Bool("list", false, "list the log's marks, replay nothing")
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
+	if code, done := parseArgs(e, fs, args); done {
+		return code
 	}
 	switch {
 	case *logPath == "":
 		return e.failf(exitUsage, "replay-log: --log LOGDEV is required")
-	case fs.NArg() > 0:
-		return e.failf(exitUsage, "replay-log: unexpected argument %q", fs.Arg(0))
 	case *list && (*target != "" || *endMark != ""):
 		return e.failf(exitUsage, "replay-log: --list takes no --replay or --end-mark")
 	case !*list && *target == "":

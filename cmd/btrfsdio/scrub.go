@@ -2,12 +2,15 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"github.com/btrfsdio/btrfsdio/tgt"
 	"io"
+	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/sirupsen/logrus"
+	"github.com/spf13/pflag"
 
 	"github.com/btrfsdio/btrfsdio/btrfsdio"
 	"github.com/btrfsdio/btrfsdio/raid"
@@ -45,48 +48,120 @@ or another repair of them.
   --degraded  accept images that are missing (absent paths, or fewer -f
               than the volume has), as many as the profile tolerates; their
               copies are neither checked nor repaired.
-` + offlineHelp + `
-
-exit status:
-  0  clean (with --repair: everything found was repaired)
+` + offlineHelp,
+		exits: `  0  clean (with --repair: everything found was repaired)
   1  the scrub could not run (an image in use by a server, among others)
   2  bad command line
   3  copies or parity differ, reads failed, or a superblock or metadata
      copy is bad (without --repair)
   4  with --repair: some sectors could not be repaired, nor some
-     superblock or metadata copies, or the images did not flush`,
+     superblock or metadata copies, or the images did not flush
+  130  with --repair: SIGINT or SIGTERM stopped it; the full stripes
+     in progress were finished and what was repaired is flushed`,
 		run: runScrub,
 	})
 }
 
 func runScrub(e *env, args []string) int {
-	fs := flag.NewFlagSet("scrub", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	fs := newFlags("scrub")
 	ov := newOfflineVolume("scrub", fs)
-	verbose := fs.Bool("v", false, "list every differing sector and every repair")
+	verbose := fs.BoolP("verbose", "v", false, "list every differing sector and every repair")
 	repair := fs.Bool("repair", false, "rewrite bad copies from good ones (opens the images read-write)")
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
+	asJSON := fs.Bool("json", false, "print the result as one JSON object (docs/json.md) instead of text")
+	quiet := fs.BoolP("quiet", "q", false, "no progress line (there is none when stderr is not a terminal)")
+	if code, done := parseArgs(e, fs, args); done {
+		return code
 	}
 	if *repair && *ov.ignoreLock {
 		return e.failf(exitUsage, "scrub: --ignore-lock is for reading only: --repair writes and must have the images to itself")
 	}
-	vol, log, code := ov.open(e, fs, !*repair)
+	vol, log, code := ov.open(e, !*repair)
 	if code != exitOK {
 		return code
 	}
 	defer vol.Close()
-	res, code := scrubAll(vol, log, *repair)
+	var stop chan os.Signal
+	if *repair {
+		// A repair stops between two pieces of the scrub, at a full
+		// stripe's end, then flushes what it rewrote and reports.
+		stop = make(chan os.Signal, 1)
+		signal.Notify(stop, syscall.SIGINT, syscall.SIGTERM)
+		defer signal.Stop(stop)
+	}
+	prog := newProgress(e, *quiet, "scrub", vol.Capacity())
+	res, code := scrubAll(vol, log, *repair, prog, stop)
+	prog.done()
 	if code != exitOK {
 		return e.failf(code, "scrub: %v", res.err)
 	}
-	printScrub(e.stdout, vol, res.data, *repair, *verbose)
-	printStale(e.stdout, vol, vol.StaleDevices())
-	printScrubCopies(e.stdout, res, *repair)
+	code = res.exitCode(*repair)
+	if res.flushErr != nil {
+		code = exitScrubUnrepairable
+	}
+	if res.interrupted != nil {
+		code = exitInterrupted
+	}
+	if *asJSON {
+		if err := writeJSON(e.stdout, scrubToJSON(vol, ov.files, res, *repair, code)); err != nil {
+			return e.failf(exitFail, "scrub: %v", err)
+		}
+	} else {
+		printScrub(e.stdout, vol, res.data, *repair, *verbose)
+		printStale(e.stdout, vol, vol.StaleDevices())
+		printScrubCopies(e.stdout, res, *repair)
+	}
 	if res.flushErr != nil {
 		return e.failf(exitScrubUnrepairable, "scrub: the repairs may not be on disk: %v", res.flushErr)
 	}
-	return res.exitCode(*repair)
+	if res.interrupted != nil {
+		return e.failf(exitInterrupted, "scrub: stopped by %v after %d of %d bytes; what was repaired is flushed; the superblock copies were not scrubbed",
+			res.interrupted, res.data.Length, vol.Capacity())
+	}
+	return code
+}
+
+// scrubJSON is scrub --json (docs/json.md).
+type scrubJSON struct {
+	jsonHeader
+	Profile          string        `json:"profile"`
+	Images           []string      `json:"images"`
+	Repair           bool          `json:"repair"`
+	SectorsChecked   uint64        `json:"sectors_checked"`
+	Differing        int           `json:"differing"`
+	ParityMismatches int           `json:"parity_mismatches"`
+	CsumErrors       int           `json:"csum_errors"`
+	ReadErrors       int           `json:"read_errors"`
+	Repaired         int           `json:"repaired"`
+	Unrepairable     int           `json:"unrepairable"`
+	SuperblockCopies int           `json:"superblock_copies"`
+	MetadataCopies   int           `json:"metadata_copies"`
+	MetadataError    string        `json:"metadata_error,omitempty"`
+	FlushError       string        `json:"flush_error,omitempty"`
+	BytesScrubbed    uint64        `json:"bytes_scrubbed"`
+	Interrupted      string        `json:"interrupted,omitempty"`
+	MissingDevids    []uint64      `json:"missing_devids"`
+	StaleDevices     []staleJSON   `json:"stale_devices"`
+	Findings         []findingJSON `json:"findings"`
+}
+
+func scrubToJSON(vol *raid.Volume, images []string, res *scrubResult, repair bool, code int) *scrubJSON {
+	d := res.data
+	out := &scrubJSON{jsonHeader: newJSONHeader("scrub", code), Profile: vol.Profile().String(), Images: images,
+		Repair: repair, SectorsChecked: d.SectorsChecked, Differing: len(d.Differences),
+		ParityMismatches: len(d.ParityMismatches), CsumErrors: len(d.CsumErrors), ReadErrors: len(d.ReadErrors),
+		Repaired: len(d.Repaired) + countRepaired(res.supers) + countMetaRepaired(res.meta), Unrepairable: len(d.Unrepairable),
+		SuperblockCopies: len(res.supers), MetadataCopies: len(res.meta), MetadataError: errString(res.metaErr),
+		FlushError: errString(res.flushErr), MissingDevids: append([]uint64{}, vol.MissingDevices()...),
+		StaleDevices: staleDevices(vol.StaleDevices()), BytesScrubbed: d.Length,
+	}
+	if res.interrupted != nil {
+		out.Interrupted = res.interrupted.String()
+	}
+	out.Findings = append(copyFindings(res.supers, res.meta), dataFindings(vol, d)...)
+	if out.Findings == nil {
+		out.Findings = []findingJSON{}
+	}
+	return out
 }
 
 // scrubResult is what scrubAll found: the data, superblock and metadata
@@ -99,6 +174,8 @@ type scrubResult struct {
 	metaErr  error
 	flushErr error
 	err      error // the scrub could not run
+	// interrupted is the signal that stopped a repair before the end.
+	interrupted os.Signal
 }
 
 // scrubAll scrubs the metadata copies (repairing them first, so the data
@@ -106,7 +183,7 @@ type scrubResult struct {
 // the superblock copies (after the metadata they name, as a commit writes
 // them), and with repair flushes every device before reporting success.
 // A non-zero code means the scrub could not run (res.err says why).
-func scrubAll(vol *raid.Volume, log *logrus.Logger, repair bool) (*scrubResult, int) {
+func scrubAll(vol *raid.Volume, log *logrus.Logger, repair bool, prog *progress, stop <-chan os.Signal) (*scrubResult, int) {
 	res := &scrubResult{}
 	res.meta, res.err = btrfsdio.ScrubMeta(vol, repair)
 	if res.err != nil {
@@ -126,8 +203,12 @@ func scrubAll(vol *raid.Volume, log *logrus.Logger, repair bool) (*scrubResult, 
 	if err != nil {
 		log.Warnf("scrub: %v: data checksums not used", err)
 	}
-	if res.data, res.err = scrub(0, vol.Capacity(), csum); res.err != nil {
+	if res.data, res.interrupted, res.err = scrubPieces(vol, scrub, csum, prog, stop); res.err != nil {
 		return res, exitFail
+	}
+	if res.interrupted != nil {
+		res.flushErr = vol.FlushDevices()
+		return res, exitOK
 	}
 	if res.supers, res.err = vol.ScrubSupers(repair); res.err != nil {
 		return res, exitFail
@@ -136,6 +217,43 @@ func scrubAll(vol *raid.Volume, log *logrus.Logger, repair bool) (*scrubResult, 
 		res.flushErr = vol.FlushDevices()
 	}
 	return res, exitOK
+}
+
+// scrubPiece is the data scrub's unit between two progress updates and
+// two looks at stop: whole full stripes (RAID5/6 scrubs full stripes),
+// about 4 MiB.
+const scrubPiece = 4 << 20
+
+// scrubPieces scrubs the whole volume a piece at a time and merges the
+// reports; a signal on stop ends it after the piece in progress, and is
+// returned with the report of what was scrubbed (Length says how far).
+func scrubPieces(vol *raid.Volume, scrub func(start, length uint64, csum raid.CsumLookup) (*raid.ScrubReport, error),
+	csum raid.CsumLookup, prog *progress, stop <-chan os.Signal) (*raid.ScrubReport, os.Signal, error) {
+	full := vol.FullStripeLen()
+	piece := (scrubPiece + full - 1) / full * full
+	total := vol.Capacity()
+	all := &raid.ScrubReport{}
+	for off := uint64(0); off < total; off += piece {
+		select {
+		case s := <-stop:
+			return all, s, nil
+		default:
+		}
+		rep, err := scrub(off, min(piece, total-off), csum)
+		if err != nil {
+			return nil, nil, err
+		}
+		all.Length += rep.Length
+		all.SectorsChecked += rep.SectorsChecked
+		all.Differences = append(all.Differences, rep.Differences...)
+		all.ParityMismatches = append(all.ParityMismatches, rep.ParityMismatches...)
+		all.CsumErrors = append(all.CsumErrors, rep.CsumErrors...)
+		all.ReadErrors = append(all.ReadErrors, rep.ReadErrors...)
+		all.Repaired = append(all.Repaired, rep.Repaired...)
+		all.Unrepairable = append(all.Unrepairable, rep.Unrepairable...)
+		prog.update(all.Length)
+	}
+	return all, nil, nil
 }
 
 // exitCode is the exit status `btrfsdio help scrub` documents.
@@ -208,12 +326,12 @@ type offlineVolume struct {
 	ignoreLock *bool
 }
 
-func newOfflineVolume(name string, fs *flag.FlagSet) *offlineVolume {
+func newOfflineVolume(name string, fs *pflag.FlagSet) *offlineVolume {
 	o := &offlineVolume{name: name}
-	o.profile = fs.String("profile", "", "data profile the images must hold (default: what their superblocks say)")
+	o.profile = fs.String("profile", "", "data profile `P` the images must hold (default: what their superblocks say)")
 	o.degraded = fs.Bool("degraded", false, "accept missing images, as many as the profile tolerates")
 	o.ignoreLock = fs.Bool("ignore-lock", false, ignoreLockUsage)
-	fs.Var(&o.files, "f", "image or block device (repeat, in device order)")
+	fs.VarP(&o.files, "file", "f", "image or block device (repeat, in device order)")
 	return o
 }
 
@@ -230,12 +348,9 @@ const offlineHelp = `  --ignore-lock
               read may be stale, and copies caught mid-write look
               damaged. Read-only use only; --repair never ignores locks.`
 
-// open checks what fs parsed and opens the volume (never formatting it),
+// open checks what was parsed and opens the volume (never formatting it),
 // with a logger on stderr; a non-zero code has been reported.
-func (o *offlineVolume) open(e *env, fs *flag.FlagSet, readOnly bool) (*raid.Volume, *logrus.Logger, int) {
-	if fs.NArg() > 0 {
-		return nil, nil, e.failf(exitUsage, "%s: unexpected argument %q", o.name, fs.Arg(0))
-	}
+func (o *offlineVolume) open(e *env, readOnly bool) (*raid.Volume, *logrus.Logger, int) {
 	p := raid.AnyProfile
 	if *o.profile != "" {
 		var err error

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"hash/crc32"
 	"io"
@@ -23,7 +22,7 @@ func init() {
 	registerCommand(&command{
 		name:    "torture",
 		summary: "crash-consistency writer: tagged O_DIRECT block writes with a FLUSH every N, state kept in a file; --verify checks a device against it",
-		usage:   "-d DEV --state FILE [--writes N] [--flush-every N] [--blocks N] [--seed S] | -d DEV --state FILE --verify",
+		usage:   "-d DEV --state FILE [--writes N] [--flush-every N] [--blocks N] [--random N] | -d DEV --state FILE --verify",
 		run:     runTorture,
 	})
 }
@@ -51,25 +50,30 @@ type tortureState struct {
 }
 
 func runTorture(e *env, args []string) int {
-	fs := flag.NewFlagSet("torture", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
-	dev := fs.String("d", "", "block device (or file)")
+	fs := newFlags("torture")
+	dev := fs.StringP("device", "d", "", "block device (or file)")
 	statePath := fs.String("state", "", "state file, created on the first run")
 	writes := fs.Int64("writes", 1<<40, "stop after this many writes (default: until an I/O error or a signal)")
 	flushEvery := fs.Int("flush-every", 16, "fdatasync (a FLUSH) after this many writes")
 	blocks := fs.Int64("blocks", 0, "4 KiB blocks to write over (default: the whole device)")
-	seed := fs.Uint64("seed", 0, "random seed (default: from the state's sequence number)")
+	seed := fs.Uint64("random", 0, "start of the random sequence of blocks written, to repeat a run (default: derived from the writes so far, so every run differs)")
+	// --seed, the name before --random, is kept for scripts that use it.
+	fs.Uint64Var(seed, "seed", 0, "same as --random")
+	fs.MarkHidden("seed")
 	verify := fs.Bool("verify", false, "check the device against the state, then record what it holds")
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
+	asJSON := fs.Bool("json", false, "print the result as one JSON object (docs/json.md)")
+	if code, done := parseArgs(e, fs, args); done {
+		return code
 	}
 	switch {
 	case *dev == "" || *statePath == "":
 		return e.failf(exitUsage, "torture: -d DEV and --state FILE are required")
-	case fs.NArg() > 0:
-		return e.failf(exitUsage, "torture: unexpected argument %q", fs.Arg(0))
 	case *writes <= 0 || *flushEvery <= 0 || *blocks < 0:
 		return e.failf(exitUsage, "torture: --writes and --flush-every must be positive, --blocks not negative")
+	}
+	if _, err := os.Stat(*statePath); *verify && errors.Is(err, os.ErrNotExist) {
+		// Without the writer's state every block it wrote would look corrupt.
+		return e.failf(exitFail, "torture: --verify: state file %s does not exist: verify with the --state file a torture run wrote", *statePath)
 	}
 	f, err := os.OpenFile(*dev, os.O_RDWR|unix.O_DIRECT, 0)
 	if err != nil {
@@ -84,6 +88,7 @@ func runTorture(e *env, args []string) int {
 	if err != nil {
 		return e.failf(exitFail, "torture: %v", err)
 	}
+
 	if st.Blocks == 0 {
 		st.Blocks = size / tortureBS
 		if *blocks > 0 {
@@ -93,13 +98,26 @@ func runTorture(e *env, args []string) int {
 	if st.Blocks*tortureBS > size || st.Blocks == 0 {
 		return e.failf(exitFail, "torture: the state covers %d blocks, %s has %d", st.Blocks, *dev, size/tortureBS)
 	}
+	out := tortureJSON{Device: *dev, State: *statePath, Blocks: st.Blocks}
 	if *verify {
-		bad, err := st.verify(f, e.stdout)
+		lines := e.stdout
+		if *asJSON {
+			lines = io.Discard
+		}
+		bad, err := st.verify(f, lines)
 		if err == nil {
 			err = st.save(*statePath)
 		}
 		if err != nil {
 			return e.failf(exitFail, "torture: verify: %v", err)
+		}
+		if *asJSON {
+			out.Mode, out.BadBlocks, out.WritesTotal, out.FlushesTotal = "verify", &bad, st.Writes, st.Flushes
+			code := exitOK
+			if bad > 0 {
+				code = exitFail
+			}
+			return out.print(e, code)
 		}
 		if bad > 0 {
 			return e.failf(exitFail, "torture: verify: %d of %d blocks hold what no acknowledged write left there", bad, st.Blocks)
@@ -117,8 +135,34 @@ func runTorture(e *env, args []string) int {
 	if err := st.save(*statePath); err != nil {
 		return e.failf(exitFail, "torture: %v", err)
 	}
+	if *asJSON {
+		out.Mode, out.WritesThisRun, out.WritesTotal, out.FlushesTotal, out.StoppedBy = "write", &n, st.Writes, st.Flushes, stopReason(werr)
+		return out.print(e, exitOK)
+	}
 	fmt.Fprintf(e.stdout, "torture: %d writes this run, %d writes and %d flushes in all; stopped by: %v\n", n, st.Writes, st.Flushes, stopReason(werr))
 	return exitOK
+}
+
+// tortureJSON is torture --json (docs/json.md).
+type tortureJSON struct {
+	jsonHeader
+	Mode          string `json:"mode"` // write or verify
+	Device        string `json:"device"`
+	State         string `json:"state"`
+	Blocks        int64  `json:"blocks"`
+	WritesThisRun *int64 `json:"writes_this_run,omitempty"` // write
+	WritesTotal   int64  `json:"writes_total"`
+	FlushesTotal  int64  `json:"flushes_total"`
+	StoppedBy     string `json:"stopped_by,omitempty"` // write
+	BadBlocks     *int64 `json:"bad_blocks,omitempty"` // verify
+}
+
+func (o *tortureJSON) print(e *env, code int) int {
+	o.jsonHeader = newJSONHeader("torture", code)
+	if err := writeJSON(e.stdout, o); err != nil {
+		return e.failf(exitFail, "torture: %v", err)
+	}
+	return code
 }
 
 func stopReason(err error) string {

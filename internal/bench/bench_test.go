@@ -59,9 +59,18 @@ func TestRunSmallMatrix(t *testing.T) {
 	if err := res.WriteJSON(&js); err != nil {
 		t.Fatal(err)
 	}
-	var back Result
+	var back struct {
+		Config     map[string]any `json:"config"`
+		Cells      []*Cell        `json:"cells"`
+		Memcpy     *Cell          `json:"memcpy"`
+		Resolution float64        `json:"resolution_pct"`
+	}
 	if err := json.Unmarshal(js.Bytes(), &back); err != nil || len(back.Cells) != len(res.Cells) || back.Memcpy == nil || len(back.Cells[0].CPU) != 2 || back.Resolution != res.Resolution {
 		t.Fatalf("JSON round trip: %v", err)
+	}
+	// snake_case, the profile by name (it was "Profile": 3).
+	if back.Config["profile"] != res.Config.Profile.String() || back.Config["bs"] != float64(res.Config.BS) || back.Config["Profile"] != nil {
+		t.Fatalf("JSON config: %v", back.Config)
 	}
 	var svg bytes.Buffer
 	if err := res.WriteSVG(&svg); err != nil || strings.Count(svg.String(), "<rect") != 2*2*len(Modes)+2 {

@@ -179,6 +179,22 @@ func (r *Result) WriteJSON(w io.Writer) error {
 	return enc.Encode(r)
 }
 
+// MarshalJSON writes the configuration in snake_case, the profile by name
+// (docs/json.md, bench).
+func (c Config) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		Dir        string `json:"dir"`
+		Profile    string `json:"profile"`
+		Devices    int    `json:"devices"`
+		Bytes      int64  `json:"bytes"`
+		BS         int    `json:"bs"`
+		Rounds     int    `json:"rounds"`
+		BouncePool int64  `json:"bounce_pool"`
+		QD         int    `json:"qd"`
+		QDBytes    int64  `json:"qd_bytes"`
+	}{c.Dir, c.Profile.String(), c.Devices, c.Bytes, c.BS, c.Rounds, c.BouncePool, c.QD, c.QDBytes})
+}
+
 // WriteSVG draws the medians as a grouped bar chart.
 func (r *Result) WriteSVG(w io.Writer) error {
 	type bar struct {

@@ -2,13 +2,13 @@ package btrfs
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"strconv"
 	"syscall"
 
 	"github.com/sirupsen/logrus"
+	"github.com/spf13/pflag"
 
 	"github.com/btrfsdio/btrfsdio/btrfsdio"
 	"github.com/btrfsdio/btrfsdio/raid"
@@ -52,16 +52,15 @@ var _ tgt.Factory = (*Factory)(nil)
 
 // Flags registers the target's flags next to add's common ones (ublksrv's
 // per-target option parsing; no kernel counterpart).
-func (f *Factory) Flags(fs *flag.FlagSet) {
-	fs.Var(&f.files, "f", "backing image or block device (repeat, in device order)")
-	fs.Var(&f.files, "file", "same as -f")
-	fs.StringVar(&f.profile, "profile", "raid1", "data profile: single dup raid0 raid1 raid1c3 raid1c4 raid10 raid5 raid6")
-	fs.StringVar(&f.dio, "dio", "bounce", "direct IO path: bounce (the patch), zerocopy (before it), fallback (7c2830f00c3e: buffered on duplicated profiles) or iomap-bounce (IOMAP_DIO_BOUNCE, the generic bounce)")
+func (f *Factory) Flags(fs *pflag.FlagSet) {
+	fs.VarP(&f.files, "file", "f", "backing image or block device (repeat, in device order)")
+	fs.StringVar(&f.profile, "profile", "raid1", "data profile `P`: single dup raid0 raid1 raid1c3 raid1c4 raid10 raid5 raid6")
+	fs.StringVar(&f.dio, "dio", "bounce", "direct IO `MODE`: bounce (the patch), zerocopy (before it), fallback (7c2830f00c3e: buffered on duplicated profiles) or iomap-bounce (IOMAP_DIO_BOUNCE, the generic bounce)")
 	fs.BoolVar(&f.datasum, "datasum", false, "data checksums (direct writes fall back to stable buffered writes)")
 	fs.BoolVar(&f.nocow, "nocow", false, "NODATACOW: overwrite extents in place")
-	fs.BoolVar(&f.faithful, "faithful", false, "reproduce the seed patch's flaws exactly")
+	fs.BoolVar(&f.faithful, "faithful", false, "behave exactly as the posted bounce patch does, bugs included: when a page allocation fails mid-request, leak the page that did not fit, submit an empty bio and finish the unsubmitted tail twice (for comparison only, never for data you keep)")
 	fs.StringVar(&f.bouncePool, "bounce-pool", "32M", bouncePoolUsage)
-	fs.StringVar(&f.size, "size", "", "create missing images of this size (e.g. 256M, 1G)")
+	fs.StringVar(&f.size, "size", "", "create missing images of this `SIZE` (e.g. 256M, 1.5G, 1GiB)")
 	fs.BoolVar(&f.force, "force", false, ForceUsage)
 	fs.BoolVar(&f.degraded, "degraded", false,
 		"run with devices missing (images absent or too few given), as many as the profile tolerates; writes go to the others")
@@ -185,8 +184,8 @@ func replayFault(log logrus.FieldLogger) func(int) error {
 	}
 }
 
-const bouncePoolUsage = "bounce mode: bytes of bounce memory held at once (default 32M, at least 1M), " +
-	"or off to allocate page by page as the seed does (--faithful always does)"
+const bouncePoolUsage = "bounce mode: `SIZE` of bounce memory held at once (default 32M, at least 1M), " +
+	"or off to allocate page by page as the posted patch does (--faithful always does)"
 
 // parseBouncePool reads --bounce-pool: a size of at least 1 MiB in whole
 // pages, or off.

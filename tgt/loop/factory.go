@@ -2,7 +2,6 @@ package loop
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"strings"
@@ -10,6 +9,7 @@ import (
 	"github.com/btrfsdio/btrfsdio/raid"
 	"github.com/btrfsdio/btrfsdio/tgt"
 	"github.com/btrfsdio/btrfsdio/ublk"
+	"github.com/spf13/pflag"
 )
 
 // Type is the loop target of `add -t loop`.
@@ -29,9 +29,8 @@ type Factory struct {
 var _ tgt.Factory = (*Factory)(nil)
 
 // Flags registers -f/--file and --read-only.
-func (f *Factory) Flags(fs *flag.FlagSet) {
-	fs.StringVar(&f.file, "f", "", "backing file or block device")
-	fs.StringVar(&f.file, "file", "", "same as -f")
+func (f *Factory) Flags(fs *pflag.FlagSet) {
+	fs.StringVarP(&f.file, "file", "f", "", "backing file or block device")
 	fs.BoolVar(&f.readOnly, "read-only", false, "export read-only")
 }
 
