@@ -98,6 +98,27 @@ var flagNames = []string{
 	"ZONED", "USER_RECOVERY_FAIL_IO",
 }
 
+// featureShortNames are the names ublksrv's `ublk features` prints for each
+// UBLK_F_* bit (its feat_map), bits 0 to 18; later bits print as "unknown"
+// there too.
+var featureShortNames = []string{
+	"ZERO_COPY", "COMP_IN_TASK", "GET_DATA", "USER_RECOVERY", "RECOVERY_REISSUE",
+	"UNPRIVILEGED_DEV", "CMD_IOCTL_ENCODE", "USER_COPY", "ZONED", "RECOVERY_FAIL_IO",
+	"UPDATE_SIZE", "AUTO_ZC", "QUIESCE", "PER_IO_DAEMON", "BUF_REG_OFF_DAEMON",
+	"BATCH_IO", "INTEGRITY", "SAFE_STOP_DEV", "NO_AUTO_PART_SCAN",
+}
+
+// FeatureShortName is the name ublksrv's `ublk features` gives UBLK_F_*
+// bit `bit` (no kernel counterpart: the kernel has only the UBLK_F_ macros;
+// the short names are the ublksrv tool's, kept so scripts that grep its
+// output carry over). "unknown" for a bit it does not name.
+func FeatureShortName(bit int) string {
+	if bit >= 0 && bit < len(featureShortNames) {
+		return featureShortNames[bit]
+	}
+	return "unknown"
+}
+
 // FlagNames lists the UBLK_F_* names of the bits set in flags; unknown bits
 // appear as "bitN".
 func FlagNames(flags uint64) []string {

@@ -18,7 +18,9 @@ func init() {
 	registerCommand(&command{name: "del", usage: "-n ID | -a", run: runDel,
 		summary: "stop and delete a device (-a: all devices)"})
 	registerCommand(&command{name: "features", usage: "", run: runFeatures,
-		summary: "show the UBLK_F_* features of the loaded ublk_drv"})
+		summary: "show the UBLK_F_* features of the loaded ublk_drv",
+		help: "Prints ublksrv's layout: 'ublk_drv features: 0xMASK', then one line per feature with\n" +
+			"ublksrv's short name and its bit (e.g. '\tUSER_COPY           : 0x80')."})
 }
 
 func runList(e *env, args []string) int {
@@ -226,13 +228,26 @@ func runFeatures(e *env, args []string) int {
 	if err := checkDriver(); err != nil {
 		return e.failf(exitFail, "features: %v", err)
 	}
-	f, err := ublk.GetFeatures()
+	f, err := getFeatures()
 	if err != nil {
 		return e.failf(exitFail, "features: %v", err)
 	}
-	fmt.Fprintf(e.stdout, "ublk_drv features: 0x%x\n", f)
-	for _, n := range ublk.FlagNames(f) {
-		fmt.Fprintf(e.stdout, "\t%s\n", n)
-	}
+	printFeatures(e.stdout, f)
 	return exitOK
+}
+
+// getFeatures is ublk.GetFeatures; tests replace it to print a given mask.
+var getFeatures = ublk.GetFeatures
+
+// printFeatures prints the driver's UBLK_F_* mask in ublksrv's `ublk
+// features` layout: the mask in hex, then one line per bit set with
+// ublksrv's short name and the bit's value, so scripts written for it work
+// on ours.
+func printFeatures(w io.Writer, mask uint64) {
+	fmt.Fprintf(w, "ublk_drv features: 0x%x\n", mask)
+	for bit := 0; bit < 64; bit++ {
+		if mask&(1<<bit) != 0 {
+			fmt.Fprintf(w, "\t%-20s: 0x%x\n", ublk.FeatureShortName(bit), uint64(1)<<bit)
+		}
+	}
 }

@@ -395,3 +395,33 @@ func TestScrubImages(t *testing.T) {
 		t.Fatalf("damaged scrub: %d %q %q", code, out.String(), errb.String())
 	}
 }
+
+// features prints ublksrv's layout: the mask, then "\tNAME<pad to 20>: 0xBIT"
+// per bit with ublksrv's short names (6.12 answers 0x1fe); bits it does not
+// name print as "unknown", as in ublksrv.
+func TestFeaturesLayout(t *testing.T) {
+	saved := getFeatures
+	defer func() { getFeatures = saved }()
+	getFeatures = func() (uint64, error) { return 0x1fe | 1<<40, nil }
+	code, stdout, stderr := runCLI(t, nil, "features")
+	want := "ublk_drv features: 0x100000001fe\n" +
+		"\tCOMP_IN_TASK        : 0x2\n" +
+		"\tGET_DATA            : 0x4\n" +
+		"\tUSER_RECOVERY       : 0x8\n" +
+		"\tRECOVERY_REISSUE    : 0x10\n" +
+		"\tUNPRIVILEGED_DEV    : 0x20\n" +
+		"\tCMD_IOCTL_ENCODE    : 0x40\n" +
+		"\tUSER_COPY           : 0x80\n" +
+		"\tZONED               : 0x100\n" +
+		"\tunknown             : 0x10000000000\n"
+	if code != exitOK || stdout != want || stderr != "" {
+		t.Errorf("features: exit %d\nstdout:\n%s\nwant:\n%s\nstderr %q", code, stdout, want, stderr)
+	}
+	getFeatures = func() (uint64, error) { return 1 | 1<<9 | 1<<18, nil }
+	_, stdout, _ = runCLI(t, nil, "features")
+	for _, w := range []string{"\tZERO_COPY           : 0x1\n", "\tRECOVERY_FAIL_IO    : 0x200\n", "\tNO_AUTO_PART_SCAN   : 0x40000\n"} {
+		if !strings.Contains(stdout, w) {
+			t.Errorf("features 0x40201: no %q in\n%s", w, stdout)
+		}
+	}
+}
