@@ -41,8 +41,17 @@ func init() {
 	registerCommand(&command{
 		name: "add", usage: addUsage, run: runAdd,
 		summary: "add a ublk device; the server daemonizes unless --foreground is given",
-		help: `ublksrv's names --user_recovery, --user_recovery_reissue and
---user_recovery_fail_io are accepted for -r, -i and -e.`,
+		help: `ublksrv's names --user_recovery, --user_recovery_reissue,
+--user_recovery_fail_io and --zero_copy are accepted for -r, -i, -e and -z.
+
+-z/--zero_copy and --unprivileged exit 2 with the reason. Zero copy: Linux
+6.12's ublk driver does not offer it (UBLK_F_SUPPORT_ZERO_COPY is not in
+'btrfsdio features'); where a kernel does, it needs the server to register
+each request's pages as io_uring buffers, which btrfsdio does not do: it
+copies with UBLK_F_USER_COPY. Unprivileged: such a device's control
+commands must carry its /dev/ublkcN path, which the kernel checks against
+the caller's permissions, and udev must hand its nodes to the owner;
+btrfsdio sends no path, so it serves devices as root only.`,
 	})
 	registerCommand(&command{name: serveCommand, hidden: true, run: runServe})
 }
@@ -63,6 +72,11 @@ type addSpec struct {
 	maxIO      uint
 	noUserCopy bool
 	foreground bool
+	// zeroCopy and unprivileged are ublksrv's -z and --unprivileged,
+	// accepted so its command lines parse and refused with the reason
+	// (refuseUnsupported).
+	zeroCopy     bool
+	unprivileged bool
 	factory    tgt.Factory
 	args       []string // as given, handed on to the daemon
 	dir        string   // the directory relative paths in args are relative to (recover)
@@ -86,6 +100,8 @@ func parseAdd(args []string) (*addSpec, error) {
 	fs.UintVar(&spec.maxIO, "max-io", 0, "largest request in bytes (default: the target's, 1 MiB)")
 	fs.BoolVar(&spec.noUserCopy, "no-user-copy", false, "do not use UBLK_F_USER_COPY (per-tag buffers)")
 	fs.BoolVar(&spec.foreground, "foreground", false, "serve in this process, log to stderr")
+	fs.BoolVarP(&spec.zeroCopy, "zero-copy", "z", false, "ublk zero copy (UBLK_F_SUPPORT_ZERO_COPY): refused, see below")
+	fs.BoolVar(&spec.unprivileged, "unprivileged", false, "a device an unprivileged user can serve (UBLK_F_UNPRIVILEGED_DEV): refused, see below")
 
 	typ, found := findType(args)
 	if wantsHelp(args) {
@@ -162,6 +178,8 @@ func ublksrvNames(_ *pflag.FlagSet, name string) pflag.NormalizedName {
 		name = "recovery-reissue"
 	case "user_recovery_fail_io":
 		name = "recovery-fail-io"
+	case "zero_copy":
+		name = "zero-copy"
 	}
 	return pflag.NormalizedName(name)
 }
@@ -220,6 +238,9 @@ func runAdd(e *env, args []string) int {
 	if err != nil {
 		return e.failf(exitUsage, "%v", err)
 	}
+	if err := refuseUnsupported(spec); err != nil {
+		return e.failf(exitUsage, "%v", err)
+	}
 	if err := checkDriver(); err != nil {
 		return e.failf(exitFail, "add: %v", err)
 	}
@@ -232,6 +253,30 @@ func runAdd(e *env, args []string) int {
 		return serve(spec, &printReporter{e: e, verb: spec.verb()}, newLogger(e.stderr), "", false)
 	}
 	return daemonize(e, spec)
+}
+
+// refuseUnsupported explains why ublksrv's -z and --unprivileged cannot be
+// honoured (exit 2, a usage error: the same command line never works here).
+// For -z it asks the driver (UBLK_U_CMD_GET_FEATURES, as ublksrv's add does)
+// so the message names what is missing: the kernel's feature, or, on a
+// kernel that has it, this server's support.
+func refuseUnsupported(spec *addSpec) error {
+	switch {
+	case spec.zeroCopy:
+		features, err := getFeatures()
+		if err == nil && features&ublk.FlagSupportZeroCopy == 0 {
+			return fmt.Errorf("add: -z/--zero_copy: this kernel's ublk driver has no zero copy "+
+				"(UBLK_F_SUPPORT_ZERO_COPY is not in its features %#x; Linux 6.12 does not offer it); "+
+				"btrfsdio copies with UBLK_F_USER_COPY, leave -z out", features)
+		}
+		return errors.New("add: -z/--zero_copy: not implemented: zero copy needs the server to register each " +
+			"request's pages as io_uring buffers, which btrfsdio does not do; it copies with UBLK_F_USER_COPY, leave -z out")
+	case spec.unprivileged:
+		return errors.New("add: --unprivileged (UBLK_F_UNPRIVILEGED_DEV): not implemented: the control commands of " +
+			"such a device must carry its /dev/ublkcN path for the kernel's permission check and udev must give " +
+			"its nodes to the owner; btrfsdio sends no path, run it as root without --unprivileged")
+	}
+	return nil
 }
 
 // checkIDFree fails early, with a clear message, when -n names an existing device.
