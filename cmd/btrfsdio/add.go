@@ -77,10 +77,10 @@ type addSpec struct {
 	// (refuseUnsupported).
 	zeroCopy     bool
 	unprivileged bool
-	factory    tgt.Factory
-	args       []string // as given, handed on to the daemon
-	dir        string   // the directory relative paths in args are relative to (recover)
-	fs         *pflag.FlagSet
+	factory      tgt.Factory
+	args         []string // as given, handed on to the daemon
+	dir          string   // the directory relative paths in args are relative to (recover)
+	fs           *pflag.FlagSet
 }
 
 // parseAdd parses and validates add's flags and the target type's flags.
