@@ -14,7 +14,7 @@ import (
 	"github.com/btrfsdio/btrfsdio/tgt/btrfs"
 )
 
-const mkfsUsage = "--profile P [--datasum] [--nocow] [--size S] [--force] -f IMG [-f IMG...]"
+const mkfsUsage = "--profile P [--datasum] [--nocow] [--size S] [--force] [-q] -f IMG [-f IMG...]"
 
 func init() {
 	registerCommand(&command{
@@ -25,7 +25,10 @@ metadata, with the inode flags, as mkfs.btrfs does. 'btrfsdio add -t btrfsdio
 -f IMG...' then serves it with those flags, and 'btrfsdio check -f IMG...'
 checks it. Images that hold something (a partition table, a filesystem,
 swap, LUKS, LVM, md RAID or a btrfsdio volume) are refused, naming what
-was found, unless --force is given: then the signatures are erased.`,
+was found, unless --force is given: then the signatures are erased.
+On a terminal a progress line names the step in progress (creating the
+images, probing and formatting them, writing the first commit); none
+when stderr is not a terminal, or with -q.`,
 		exits: `  0  the volume is made
   1  it could not be made, or the images hold something and --force was not given
   2  bad command line`,
@@ -44,6 +47,7 @@ func runMkfs(e *env, args []string) int {
 	nocow := fl.Bool("nocow", false, "NODATACOW: overwrite extents in place")
 	size := fl.String("size", "", "create the images that do not exist, sparse, of this `SIZE` (e.g. 256M, 1.5G, 1GiB)")
 	force := fl.Bool("force", false, btrfs.ForceUsage)
+	quiet := fl.BoolP("quiet", "q", false, "no progress line (there is none when stderr is not a terminal)")
 	if code, done := parseArgs(e, fl, args); done {
 		return code
 	}
@@ -54,17 +58,38 @@ func runMkfs(e *env, args []string) int {
 	log := logrus.New()
 	log.SetOutput(e.stderr)
 	log.SetLevel(logrus.WarnLevel)
-	created, err := createImages(files, create, log)
-	if err == nil {
-		err = makeVolume(e, files, p, btrfsdio.Options{DataSum: *datasum, NoCow: *nocow}, *force, log)
-	}
+	prog := newProgress(e, *quiet, "mkfs", 0)
+	err = mkfsSteps(e, files, create, p, btrfsdio.Options{DataSum: *datasum, NoCow: *nocow}, *force, log, prog)
 	if err != nil {
-		for _, path := range created {
-			os.Remove(path)
-		}
 		return e.failf(exitFail, "mkfs: %v", err)
 	}
 	return exitOK
+}
+
+// mkfsSteps creates the missing images, formats them and makes the first
+// commit, naming each step on prog's line; when a step fails it removes
+// the images it created.
+func mkfsSteps(e *env, files []string, create int64, p raid.Profile, opts btrfsdio.Options, force bool,
+	log logrus.FieldLogger, prog *progress) error {
+	defer prog.done()
+	if create > 0 {
+		prog.note(fmt.Sprintf("creating the missing images of %s", humanBytes(float64(create))))
+	}
+	created, err := createImages(files, create, log)
+	if err != nil {
+		removeAll(created)
+		return err
+	}
+	if err = makeVolume(e, files, p, opts, force, log, prog); err != nil {
+		removeAll(created)
+	}
+	return err
+}
+
+func removeAll(paths []string) {
+	for _, path := range paths {
+		os.Remove(path)
+	}
 }
 
 // checkMkfs validates mkfs's command line: the profile, the size of the
@@ -122,12 +147,14 @@ func createImages(files []string, size int64, log logrus.FieldLogger) ([]string,
 // makeVolume formats the images (refusing ones that hold something unless
 // force) and makes the first commit, which records the inode flags of
 // opts, then closes the volume: what mkfs.btrfs's make_btrfs writes.
-func makeVolume(e *env, files []string, p raid.Profile, opts btrfsdio.Options, force bool, log logrus.FieldLogger) error {
+func makeVolume(e *env, files []string, p raid.Profile, opts btrfsdio.Options, force bool, log logrus.FieldLogger, prog *progress) error {
+	prog.note(fmt.Sprintf("probing and formatting %s as %s", tgt.Plural(len(files), "device"), p))
 	vol, _, err := btrfs.AssembleVolume(files, p, 0, false, btrfs.FormatOptions{Force: force, Mkfs: true, Holder: imageHolder}, log)
 	if err != nil {
 		return err
 	}
 	opts.Log, opts.NoVolatileDetect = log, true
+	prog.note("writing the first commit")
 	fsi, err := btrfsdio.OpenFsInfo(vol, opts)
 	if err != nil {
 		vol.Close()
@@ -138,6 +165,7 @@ func makeVolume(e *env, files []string, p raid.Profile, opts btrfsdio.Options, f
 	if err := fsi.Close(); err != nil {
 		return err
 	}
+	prog.done()
 	fmt.Fprintf(e.stdout, "made a %s volume on %s: %d bytes to serve, datasum %s, nocow %s\n",
 		p, tgt.Plural(len(files), "device"), size, onOff(datasum), onOff(nocow))
 	return nil

@@ -5,14 +5,18 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 
+	"github.com/btrfsdio/btrfsdio/btrfsdio"
+	"github.com/btrfsdio/btrfsdio/raid"
 	"github.com/btrfsdio/btrfsdio/tgt/btrfs"
 	"github.com/btrfsdio/btrfsdio/ublk"
+	"github.com/sirupsen/logrus"
 )
 
 // blankImage is a new all-zero image of size bytes.
@@ -318,4 +322,36 @@ func runCLIErr(t *testing.T, args ...string) (int, string) {
 	t.Helper()
 	code, _, stderr := runCLI(t, nil, args...)
 	return code, stderr
+}
+
+// TestMkfsProgress: on a terminal mkfs's line names each step and is
+// cleared before the result; into a pipe, or with -q, there is none.
+func TestMkfsProgress(t *testing.T) {
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a.img"), filepath.Join(dir, "b.img")
+	var line, out bytes.Buffer
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	prog := &progress{w: &line, what: "mkfs"}
+	if err := mkfsSteps(&env{stdout: &out, stderr: io.Discard}, []string{a, b}, 256<<20, raid.Raid1, btrfsdio.Options{}, false, log, prog); err != nil {
+		t.Fatal(err)
+	}
+	s := line.String()
+	for _, step := range []string{"mkfs: creating the missing images of 256.0 MiB", "mkfs: probing and formatting 2 devices as raid1", "mkfs: writing the first commit"} {
+		if !strings.Contains(s, "\r"+step+"\x1b[K") {
+			t.Errorf("progress %q: no step %q", s, step)
+		}
+	}
+	if !strings.HasSuffix(s, "\r\x1b[K") {
+		t.Errorf("progress %q not cleared at the end", s)
+	}
+	for _, args := range [][]string{
+		{"mkfs", "--profile", "raid1", "--size", "256M", "-f", filepath.Join(dir, "c.img"), "-f", filepath.Join(dir, "d.img")},
+		{"mkfs", "-q", "--profile", "single", "--size", "256M", "-f", filepath.Join(dir, "e.img")},
+	} {
+		code, stdout, stderr := runCLI(t, nil, args...)
+		if code != exitOK || stderr != "" || !strings.HasPrefix(stdout, "made a ") {
+			t.Errorf("%q: exit %d stdout %q stderr %q (no progress wanted off a terminal)", args, code, stdout, stderr)
+		}
+	}
 }
