@@ -389,6 +389,7 @@ func serve(spec *addSpec, rep reporter, log *logrus.Logger, logPath string, daem
 		stopStats = refreshRunStats(runFile, ri, st, runStatsInterval, log)
 	}
 	rep.ready(dev)
+	notifyService(log, fmt.Sprintf("READY=1\nSTATUS=serving %s\nMAINPID=%d", dev.BlockDevice(), os.Getpid()))
 
 	select {
 	case s := <-sigs:
@@ -396,6 +397,7 @@ func serve(spec *addSpec, rep reporter, log *logrus.Logger, logPath string, daem
 	case <-dev.Done():
 		log.Warnf("%s was stopped from outside", dev.BlockDevice())
 	}
+	notifyService(log, "STOPPING=1\nSTATUS=stopping "+dev.BlockDevice())
 	code := exitOK
 	if err := dev.Stop(); err != nil {
 		log.Errorf("stop: %v", err)
@@ -563,10 +565,15 @@ func finalizeLog(logPath string, id uint32, log *logrus.Logger) string {
 	return final
 }
 
+// newLogger logs to w: timestamped text, or sd-daemon's "<N>message"
+// lines when w is the journal's stream (a systemd service's stderr).
 func newLogger(w io.Writer) *logrus.Logger {
 	log := logrus.New()
 	log.SetOutput(w)
 	log.SetFormatter(&logrus.TextFormatter{FullTimestamp: true})
+	if underJournal(w) {
+		log.SetFormatter(journalFormatter{})
+	}
 	if lvl, err := logrus.ParseLevel(os.Getenv(envLogLevel)); err == nil {
 		log.SetLevel(lvl)
 	}
