@@ -227,6 +227,10 @@ func wantsHelp(args []string) bool {
 func runAdd(e *env, args []string) int {
 	spec, err := parseAdd(args)
 	if errors.Is(err, errHelp) {
+		if e.collect != nil {
+			e.collect(spec.fs)
+			return exitOK
+		}
 		printCommandHelp(e.stdout, commands["add"], spec.fs)
 		if spec.factory == nil {
 			fmt.Fprintln(e.stdout)

@@ -34,6 +34,10 @@ func newFlags(name string) *pflag.FlagSet {
 func parseArgs(e *env, fs *pflag.FlagSet, args []string) (code int, done bool) {
 	err := fs.Parse(compatLong(fs, args))
 	if help, _ := fs.GetBool("help"); help && err == nil {
+		if e.collect != nil {
+			e.collect(fs)
+			return exitOK, true
+		}
 		printCommandHelp(e.stdout, commands[fs.Name()], fs)
 		return exitOK, true
 	}
@@ -87,21 +91,9 @@ func optionUsages(fs *pflag.FlagSet) string {
 		if f.Shorthand != "" {
 			names = "-" + f.Shorthand + ", --" + f.Name
 		}
-		varname, usage := pflag.UnquoteUsage(f)
-		if f.Value.Type() != "bool" {
-			switch varname {
-			case "int", "uint", "int64", "uint64":
-				varname = "N"
-			case "string":
-				varname = "VALUE"
-			}
+		varname, usage := optionText(f)
+		if varname != "" {
 			names += " " + varname
-		}
-		switch d := f.DefValue; {
-		case f.Value.Type() == "bool" && d == "true":
-			usage += fmt.Sprintf(" (on by default; --%s=false turns it off)", f.Name)
-		case d != "" && d != "0" && d != "false" && d != "[]" && !strings.Contains(usage, "default"):
-			usage += fmt.Sprintf(" (default %s)", d)
 		}
 		rows = append(rows, row{names, usage})
 		width = max(width, len(names))
@@ -131,6 +123,29 @@ func optionUsages(fs *pflag.FlagSet) string {
 		b.WriteString("\n")
 	}
 	return b.String()
+}
+
+// optionText is what help says of an option: the name of its value (""
+// for a switch) and its usage with any default that says something. The
+// man page and the completions use it too.
+func optionText(f *pflag.Flag) (varname, usage string) {
+	varname, usage = pflag.UnquoteUsage(f)
+	if f.Value.Type() == "bool" {
+		varname = ""
+	}
+	switch varname {
+	case "int", "uint", "int64", "uint64":
+		varname = "N"
+	case "string":
+		varname = "VALUE"
+	}
+	switch d := f.DefValue; {
+	case f.Value.Type() == "bool" && d == "true":
+		usage += fmt.Sprintf(" (on by default; --%s=false turns it off)", f.Name)
+	case d != "" && d != "0" && d != "false" && d != "[]" && !strings.Contains(usage, "default"):
+		usage += fmt.Sprintf(" (default %s)", d)
+	}
+	return varname, usage
 }
 
 // printCommandHelp is what `btrfsdio help CMD` and `btrfsdio CMD --help`

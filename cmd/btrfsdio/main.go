@@ -19,6 +19,7 @@ import (
 	"strings"
 
 	"github.com/btrfsdio/btrfsdio/ublk"
+	"github.com/spf13/pflag"
 )
 
 // version is set at link time: -ldflags "-X main.version=...".
@@ -35,6 +36,10 @@ const (
 type env struct {
 	stdout io.Writer
 	stderr io.Writer
+	// collect, when set, receives a command's option set instead of its
+	// help being printed on --help: the man page and the completions are
+	// made from the very options the commands parse (gendoc.go).
+	collect func(*pflag.FlagSet)
 }
 
 // failf prints "btrfsdio: ..." on stderr and returns code.
@@ -112,8 +117,18 @@ func runVersion(e *env, args []string) int {
 func runHelp(e *env, args []string) int {
 	fs := newFlags("help")
 	typ := fs.StringP("type", "t", "", "print the options of 'add -t TYPE'")
+	man := fs.Bool("man", false, "print the manual page (roff, for man(1)): every command's help")
 	err := fs.Parse(compatLong(fs, args))
 	switch {
+	case err == nil && e.collect != nil && fs.Changed("help"):
+		e.collect(fs)
+		return exitOK
+	case err == nil && *man:
+		if fs.NArg() > 0 || *typ != "" {
+			return e.failf(exitUsage, "help: --man takes no other argument")
+		}
+		writeMan(e.stdout)
+		return exitOK
 	case err != nil:
 		return e.failf(exitUsage, "help: %v", err)
 	case *typ != "":
