@@ -4,7 +4,7 @@ BIN     ?= bin/btrfsdio
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build vet unit fuzz powercut check check-full check-modes test demo bench bench-vm review clean
+.PHONY: all build vet unit fuzz powercut check check-full check-modes test demo bench bench-vm review install clean
 
 all: build
 
@@ -95,6 +95,34 @@ bench-vm:
 review:
 	scripts/review -q
 	scripts/review-upstream -q
+
+# make install [PREFIX=/usr/local] [DESTDIR=]: the binary, the systemd unit
+# template btrfsdio@.service (its paths set to BINDIR), the man page and the
+# bash and zsh completions -- those three made by the built binary from its
+# own help texts, so they cannot drift -- the logrotate config for
+# /var/log/btrfsdio and an example /etc/btrfsdio/ID.conf.
+PREFIX      ?= /usr/local
+SYSCONFDIR  ?= /etc
+BINDIR      ?= $(PREFIX)/sbin
+MANDIR      ?= $(PREFIX)/share/man
+UNITDIR     ?= $(PREFIX)/lib/systemd/system
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR  ?= $(PREFIX)/share/zsh/site-functions
+DOCDIR      ?= $(PREFIX)/share/doc/btrfsdio
+install: build
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(UNITDIR) \
+		$(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(DOCDIR) \
+		$(DESTDIR)$(SYSCONFDIR)/logrotate.d
+	install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/btrfsdio
+	install -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/btrfsdio
+	$(abspath $(BIN)) help --man >$(DESTDIR)$(MANDIR)/man8/btrfsdio.8
+	$(abspath $(BIN)) completion bash >$(DESTDIR)$(BASHCOMPDIR)/btrfsdio
+	$(abspath $(BIN)) completion zsh >$(DESTDIR)$(ZSHCOMPDIR)/_btrfsdio
+	sed 's|@BINDIR@|$(BINDIR)|g' scripts/btrfsdio@.service >$(DESTDIR)$(UNITDIR)/btrfsdio@.service
+	install -m 0644 scripts/btrfsdio.logrotate $(DESTDIR)$(SYSCONFDIR)/logrotate.d/btrfsdio
+	install -m 0644 scripts/btrfsdio-example.conf $(DESTDIR)$(DOCDIR)/example.conf
+	chmod 0644 $(DESTDIR)$(MANDIR)/man8/btrfsdio.8 $(DESTDIR)$(BASHCOMPDIR)/btrfsdio \
+		$(DESTDIR)$(ZSHCOMPDIR)/_btrfsdio $(DESTDIR)$(UNITDIR)/btrfsdio@.service
 
 clean:
 	rm -rf $(BIN) bin/powercut bin/review .vm-work .vm-bench results bench.json bench.svg

@@ -70,3 +70,48 @@ func TestManAndCompletionCoverEveryOption(t *testing.T) {
 		t.Errorf("completion fish: exit %d %q", code, stderr)
 	}
 }
+
+// `make install DESTDIR=... PREFIX=/usr` lays out the binary, the unit with
+// its paths set, the man page, both completions, the logrotate config and
+// the example service config.
+func TestMakeInstallLayout(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	if _, err := exec.LookPath("make"); err != nil {
+		t.Skip("no make")
+	}
+	dest, tmp := t.TempDir(), t.TempDir()
+	cmd := exec.Command("make", "-s", "-C", "../..", "install", "DESTDIR="+dest, "PREFIX=/usr", "BIN="+filepath.Join(tmp, "btrfsdio"))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("make install: %v\n%s", err, out)
+	}
+	for path, want := range map[string]string{
+		"usr/sbin/btrfsdio":                              "\x7fELF",
+		"usr/share/man/man8/btrfsdio.8":                  ".TH BTRFSDIO 8",
+		"usr/share/bash-completion/completions/btrfsdio": "# bash completion for btrfsdio",
+		"usr/share/zsh/site-functions/_btrfsdio":         "#compdef btrfsdio",
+		"usr/lib/systemd/system/btrfsdio@.service":       "# btrfsdio@ID.service",
+		"etc/logrotate.d/btrfsdio":                       "# Logs of daemonized servers",
+		"usr/share/doc/btrfsdio/example.conf":            "# /etc/btrfsdio/ID.conf",
+	} {
+		b, err := os.ReadFile(filepath.Join(dest, path))
+		if err != nil || !strings.HasPrefix(string(b), want) {
+			t.Errorf("%s: %v, starts %.30q, want %q", path, err, b, want)
+		}
+	}
+	unit, _ := os.ReadFile(filepath.Join(dest, "usr/lib/systemd/system/btrfsdio@.service"))
+	for _, want := range []string{"Type=notify", "EnvironmentFile=/etc/btrfsdio/%i.conf",
+		"exec /usr/sbin/btrfsdio add --foreground -n %i $$BTRFSDIO_ARGS", "exec /usr/sbin/btrfsdio recover --foreground -n %i",
+		"/usr/sbin/btrfsdio del -n %i", "Restart=on-failure"} {
+		if !strings.Contains(string(unit), want) {
+			t.Errorf("unit: no %q", want)
+		}
+	}
+	if strings.Contains(string(unit), "@BINDIR@") {
+		t.Error("unit: @BINDIR@ left")
+	}
+	if st, err := os.Stat(filepath.Join(dest, "etc/btrfsdio")); err != nil || !st.IsDir() {
+		t.Errorf("/etc/btrfsdio: %v", err)
+	}
+}
