@@ -6,6 +6,7 @@ import (
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/btrfsdio/btrfsdio/internal/uring"
 	"github.com/sirupsen/logrus"
@@ -70,6 +71,7 @@ type queue struct {
 	cqes     []uring.CQE
 	wakeErrs int
 
+	stats       *IOStats       // the device's counters (nil: not counted)
 	closers     []func() error // extra resources freed by release
 	releaseOnce sync.Once
 	releaseErr  error
@@ -211,7 +213,9 @@ func (q *queue) dispatch(tag uint16) error {
 // work runs the target for one request on a worker goroutine.
 func (q *queue) work(req *Request) {
 	defer q.workers.Done()
+	start := time.Now()
 	res := q.handle(req)
+	q.stats.record(req, res, time.Since(start))
 	q.done <- completion{tag: req.Tag, res: res}
 	q.ring.notify()
 }

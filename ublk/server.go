@@ -122,6 +122,7 @@ type Device struct {
 	params Params
 	tids   []int
 	queues []*queue
+	stats  IOStats // what the queues served (IOStats)
 
 	cdev     int
 	exited   sync.WaitGroup
@@ -386,6 +387,7 @@ func (d *Device) openQueue(qid uint16) (*queue, error) {
 		return io
 	}
 	q := newQueue(qid, depth, d.opts.Params.Size, ring, desc, bufs, d.target, d.log)
+	q.stats = &d.stats
 	q.closers = append(q.closers, func() error { return unix.Munmap(descs) })
 	return q, nil
 }
@@ -523,6 +525,10 @@ func (d *Device) Params() Params { return d.params }
 
 // UserCopy reports whether requests use UBLK_F_USER_COPY (else per-tag buffers).
 func (d *Device) UserCopy() bool { return d.added.Flags&FlagUserCopy != 0 }
+
+// IOStats returns what the device's queues have served so far, by
+// operation (no kernel counterpart: see IOStats).
+func (d *Device) IOStats() IOSnapshot { return d.stats.Snapshot() }
 
 // QueueTIDs returns the thread id of each queue (ublksrv prints them in list).
 func (d *Device) QueueTIDs() []int {
