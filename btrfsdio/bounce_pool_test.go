@@ -58,6 +58,10 @@ func TestBouncePoolBoundUnderLoad(t *testing.T) {
 	if st.Waits == 0 {
 		t.Fatal("eight submitters on a one-folio pool never waited")
 	}
+	// Stats (what `btrfsdio stats` shows) carries the pool's counters.
+	if s := fs.Stats(); s.BouncePoolLimit != limit || s.BouncePoolPeak != st.Peak || s.BouncePoolWaits != st.Waits || s.BouncePoolInUse != 0 {
+		t.Fatalf("Stats: pool limit %d peak %d waits %d in use %d; the pool says %+v", s.BouncePoolLimit, s.BouncePoolPeak, s.BouncePoolWaits, s.BouncePoolInUse, st)
+	}
 	if st.InUse != 0 {
 		t.Fatalf("%d bytes of the pool still out", st.InUse)
 	}

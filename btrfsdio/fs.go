@@ -246,9 +246,20 @@ type Stats struct {
 	// in flight, out of VolatileChecked checked (see volatile.go).
 	VolatileWrites  int64 `json:"volatile_writes"`
 	VolatileChecked int64 `json:"volatile_checked"`
-	// Commits and CommitFailures count transaction commits.
+	// Commits and CommitFailures count transaction commits; CommitNs and
+	// CommitMaxNs are the time the successful ones took, summed and the
+	// longest, in nanoseconds.
 	Commits        int64 `json:"commits"`
 	CommitFailures int64 `json:"commit_failures"`
+	CommitNs       int64 `json:"commit_ns"`
+	CommitMaxNs    int64 `json:"commit_max_ns"`
+	// BouncePool* are the bounce mempool's bytes handed out now, its
+	// limit, the most handed out at once and the allocations that waited
+	// for room (zero without a pool: zero-copy, page-by-page bounce).
+	BouncePoolInUse int64 `json:"bounce_pool_in_use"`
+	BouncePoolLimit int64 `json:"bounce_pool_limit"`
+	BouncePoolPeak  int64 `json:"bounce_pool_peak"`
+	BouncePoolWaits int64 `json:"bounce_pool_waits"`
 	// ReadOnly says why the device stopped taking writes after a failed
 	// flush or commit (FsError); empty while it is writable.
 	ReadOnly string `json:"read_only,omitempty"`
@@ -420,6 +431,11 @@ func (fs *FsInfo) Stats() Stats {
 	st.Resync = fs.resyncReport()
 	pr := fs.Vol.ResyncProgress()
 	st.ResyncDone, st.ResyncTotal = pr.Done, pr.Total
+	if fs.BouncePool != nil {
+		ps := fs.BouncePool.Stats()
+		st.BouncePoolInUse, st.BouncePoolPeak, st.BouncePoolWaits = ps.InUse, ps.Peak, ps.Waits
+		st.BouncePoolLimit = fs.BouncePool.Limit()
+	}
 	return st
 }
 

@@ -319,6 +319,10 @@ func TestIntentLogFullCommits(t *testing.T) {
 	if f.Stats().Commits == commits {
 		t.Fatal("no commit although the log cannot hold 60 changes")
 	}
+	// update_commit_stats: the commits' time is summed and the longest kept.
+	if st := f.Stats(); st.CommitNs <= 0 || st.CommitMaxNs <= 0 || st.CommitMaxNs > st.CommitNs {
+		t.Fatalf("commit time: total %d ns, max %d ns over %d commits", st.CommitNs, st.CommitMaxNs, st.Commits)
+	}
 	if f.ilog.head <= uint64(len(f.ilog.ring)) {
 		t.Fatalf("the log never wrapped (head at %d of a %d-byte ring)", f.ilog.head, len(f.ilog.ring))
 	}

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/btrfsdio/btrfsdio/raid"
 )
@@ -107,6 +108,7 @@ func (fs *FsInfo) CommitTransaction() error {
 		}
 		return nil
 	}
+	start := time.Now()
 	t := &fs.trans
 	t.commitMu.Lock()
 	defer t.commitMu.Unlock()
@@ -138,7 +140,21 @@ func (fs *FsInfo) CommitTransaction() error {
 		fs.space.release(s.start, s.len) // btrfs_unpin_extent_range
 	}
 	atomic.AddInt64(&fs.stats.Commits, 1)
+	fs.countCommitTime(time.Since(start))
 	return nil
+}
+
+// countCommitTime is update_commit_stats: a successful commit's time is
+// added to CommitNs and raises CommitMaxNs (fs_info->commit_stats'
+// total_commit_dur and max_commit_dur, /sys/fs/btrfs/UUID/commit_stats).
+func (fs *FsInfo) countCommitTime(d time.Duration) {
+	atomic.AddInt64(&fs.stats.CommitNs, int64(d))
+	for {
+		m := atomic.LoadInt64(&fs.stats.CommitMaxNs)
+		if int64(d) <= m || atomic.CompareAndSwapInt64(&fs.stats.CommitMaxNs, m, int64(d)) {
+			return
+		}
+	}
 }
 
 // writeRoot is btrfs_write_and_wait_transaction with the barrier before
