@@ -172,3 +172,7 @@ func (s *IOStats) Snapshot() IOSnapshot {
 
 // StatOpNames lists the operations of an IOSnapshot in UAPI order.
 func StatOpNames() []string { return statOpNames[:] }
+
+// LatencyBucketIndex is the bucket that holds a latency of us
+// microseconds (the inverse of LatencyBucketUpper for its bounds).
+func LatencyBucketIndex(us uint64) int { return latencyBucket(us) }

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/btrfsdio/btrfsdio/ublk"
 	"github.com/sirupsen/logrus"
@@ -77,6 +78,7 @@ type addSpec struct {
 	// (refuseUnsupported).
 	zeroCopy     bool
 	unprivileged bool
+	promFile     string // --prom-file: the Prometheus text file ("" : the default, if any)
 	factory      tgt.Factory
 	args         []string // as given, handed on to the daemon
 	dir          string   // the directory relative paths in args are relative to (recover)
@@ -100,6 +102,8 @@ func parseAdd(args []string) (*addSpec, error) {
 	fs.UintVar(&spec.maxIO, "max-io", 0, "largest request in bytes (default: the target's, 1 MiB)")
 	fs.BoolVar(&spec.noUserCopy, "no-user-copy", false, "do not use UBLK_F_USER_COPY (per-tag buffers)")
 	fs.BoolVar(&spec.foreground, "foreground", false, "serve in this process, log to stderr")
+	fs.StringVar(&spec.promFile, "prom-file", "", "write the counters of 'btrfsdio stats' every second to this `PATH` in Prometheus' text format "+
+		"(default: "+defaultPromDir+"/btrfsdio_ublkN.prom when that directory exists)")
 	fs.BoolVarP(&spec.zeroCopy, "zero-copy", "z", false, "ublk zero copy (UBLK_F_SUPPORT_ZERO_COPY): refused, see below")
 	fs.BoolVar(&spec.unprivileged, "unprivileged", false, "a device an unprivileged user can serve (UBLK_F_UNPRIVILEGED_DEV): refused, see below")
 
@@ -388,9 +392,17 @@ func serve(spec *addSpec, rep reporter, log *logrus.Logger, logPath string, daem
 	}
 	logPath = finalizeLog(logPath, dev.ID(), log)
 	runFile, ri := writeRunInfo(dev, spec, logPath, target, log)
-	stopStats := func() {}
+	stopStats, stopPublish := func() {}, func() {}
 	if st, ok := target.(tgt.Reporter); ok && runFile != "" {
 		stopStats = refreshRunStats(runFile, ri, st, runStatsInterval, log)
+	}
+	if runFile != "" {
+		pub := &statsPublisher{id: dev.ID(), typ: spec.typ, started: time.Now(), io: dev.IOStats,
+			path: statsFilePath(dev.ID()), promPath: promFilePath(spec.promFile, dev.ID()), log: log}
+		if r, ok := target.(tgt.Reporter); ok {
+			pub.target = r
+		}
+		stopPublish = startStatsPublisher(pub)
 	}
 	rep.ready(dev)
 	notifyService(log, fmt.Sprintf("READY=1\nSTATUS=serving %s\nMAINPID=%d", dev.BlockDevice(), os.Getpid()))
@@ -412,6 +424,7 @@ func serve(spec *addSpec, rep reporter, log *logrus.Logger, logPath string, daem
 		code = exitFail
 	}
 	stopStats()
+	stopPublish()
 	if runFile != "" {
 		os.Remove(runFile)
 	}
