@@ -19,8 +19,8 @@ func init() {
 		summary: "stop and delete a device (-a: all devices)"})
 	registerCommand(&command{name: "features", usage: "", run: runFeatures,
 		summary: "show the UBLK_F_* features of the loaded ublk_drv",
-		help: "Prints ublksrv's layout: 'ublk_drv features: 0xMASK', then one line per feature with\n" +
-			"ublksrv's short name and its bit (e.g. '\tUSER_COPY           : 0x80')."})
+		help: "Prints ublksrv's layout: 'ublk_drv features: 0xMASK', then one line per feature: a tab,\n" +
+			"ublksrv's short name padded to 20 columns, ': ' and the bit (USER_COPY ... : 0x80)."})
 }
 
 func runList(e *env, args []string) int {
