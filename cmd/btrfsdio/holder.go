@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/btrfsdio/btrfsdio/raid"
 )
@@ -15,6 +16,9 @@ import (
 func imageHolder(id raid.DeviceID) string {
 	runFiles, _ := filepath.Glob(filepath.Join(runDir(), "ublk*.json"))
 	for _, path := range runFiles {
+		if strings.HasSuffix(path, ".stats.json") { // the counters, not a run file
+			continue
+		}
 		b, err := os.ReadFile(path)
 		if err != nil {
 			continue
