@@ -118,8 +118,8 @@ type OpStats struct {
 
 // Percentile is the latency, in microseconds, that a fraction p (0.5,
 // 0.99) of the requests did not exceed: the upper bound of the histogram
-// bucket holding that request, so at most 25% above the true value; 0
-// without requests.
+// bucket holding that request, so at most 25% above the true value, and
+// never above the slowest request; 0 without requests.
 func (o *OpStats) Percentile(p float64) uint64 {
 	var n uint64
 	for _, c := range o.Latency {
@@ -133,10 +133,18 @@ func (o *OpStats) Percentile(p float64) uint64 {
 	var seen uint64
 	for i, c := range o.Latency {
 		if seen += c; seen >= rank {
-			return LatencyBucketUpper(i)
+			return o.clampMax(LatencyBucketUpper(i))
 		}
 	}
-	return LatencyBucketUpper(LatencyBuckets - 1)
+	return o.clampMax(LatencyBucketUpper(LatencyBuckets - 1))
+}
+
+// clampMax keeps a bucket's bound from exceeding the slowest request seen.
+func (o *OpStats) clampMax(us uint64) uint64 {
+	if o.LatencyMaxUs > 0 {
+		return min(us, o.LatencyMaxUs)
+	}
+	return us
 }
 
 // Sub is o minus an earlier snapshot prev of the same device: the

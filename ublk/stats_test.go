@@ -76,7 +76,7 @@ func TestPercentileAndSub(t *testing.T) {
 	if p := first.Percentile(0.99); p < 5000 || p > 6250 {
 		t.Errorf("p99 %d µs, want 5000..6250", p)
 	}
-	if p := first.Percentile(1); p < 80000 || first.LatencyMaxUs != 80000 {
+	if p := first.Percentile(1); p != 80000 || first.LatencyMaxUs != 80000 {
 		t.Errorf("p100 %d µs, max %d", p, first.LatencyMaxUs)
 	}
 	st.record(req, 4096, time.Second)
