@@ -36,7 +36,7 @@ const (
 	envRecover  = "BTRFSDIO_RECOVER"   // the daemon recovers this device id instead of adding one
 )
 
-const addUsage = "-t TYPE [-n ID] [-q QUEUES] [-d DEPTH] [-r 0|1] [-i 0|1] [-e 0|1] [--max-io BYTES] [--no-user-copy] [--foreground] [target flags...]"
+const addUsage = "-t TYPE [-n ID] [-q QUEUES] [-d DEPTH] [-r 0|1] [-i 0|1] [-e 0|1] [--max-io BYTES] [--no-user-copy] [--foreground] [--prom-file PATH] [target flags...]"
 
 func init() {
 	registerCommand(&command{
