@@ -52,7 +52,13 @@ each request's pages as io_uring buffers, which btrfsdio does not do: it
 copies with UBLK_F_USER_COPY. Unprivileged: such a device's control
 commands must carry its /dev/ublkcN path, which the kernel checks against
 the caller's permissions, and udev must hand its nodes to the owner;
-btrfsdio sends no path, so it serves devices as root only.`,
+btrfsdio sends no path, so it serves devices as root only.
+
+With --foreground under systemd (scripts/btrfsdio@.service, Type=notify) the
+server tells the service manager READY=1 once the device is live and
+STOPPING=1 when it stops ($NOTIFY_SOCKET), and logs to the journal with
+syslog priorities when stderr is the journal's stream ($JOURNAL_STREAM).
+While it runs, 'btrfsdio stats -n ID' shows its counters.`,
 	})
 	registerCommand(&command{name: serveCommand, hidden: true, run: runServe})
 }
