@@ -182,7 +182,7 @@ func writeRunInfo(dev *ublk.Device, spec *addSpec, logPath string, target ublk.T
 
 func runDel(e *env, args []string) int {
 	fs := newFlags("del")
-	id := fs.IntP("number", "n", ublk.AnyID, "the device to delete")
+	id := fs.IntP("number", "n", ublk.AnyID, "the device to delete (required unless -a; no default)")
 	all := fs.BoolP("all", "a", false, "delete all devices")
 	if code, done := parseArgs(e, fs, args); done {
 		return code

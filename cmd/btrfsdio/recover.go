@@ -25,7 +25,7 @@ func init() {
 // device over (START_USER_RECOVERY ... END_USER_RECOVERY).
 func runRecover(e *env, args []string) int {
 	fs := newFlags("recover")
-	id := fs.IntP("number", "n", ublk.AnyID, "the device whose server died")
+	id := fs.IntP("number", "n", ublk.AnyID, "the device whose server died (required, no default)")
 	foreground := fs.Bool("foreground", false, "serve in this process, log to stderr")
 	if code, done := parseArgs(e, fs, args); done {
 		return code

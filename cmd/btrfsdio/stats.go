@@ -37,7 +37,7 @@ latencies of the interval and the counters that changed.`,
 
 func runStats(e *env, args []string) int {
 	fl := newFlags("stats")
-	id := fl.IntP("number", "n", ublk.AnyID, "the device")
+	id := fl.IntP("number", "n", ublk.AnyID, "the device (required, no default)")
 	asJSON := fl.Bool("json", false, "the counters as JSON (docs/json.md); with -w one object a line, with the interval's changes")
 	watch := fl.Float64P("watch", "w", 0, "repeat every `SECONDS`, with the changes and rates since the last report")
 	count := fl.IntP("count", "c", 0, "with -w: stop after N reports (default: until interrupted)")
