@@ -92,6 +92,8 @@ func TestStrayArgumentsRefused(t *testing.T) {
 		switch name {
 		case "help":
 			args = []string{"help", "list", "extra"}
+		case "completion":
+			args = []string{"completion", "bash", "extra"}
 		case "add":
 			args = []string{"add", "-t", "loop", "-f", file, "extra"}
 		case "race":

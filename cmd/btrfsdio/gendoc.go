@@ -340,8 +340,10 @@ func runCompletion(e *env, args []string) int {
 		e.collect(fs)
 	case help:
 		printCommandHelp(e.stdout, commands["completion"], fs)
-	case fs.NArg() != 1:
+	case fs.NArg() == 0:
 		return e.failf(exitUsage, "completion: give one shell: bash or zsh")
+	case fs.NArg() > 1:
+		return e.failf(exitUsage, "completion: unexpected argument %q (see 'btrfsdio completion --help')", fs.Arg(1))
 	case fs.Arg(0) == "bash":
 		writeBashCompletion(e.stdout)
 	case fs.Arg(0) == "zsh":
