@@ -249,6 +249,11 @@ type Stats struct {
 	// Commits and CommitFailures count transaction commits.
 	Commits        int64 `json:"commits"`
 	CommitFailures int64 `json:"commit_failures"`
+	// Checkpoints counts the commits that wrote the whole metadata rather
+	// than a log record (meta_log.go); MetaBytesWritten the metadata bytes
+	// commits wrote, per copy, superblocks not included.
+	Checkpoints      int64 `json:"checkpoints"`
+	MetaBytesWritten int64 `json:"meta_bytes_written"`
 	// ReadOnly says why the device stopped taking writes after a failed
 	// flush or commit (FsError); empty while it is writable.
 	ReadOnly string `json:"read_only,omitempty"`
