@@ -371,4 +371,3 @@ func FuzzDecodeMetaLog(f *testing.F) {
 		}
 	})
 }
-
