@@ -438,11 +438,43 @@ func (c *csumTree) takeDirty() ([]span, []csumRun) {
 // the intent log, whose changes are recorded).
 func (fs *FsInfo) trackDirty() {
 	fs.inode.extents.mu.Lock()
-	fs.inode.extents.dirty, fs.inode.extents.track = nil, true
+	fs.inode.extents.dirty, fs.inode.extents.track, fs.inode.extents.overflow = nil, true, false
 	fs.inode.extents.mu.Unlock()
 	fs.csums.mu.Lock()
-	fs.csums.dirty, fs.csums.track = nil, true
+	fs.csums.dirty, fs.csums.track, fs.csums.overflow = nil, true, false
 	fs.csums.mu.Unlock()
+}
+
+// maxDirtySpans bounds the changes a tree records between two commits (16
+// bytes each): past it the tree stops recording and the next commit is a
+// checkpoint, so a long run of writes without a FLUSH does not grow the
+// list without bound.
+const maxDirtySpans = 1 << 20
+
+// appendDirty records s unless the list is full (overflow).
+func appendDirty(dirty []span, overflow bool, s span) ([]span, bool) {
+	if overflow || len(dirty) >= maxDirtySpans {
+		return nil, true
+	}
+	return append(dirty, s), false
+}
+
+// dirtyEstimate is a guess of the next record's length from the number of
+// changes recorded (16 bytes each, a range's least), so that a commit with
+// many changes goes to a checkpoint without building a record first (the
+// peak memory of a commit after a large change); a wrong guess only moves
+// a checkpoint.
+func (fs *FsInfo) dirtyEstimate() uint64 {
+	fs.inode.extents.mu.RLock()
+	n, over := len(fs.inode.extents.dirty), fs.inode.extents.overflow
+	fs.inode.extents.mu.RUnlock()
+	fs.csums.mu.RLock()
+	n, over = n+len(fs.csums.dirty), over || fs.csums.overflow
+	fs.csums.mu.RUnlock()
+	if over {
+		return ^uint64(0)
+	}
+	return uint64(n) * metaRangeLen
 }
 
 // takeDelta is the delta of the running transaction (the caller holds

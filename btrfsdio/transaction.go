@@ -122,11 +122,16 @@ func (fs *FsInfo) CommitTransaction() error {
 	committed := fs.meta.Root()
 	var b []byte
 	var root raid.MetaRoot
-	delta := fs.takeDelta()
-	delta.generation = gen
-	if rec := encodeMetaDelta(delta); fs.canAppend(committed, uint64(len(rec))) {
+	var rec []byte
+	if fs.canAppend(committed, fs.dirtyEstimate()) {
+		delta := fs.takeDelta()
+		delta.generation = gen
+		rec = encodeMetaDelta(delta)
+	}
+	if rec != nil && fs.canAppend(committed, uint64(len(rec))) {
 		b, root = rec, raid.MetaRoot{Generation: gen, Slot: committed.Slot, Bytes: committed.Bytes + uint64(len(rec))}
 	} else {
+		fs.trackDirty() // the checkpoint holds every change
 		img := fs.snapshotMeta()
 		img.generation = gen
 		b = encodeMeta(img)
