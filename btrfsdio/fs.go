@@ -104,6 +104,11 @@ const (
 // Options configures a filesystem instance.
 type Options struct {
 	Mode DioMode
+	// MetaLogBudget bounds, in bytes, the metadata log a checkpoint
+	// allows before the next one (meta_log.go); 0 picks as many bytes as
+	// the checkpoint, at least 1 MiB. Small values cycle checkpoints, for
+	// the power-cut harness and tests.
+	MetaLogBudget uint64
 	// Faithful reproduces the seed patch's flaws exactly (leaked page when
 	// bio_add_page fails, empty bbio after a failed alloc_page, the ENOMEM
 	// tail finished twice) and its spinlock; off, the port fixes them.

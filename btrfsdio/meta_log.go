@@ -54,12 +54,10 @@ const (
 	metaLogVersion   = 1
 	metaLogHeaderLen = 72
 	metaRangeLen     = 16
+	// metaLogMinBudget is the least log a checkpoint allows before the
+	// next one, so that small images do not checkpoint at every commit.
+	metaLogMinBudget = 1 << 20
 )
-
-// metaLogMinBudget is the least log a checkpoint allows before the next
-// one, so that small images do not checkpoint at every commit (a variable
-// for the tests that cycle through checkpoints).
-var metaLogMinBudget uint64 = 1 << 20
 
 // metaDelta is one commit's change: the full content of the file ranges
 // and disk ranges it touched, and the inode's i_size and flags.

@@ -122,15 +122,13 @@ func TestFragmentedLargeVolumeCommits(t *testing.T) {
 
 // TestMetaLogReplayMatchesCommits runs random writes, overwrites and
 // punches with FLUSHes between them, through several checkpoints (a small
-// log budget), and crashes at random points: every mount finds the
+// Options.MetaLogBudget), and crashes at random points: every mount finds the
 // mapping, checksums and data of the last FLUSH, and check is clean.
 func TestMetaLogReplayMatchesCommits(t *testing.T) {
-	defer func(b uint64) { metaLogMinBudget = b }(metaLogMinBudget)
-	metaLogMinBudget = 64 << 10
 	for _, p := range []raid.Profile{raid.Single, raid.Raid1} {
 		t.Run(p.String(), func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(uint64(p), 3))
-			pf := newPersistFS(t, p, 32<<20, Options{Mode: Bounce, DataSum: true, Size: 4 << 20})
+			pf := newPersistFS(t, p, 32<<20, Options{Mode: Bounce, DataSum: true, Size: 4 << 20, MetaLogBudget: 64 << 10})
 			buf := mmapBuf(t, 64<<10)
 			var wantExt []fileExtent
 			var wantSums []csumRun

@@ -180,8 +180,7 @@ func (fs *FsInfo) CommitTransaction() error {
 // canAppend says whether a record of n bytes may follow the committed
 // root, rather than a checkpoint: something is committed, no device that
 // gets superblocks lacks part of the slot, the slot has room, and the log
-// stays within its budget (as many bytes as the checkpoint, at least
-// metaLogMinBudget), which bounds what a mount replays and the slot's
+// stays within its budget (Options.MetaLogBudget), which bounds what a mount replays and the slot's
 // share of stale records.
 func (fs *FsInfo) canAppend(committed raid.MetaRoot, n uint64) bool {
 	t := &fs.trans
@@ -189,7 +188,11 @@ func (fs *FsInfo) canAppend(committed raid.MetaRoot, n uint64) bool {
 		n > fs.meta.SlotBytes()-committed.Bytes {
 		return false
 	}
-	return committed.Bytes-t.checkpointBytes+n <= max(t.checkpointBytes, metaLogMinBudget)
+	budget := max(t.checkpointBytes, metaLogMinBudget)
+	if fs.Opts.MetaLogBudget != 0 {
+		budget = fs.Opts.MetaLogBudget
+	}
+	return committed.Bytes-t.checkpointBytes+n <= budget
 }
 
 // writeRoot is btrfs_write_and_wait_transaction with the barrier before
