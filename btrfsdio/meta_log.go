@@ -346,7 +346,8 @@ func mergeSorted[T any](a, b []T, key func(T) uint64) []T {
 	return append(append(out, a...), b...)
 }
 
-// decodeMetaLog decodes a root: the checkpoint at the start of b, then
+// decodeMetaLog is btrfs_recover_log_trees for the metadata log: it
+// decodes a root, the checkpoint at the start of b, then
 // every log record after it, replayed in order, then the tree-checker on
 // the result. It returns the image and the checkpoint's length in bytes.
 func decodeMetaLog(b []byte) (*metaImage, int, error) {

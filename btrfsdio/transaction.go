@@ -92,8 +92,8 @@ func (inode *Inode) inodeFlags() uint32 {
 	return f
 }
 
-// CommitTransaction is btrfs_commit_transaction and btrfs_unpin_extent_range:
-// make every metadata change made so far durable, together with the data it
+// CommitTransaction is btrfs_commit_transaction and btrfs_unpin_extent_range
+// and btrfs_sync_log (for its log record): make every metadata change made so far durable, together with the data it
 // maps. Order: take the delta of the metadata since the last commit (or,
 // for a checkpoint, a snapshot of all of it; see meta_log.go); flush every
 // device, so the data of every write that completed before it is stable;

@@ -205,9 +205,10 @@ func (m *MetaArea) RewriteCopy(slot, i int, b []byte) error {
 // of a tree block that remain.
 func (m *MetaArea) WriteSlot(slot int, b []byte) error { return m.WriteSlotAt(slot, 0, b) }
 
-// WriteSlotAt is WriteSlot for b at byte off of slot: with off 0 a whole
-// new root (a checkpoint), past the committed root's end an append to it
-// (btrfs_sync_log's write of log tree blocks). A device that misses an
+// WriteSlotAt is btrfs_write_and_wait_transaction and btrfs_sync_log:
+// WriteSlot for b at byte off of slot, with off 0 a whole new root (a
+// checkpoint), past the committed root's end an append to it (as
+// btrfs_sync_log writes log tree blocks). A device that misses an
 // append has a hole in its copy until a write from the slot's start; a
 // device with a hole in the committed slot gets no superblock (holes).
 func (m *MetaArea) WriteSlotAt(slot int, off uint64, b []byte) error {
