@@ -310,6 +310,22 @@ func (img *metaImage) apply(d *metaDelta) {
 	}
 }
 
+// compose folds the later record d into the delta s: s's items in d's
+// ranges give way to d's, and s covers both deltas' ranges, so applying s
+// is applying s's records then d.
+func (s *metaDelta) compose(d *metaDelta) {
+	items := &metaImage{extents: s.extents, csums: s.csums}
+	items.apply(d)
+	s.extents, s.csums = items.extents, items.csums
+	if len(d.fileRanges) > 0 {
+		s.fileRanges = mergeSpans(append(s.fileRanges, d.fileRanges...))
+	}
+	if len(d.diskRanges) > 0 {
+		s.diskRanges = mergeSpans(append(s.diskRanges, d.diskRanges...))
+	}
+	s.generation, s.size, s.flags = d.generation, d.size, d.flags
+}
+
 // cutOut calls keep with every piece of the n sorted, disjoint items
 // (item(i) is its start and length) that lies outside ranges (sorted,
 // disjoint), in order.
@@ -367,19 +383,25 @@ func decodeMetaLog(b []byte) (*metaImage, int, error) {
 	if ckpt == len(b) {
 		return img, ckpt, nil
 	}
+	// The records are folded into one delta first, which holds about
+	// what the log does, then applied to the checkpoint once: a pass over
+	// the whole mapping per record would make a mount after a long log of
+	// small commits cost records x mapping.
+	sum := &metaDelta{generation: img.generation}
 	for rest := b[ckpt:]; len(rest) > 0; {
 		d, n, err := decodeMetaDelta(rest)
 		switch {
 		case err != nil:
 			return nil, 0, fmt.Errorf("log record at byte %d: %w", len(b)-len(rest), err)
-		case d.generation <= img.generation:
-			return nil, 0, fmt.Errorf("%w: log record at byte %d: generation %d after %d", ErrCorruptMeta, len(b)-len(rest), d.generation, img.generation)
+		case d.generation <= sum.generation:
+			return nil, 0, fmt.Errorf("%w: log record at byte %d: generation %d after %d", ErrCorruptMeta, len(b)-len(rest), d.generation, sum.generation)
 		case d.fsid != img.fsid:
 			return nil, 0, fmt.Errorf("%w: log record at byte %d written for volume %x", ErrCorruptMeta, len(b)-len(rest), d.fsid[:4])
 		}
-		img.apply(d)
+		sum.compose(d)
 		rest = rest[n:]
 	}
+	img.apply(sum)
 	if err := img.validate(); err != nil {
 		return nil, 0, fmt.Errorf("after replaying the log: %w", err)
 	}
