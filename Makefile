@@ -32,6 +32,7 @@ fuzz:
 	$(FUZZ) '^FuzzDecodeMeta$$' ./btrfsdio
 	$(FUZZ) '^FuzzDecodeMetaSealed$$' ./btrfsdio
 	$(FUZZ) '^FuzzCheckImage$$' ./btrfsdio
+	$(FUZZ) '^FuzzDecodeMetaLog$$' ./btrfsdio
 
 # The power-loss replay harness (internal/powercut, after dm-log-writes and
 # CrashMonkey) over the whole matrix: nine profiles x {cow, cow+datasum,

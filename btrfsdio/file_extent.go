@@ -19,6 +19,11 @@ type fileExtent struct {
 type fileExtentTree struct {
 	mu      sync.RWMutex
 	extents []fileExtent // sorted, non-overlapping
+	// dirty lists the file ranges replaced since the last commit took
+	// them (takeDirty), when track is set: a volume with a metadata area.
+	dirty    []span
+	track    bool
+	overflow bool // more than maxDirtySpans changes: the next commit is a checkpoint
 }
 
 // lookup is btrfs_get_extent: the extent covering pos, or the hole from pos
@@ -71,6 +76,9 @@ func (t *fileExtentTree) replace(start, length, diskBytenr uint64) []span {
 		}
 	}
 	t.extents = slices.Replace(t.extents, lo, hi, repl...)
+	if t.track && length > 0 {
+		t.dirty, t.overflow = appendDirty(t.dirty, t.overflow, span{start, length})
+	}
 	return freed
 }
 

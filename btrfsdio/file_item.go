@@ -18,6 +18,11 @@ func csumData(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
 type csumTree struct {
 	mu   sync.RWMutex
 	sums map[uint64]uint32
+	// dirty lists the disk ranges whose checksums changed since the last
+	// commit took them (takeDirty), when track is set.
+	dirty    []span
+	track    bool
+	overflow bool
 }
 
 func newCsumTree() *csumTree { return &csumTree{sums: make(map[uint64]uint32)} }
@@ -35,6 +40,9 @@ func (c *csumTree) lookup(logical uint64) (uint32, bool) {
 func (c *csumTree) insert(logical uint64, sums []uint32) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.track && len(sums) > 0 {
+		c.dirty, c.overflow = appendDirty(c.dirty, c.overflow, span{logical, uint64(len(sums)) * SectorSize})
+	}
 	for i, s := range sums {
 		c.sums[logical+uint64(i)*SectorSize] = s
 	}
@@ -44,6 +52,9 @@ func (c *csumTree) insert(logical uint64, sums []uint32) {
 func (c *csumTree) delete(logical, length uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.track && length > 0 {
+		c.dirty, c.overflow = appendDirty(c.dirty, c.overflow, span{logical, length})
+	}
 	for off := uint64(0); off < length; off += SectorSize {
 		delete(c.sums, logical+off)
 	}

@@ -104,6 +104,11 @@ const (
 // Options configures a filesystem instance.
 type Options struct {
 	Mode DioMode
+	// MetaLogBudget bounds, in bytes, the metadata log a checkpoint
+	// allows before the next one (meta_log.go); 0 picks as many bytes as
+	// the checkpoint, at least 1 MiB. Small values cycle checkpoints, for
+	// the power-cut harness and tests.
+	MetaLogBudget uint64
 	// Faithful reproduces the seed patch's flaws exactly (leaked page when
 	// bio_add_page fails, empty bbio after a failed alloc_page, the ENOMEM
 	// tail finished twice) and its spinlock; off, the port fixes them.
@@ -260,6 +265,11 @@ type Stats struct {
 	BouncePoolLimit int64 `json:"bounce_pool_limit"`
 	BouncePoolPeak  int64 `json:"bounce_pool_peak"`
 	BouncePoolWaits int64 `json:"bounce_pool_waits"`
+	// Checkpoints counts the commits that wrote the whole metadata rather
+	// than a log record (meta_log.go); MetaBytesWritten the metadata bytes
+	// commits wrote, per copy, superblocks not included.
+	Checkpoints      int64 `json:"checkpoints"`
+	MetaBytesWritten int64 `json:"meta_bytes_written"`
 	// ReadOnly says why the device stopped taking writes after a failed
 	// flush or commit (FsError); empty while it is writable.
 	ReadOnly string `json:"read_only,omitempty"`

@@ -70,6 +70,9 @@ type metaImage struct {
 	capacity   uint64
 	extents    []fileExtent
 	csums      []csumRun
+	// checkpointBytes is, for a decoded root, the length of its
+	// checkpoint: where its log starts (decodeMetaLog).
+	checkpointBytes uint64
 }
 
 // encodeMeta serialises img into whole blocks.

@@ -44,6 +44,11 @@ type transaction struct {
 	// generation is the last committed (or, after a half-written set of
 	// superblocks, possibly committed) generation.
 	generation uint64
+	// checkpointBytes is the length of the committed root's checkpoint,
+	// the log's start (meta_log.go); needCheckpoint asks the next commit
+	// for a checkpoint, after a commit that failed lost its delta.
+	checkpointBytes uint64
+	needCheckpoint  bool
 }
 
 // pin is btrfs_pin_extent: keep a freed range from reallocation until
@@ -88,16 +93,18 @@ func (inode *Inode) inodeFlags() uint32 {
 	return f
 }
 
-// CommitTransaction is btrfs_commit_transaction and btrfs_unpin_extent_range:
-// make every metadata change made so far durable, together with the data it
-// maps. Order: take
-// a snapshot of the metadata; flush every device, so the data of every
-// write that completed before the snapshot is stable; write the snapshot to
-// the inactive slot of every copy and flush; write the superblocks naming
-// it (each device flushed); then unpin what the snapshot no longer maps
-// (btrfs_finish_extent_commit). Without a metadata area (NewFsInfo) it is
-// the device flush alone. A device failure on the way aborts the
-// transaction (abortTransaction): from then on every commit fails with EIO.
+// CommitTransaction is btrfs_commit_transaction and btrfs_unpin_extent_range
+// and btrfs_sync_log (for its log record): make every metadata change made so far durable, together with the data it
+// maps. Order: take the delta of the metadata since the last commit (or,
+// for a checkpoint, a snapshot of all of it; see meta_log.go); flush every
+// device, so the data of every write that completed before it is stable;
+// append the delta's record after the committed root in its slot, or write
+// the checkpoint to the other slot, on every copy, and flush; write the
+// superblocks naming the longer or new root (each device flushed); then
+// unpin what the commit no longer maps (btrfs_finish_extent_commit).
+// Without a metadata area (NewFsInfo) it is the device flush alone. A
+// device failure on the way aborts the transaction (abortTransaction): from
+// then on every commit fails with EIO.
 func (fs *FsInfo) CommitTransaction() error {
 	if err := fs.FsError(); err != nil {
 		return err
@@ -113,13 +120,34 @@ func (fs *FsInfo) CommitTransaction() error {
 	t.commitMu.Lock()
 	defer t.commitMu.Unlock()
 	t.mu.Lock()
-	img := fs.snapshotMeta()
+	gen := t.generation + 1
+	committed := fs.meta.Root()
+	var b []byte
+	var root raid.MetaRoot
+	var rec []byte
+	if fs.canAppend(committed, fs.dirtyEstimate()) {
+		delta := fs.takeDelta()
+		delta.generation = gen
+		rec = encodeMetaDelta(delta)
+	}
+	if rec != nil && fs.canAppend(committed, uint64(len(rec))) {
+		b, root = rec, raid.MetaRoot{Generation: gen, Slot: committed.Slot, Bytes: committed.Bytes + uint64(len(rec))}
+	} else {
+		fs.trackDirty() // the checkpoint holds every change
+		img := fs.snapshotMeta()
+		img.generation = gen
+		b = encodeMeta(img)
+		slot := int(gen % 2)
+		if committed.Bytes != 0 {
+			slot = 1 - committed.Slot
+		}
+		root = raid.MetaRoot{Generation: gen, Slot: slot, Bytes: uint64(len(b))}
+	}
 	pinned := t.takePinned()
-	fs.ilog.cut(t.generation + 1)
+	fs.ilog.cut(gen)
 	t.mu.Unlock()
-	img.generation = t.generation + 1
-	root := raid.MetaRoot{Generation: img.generation, Slot: int(img.generation % 2)}
-	err := fs.writeRoot(img, &root)
+	checkpoint := root.Slot != committed.Slot || committed.Bytes == 0
+	err := fs.writeRoot(b, root, committed.Bytes)
 	if err == nil {
 		err = fs.meta.WriteSupers(root)
 		if err != nil {
@@ -131,10 +159,18 @@ func (fs *FsInfo) CommitTransaction() error {
 	}
 	if err != nil {
 		t.repin(pinned)
+		// The delta taken is lost to the next record: the next commit
+		// writes everything (a checkpoint).
+		t.needCheckpoint = true
 		atomic.AddInt64(&fs.stats.CommitFailures, 1)
 		return fmt.Errorf("btrfsdio: commit of generation %d: %w", root.Generation, err)
 	}
 	t.generation = root.Generation
+	if checkpoint {
+		t.checkpointBytes, t.needCheckpoint = root.Bytes, false
+		atomic.AddInt64(&fs.stats.Checkpoints, 1)
+	}
+	atomic.AddInt64(&fs.stats.MetaBytesWritten, int64(len(b)))
 	fs.ilog.committed(root.Generation)
 	for _, s := range pinned {
 		fs.space.release(s.start, s.len) // btrfs_unpin_extent_range
@@ -157,22 +193,42 @@ func (fs *FsInfo) countCommitTime(d time.Duration) {
 	}
 }
 
+// canAppend says whether a record of n bytes may follow the committed
+// root, rather than a checkpoint: something is committed, no device that
+// gets superblocks lacks part of the slot, the slot has room, and the log
+// stays within its budget (Options.MetaLogBudget), which bounds what a mount replays and the slot's
+// share of stale records.
+func (fs *FsInfo) canAppend(committed raid.MetaRoot, n uint64) bool {
+	t := &fs.trans
+	if committed.Bytes == 0 || t.needCheckpoint || t.checkpointBytes == 0 || fs.meta.Incomplete(committed.Slot) ||
+		n > fs.meta.SlotBytes()-committed.Bytes {
+		return false
+	}
+	budget := max(t.checkpointBytes, metaLogMinBudget)
+	if fs.Opts.MetaLogBudget != 0 {
+		budget = fs.Opts.MetaLogBudget
+	}
+	return committed.Bytes-t.checkpointBytes+n <= budget
+}
+
 // writeRoot is btrfs_write_and_wait_transaction with the barrier before
-// it: flush the data, then write and flush img's encoding in root's slot.
-// A device failure there aborts the transaction (abortTransaction); a
-// metadata image too large for its slot does not, since nothing was
-// written. Faults.CommitAbort stops it there, before the superblocks,
-// like a crash: nothing on the devices was lost, so no abort either.
-func (fs *FsInfo) writeRoot(img *metaImage, root *raid.MetaRoot) error {
-	b := encodeMeta(img)
-	root.Bytes = uint64(len(b))
+// it: flush the data, then write and flush b, a checkpoint at the start of
+// root's slot or a log record at the committed root's end (off), on every
+// copy. A device failure there aborts the transaction (abortTransaction);
+// a root too large for its slot does not, since nothing was written.
+// Faults.CommitAbort stops it there, before the superblocks, like a crash:
+// nothing on the devices was lost, so no abort either.
+func (fs *FsInfo) writeRoot(b []byte, root raid.MetaRoot, off uint64) error {
+	if root.Bytes == uint64(len(b)) {
+		off = 0 // a checkpoint
+	}
 	if root.Bytes > fs.meta.SlotBytes() {
-		return fmt.Errorf("metadata of %d bytes exceeds the %d-byte slot: %w", len(b), fs.meta.SlotBytes(), syscall.ENOSPC)
+		return fmt.Errorf("metadata of %d bytes exceeds the %d-byte slot: %w", root.Bytes, fs.meta.SlotBytes(), syscall.ENOSPC)
 	}
 	if err := fs.Vol.Barrier(); err != nil {
 		return fs.abortTransaction("flushing data", err)
 	}
-	if err := fs.meta.WriteSlot(root.Slot, b); err != nil {
+	if err := fs.meta.WriteSlotAt(root.Slot, off, b); err != nil {
 		return fs.abortTransaction("writing metadata", err)
 	}
 	if fs.Faults.take(&fs.Faults.CommitAbort) != nil {
@@ -281,7 +337,7 @@ func checkRootCopy(meta *raid.MetaArea, c raid.MetaCopy, capacity uint64) (*meta
 	if c.Err != nil {
 		return nil, c.Err
 	}
-	dec, err := decodeMeta(c.Data)
+	dec, _, err := decodeMetaLog(c.Data)
 	switch {
 	case err != nil:
 		return nil, err
@@ -336,6 +392,7 @@ func OpenFsInfo(vol *raid.Volume, opts Options) (*FsInfo, error) {
 			return nil, err
 		}
 		fs.meta, fs.trans.generation = meta, root.Generation
+		fs.trackDirty()
 		if err := fs.CommitTransaction(); err != nil {
 			return nil, fmt.Errorf("btrfsdio: open_ctree: first commit: %w", err)
 		}
@@ -384,6 +441,8 @@ func OpenFsInfo(vol *raid.Volume, opts Options) (*FsInfo, error) {
 		fs.allocHint.Store(last.start + last.len)
 	}
 	fs.meta, fs.trans.generation = meta, img.generation
+	fs.trans.checkpointBytes = img.checkpointBytes
+	fs.trackDirty()
 	if err := fs.openIntents(); err != nil {
 		return nil, err
 	}

@@ -21,7 +21,18 @@ type MetaArea struct {
 	devs []*Device        // the devices present (a degraded volume's missing ones hold nothing)
 	sbs  []*Superblock    // devs[i]'s newest superblock
 	bad  map[*Device]bool // devices whose copy of the slot being committed failed
-	root MetaRoot
+	// holes are the devices whose copy of a slot lacks bytes written to
+	// the others (an append that failed there, or a stale device): they
+	// get no superblock naming that slot until a write from its start
+	// (a checkpoint) fills it whole.
+	holes map[metaHole]bool
+	root  MetaRoot
+}
+
+// metaHole names one device's copy of one slot.
+type metaHole struct {
+	d    *Device
+	slot int
 }
 
 // MetaRoot is the committed metadata: its generation and where it lies.
@@ -82,8 +93,29 @@ func OpenMetaArea(v *Volume) (*MetaArea, error) {
 			m.root = MetaRoot{Generation: sb.Generation, Slot: int(sb.RootSlot), Bytes: sb.RootBytes}
 		}
 	}
+	m.holes = map[metaHole]bool{}
+	for i, d := range m.devs {
+		if d.Stale() || m.sbs[i].Generation != m.root.Generation {
+			m.holes[metaHole{d, 0}], m.holes[metaHole{d, 1}] = true, true
+		}
+	}
 	v.noteCommitted(m.root.Generation)
 	return m, nil
+}
+
+// Incomplete reports whether a device that may get a superblock lacks
+// part of slot (no kernel counterpart: btrfs writes every dirty tree block
+// to every mirror): a filesystem above should then write the next commit
+// whole, from the other slot's start, rather than append. Devices whose
+// flush failed never get a superblock again and stale ones none until
+// their resync: they do not count.
+func (m *MetaArea) Incomplete(slot int) bool {
+	for h := range m.holes {
+		if h.slot == slot && !h.d.FlushFailed() && !h.d.Stale() {
+			return true
+		}
+	}
+	return false
 }
 
 // Root is the committed metadata: btrfs_super_root and
@@ -171,9 +203,17 @@ func (m *MetaArea) RewriteCopy(slot, i int, b []byte) error {
 // either (WriteSupers), so it keeps naming its older root; the commit fails
 // only when no device took a whole copy, as btrfs goes on with the mirrors
 // of a tree block that remain.
-func (m *MetaArea) WriteSlot(slot int, b []byte) error {
-	if uint64(len(b)) > m.SlotBytes() || len(b)%SectorSize != 0 {
-		return fmt.Errorf("raid: metadata of %d bytes does not fit the %d-byte slot in whole sectors", len(b), m.SlotBytes())
+func (m *MetaArea) WriteSlot(slot int, b []byte) error { return m.WriteSlotAt(slot, 0, b) }
+
+// WriteSlotAt is btrfs_write_and_wait_transaction and btrfs_sync_log:
+// WriteSlot for b at byte off of slot, with off 0 a whole new root (a
+// checkpoint), past the committed root's end an append to it (as
+// btrfs_sync_log writes log tree blocks). A device that misses an
+// append has a hole in its copy until a write from the slot's start; a
+// device with a hole in the committed slot gets no superblock (holes).
+func (m *MetaArea) WriteSlotAt(slot int, off uint64, b []byte) error {
+	if off > m.SlotBytes() || uint64(len(b)) > m.SlotBytes()-off || off%SectorSize != 0 || len(b)%SectorSize != 0 {
+		return fmt.Errorf("raid: metadata of %d bytes at %d does not fit the %d-byte slot in whole sectors", len(b), off, m.SlotBytes())
 	}
 	buf := blk.AlignedBuffer(len(b))
 	copy(buf, b)
@@ -182,7 +222,7 @@ func (m *MetaArea) WriteSlot(slot int, b []byte) error {
 	epoch := m.v.bitmap.barrierBegin() // the data writes completed before it are flushed below
 	var errs []error
 	for i, d := range devs {
-		if err := d.writeBuf(buf, offs[i]); err != nil {
+		if err := d.writeBuf(buf, offs[i]+off); err != nil {
 			m.bad[d] = true
 			errs = append(errs, fmt.Errorf("raid: writing metadata copy: %w", err))
 		}
@@ -194,6 +234,14 @@ func (m *MetaArea) WriteSlot(slot int, b []byte) error {
 		} else if d.FlushFailed() { // an earlier flush failed: its data may be gone
 			m.bad[d] = true
 			errs = append(errs, fmt.Errorf("raid: %s: an earlier flush failed: %w", d.Path(), syscall.EIO))
+		}
+	}
+	for _, d := range m.devs {
+		switch {
+		case m.bad[d] || d.Stale():
+			m.holes[metaHole{d, slot}] = true
+		case off == 0:
+			delete(m.holes, metaHole{d, slot})
 		}
 	}
 	if len(m.bad) == len(m.devs) {
@@ -221,7 +269,7 @@ func (m *MetaArea) WriteSupers(root MetaRoot) error {
 	var errs []error
 	written := 0
 	for i, d := range m.devs {
-		if m.bad[d] || d.FlushFailed() || d.Stale() { // it may have lost, or never had, data the new root maps
+		if m.bad[d] || d.FlushFailed() || d.Stale() || m.holes[metaHole{d, root.Slot}] { // it may have lost, or never had, data the new root maps
 			continue
 		}
 		sb := *m.sbs[i]

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/btrfsdio/btrfsdio/btrfsdio"
@@ -18,7 +19,7 @@ func init() {
 	registerCommand(&command{
 		name:    "bench",
 		summary: "in-process benchmark: the bounce patch's table (zero-copy, pooled bounce, page-by-page bounce as posted; nodatasum vs datasum) next to the raw backing file, then peak RSS and allocations under a QD32 load",
-		usage:   "[--profile P] [--size BYTES] [--bs BYTES] [--rounds N] [--bounce-pool SIZE] [--qd N] [--qd-size BYTES] [--dir DIR] [--json FILE] [--svg FILE] | --bitmap [--profile P] [--rounds N] [--qd N] [--bitmap-file BYTES] [--bitmap-writes N] [--bitmap-flush-every N] | --journal-writes N [--profile raid5|raid6] [--rounds N] [--dir DIR]",
+		usage:   "[--profile P] [--size BYTES] [--bs BYTES] [--rounds N] [--bounce-pool SIZE] [--qd N] [--qd-size BYTES] [--dir DIR] [--json FILE] [--svg FILE] | --bitmap [--profile P] [--rounds N] [--qd N] [--bitmap-file BYTES] [--bitmap-writes N] [--bitmap-flush-every N] | --journal-writes N [--profile raid5|raid6] [--rounds N] [--dir DIR] | --flush-scale [--flush-scale-sizes LIST] [--dir DIR]",
 		exits: defaultExits + `
   130  SIGINT or SIGTERM stopped it (its images are removed)`,
 		run: runBench,
@@ -43,6 +44,8 @@ func runBench(e *env, args []string) int {
 	bitmapWrites := fs.Int("bitmap-writes", 20000, "--bitmap: timed writes per pass")
 	bitmapFlush := fs.Int("bitmap-flush-every", 32, "--bitmap: a second row with a FLUSH after this many writes per submitter (0: none)")
 	journalWrites := fs.Int("journal-writes", 0, "instead of the table: the RAID5/6 journal's cost, N random 4 KiB NODATACOW overwrites with and without it (--profile raid5 or raid6)")
+	flushScale := fs.Bool("flush-scale", false, "instead of the table: a FLUSH's bytes and latency against the mapping's size (datasum volumes of --flush-scale-sizes)")
+	flushScaleSizes := fs.String("flush-scale-sizes", "64M,1G,16G", "--flush-scale: the sparse volume sizes")
 	if code, done := parseArgs(e, fs, args); done {
 		return code
 	}
@@ -57,6 +60,8 @@ func runBench(e *env, args []string) int {
 		return e.failf(exitUsage, "bench: --qd %d: not negative", *qd)
 	case (*bitmap || *journalWrites > 0) && (*jsonOut != "" || *svgOut != ""):
 		return e.failf(exitUsage, "bench: --json and --svg write the table's results, not those of --bitmap or --journal-writes")
+	case *flushScale && (*bitmap || *journalWrites > 0 || *jsonOut != "" || *svgOut != ""):
+		return e.failf(exitUsage, "bench: --flush-scale is a run of its own: no --bitmap, --journal-writes, --json or --svg")
 	case *bitmap && *journalWrites > 0:
 		return e.failf(exitUsage, "bench: --bitmap and --journal-writes are two different runs: give one")
 	case *journalWrites < 0:
@@ -71,6 +76,9 @@ func runBench(e *env, args []string) int {
 	prog := newProgress(e, *quiet, "bench", 0)
 	if *bitmap {
 		return runBitmapBench(prog, e, p, *dir, *bitmapFile, *bitmapWrites, *qd, *bitmapFlush, *rounds)
+	}
+	if *flushScale {
+		return runFlushScaleBench(e, *flushScaleSizes, *dir)
 	}
 	if *journalWrites > 0 {
 		return runJournalBench(e, p, *journalWrites, *rounds, *dir)
@@ -270,5 +278,26 @@ func runJournalBench(e *env, p raid.Profile, writes, rounds int, dir string) int
 		return e.failf(exitFail, "%v", err)
 	}
 	bench.WriteJournalTable(e.stdout, cfg, cells)
+	return exitOK
+}
+
+// runFlushScaleBench is bench --flush-scale (issue 17 point 3).
+func runFlushScaleBench(e *env, sizes, dir string) int {
+	cfg := bench.FlushScaleConfig{Dir: dir, Stride: 64 << 10, Writes: 1000, FlushEvery: 16}
+	for _, s := range strings.Split(sizes, ",") {
+		n, err := tgt.ParseSize(s)
+		if err == nil && n < 64<<20 {
+			err = fmt.Errorf("at least 64M")
+		}
+		if err != nil {
+			return e.failf(exitUsage, "bench: --flush-scale-sizes %q: %v", s, err)
+		}
+		cfg.Sizes = append(cfg.Sizes, n)
+	}
+	rows, err := bench.FlushScale(cfg)
+	if err != nil {
+		return e.failf(exitFail, "%v", err)
+	}
+	bench.WriteFlushScale(e.stdout, cfg, rows)
 	return exitOK
 }

@@ -22,9 +22,10 @@ func main() {
 	jobs := flag.Int("j", runtime.NumCPU(), "scenarios run at once")
 	noBitmap := flag.Bool("no-bitmap", false, "run without the write-intent bitmap (shows what it prevents)")
 	maxCuts := flag.Int("maxcuts", 0, "sample the flush cut points of a scenario down to this many (0: every flush)")
+	logBudget := flag.Uint64("log-budget", 0, "metadata log bytes between checkpoints (0: the default; 8192 puts a checkpoint every other commit)")
 	noJournal := flag.Bool("nojournal", false, "write RAID5/6 volumes without their journal (shows the write hole it closes)")
 	flag.Usage = func() {
-		fmt.Fprintf(flag.CommandLine.Output(), "usage: powercut [-seed N] [-scenario NAMES] [-requests N] [-cuts N] [-maxcuts N] [-no-bitmap] [-nojournal] [-j N]\n")
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: powercut [-seed N] [-scenario NAMES] [-requests N] [-cuts N] [-maxcuts N] [-no-bitmap] [-nojournal] [-log-budget BYTES] [-j N]\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -41,7 +42,7 @@ func main() {
 		}
 	}
 	cfg := powercut.Config{Seed: *seed, DevSize: 16 << 20, Requests: *requests, MinCuts: *minCuts, MaxCuts: *maxCuts,
-		NoBitmap: *noBitmap, NoJournal: *noJournal}
+		NoBitmap: *noBitmap, NoJournal: *noJournal, MetaLogBudget: *logBudget}
 	sum := powercut.Report(os.Stdout, list, cfg, *jobs, func(s powercut.Scenario, seed uint64) string {
 		env := "" // make powercut GOFLAGS=-tags=nobarrier: the replay needs the same build
 		if g := os.Getenv("GOFLAGS"); g != "" {
@@ -53,6 +54,9 @@ func main() {
 		}
 		if *noJournal {
 			opt += " -nojournal"
+		}
+		if *logBudget != 0 {
+			opt += fmt.Sprintf(" -log-budget %d", *logBudget)
 		}
 		return fmt.Sprintf("%sgo run ./cmd/powercut -seed %d -scenario %s -requests %d -cuts %d -maxcuts %d%s",
 			env, seed, s.Name(), *requests, *minCuts, *maxCuts, opt)

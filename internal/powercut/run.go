@@ -38,6 +38,9 @@ type Config struct {
 	// NoJournal records the workload without the RAID5/6 journal
 	// (raid.VolumeOptions.NoJournal), to show the write hole it closes.
 	NoJournal bool
+	// MetaLogBudget is btrfsdio.Options.MetaLogBudget: small, the cuts
+	// fall in checkpoints as well as in log appends.
+	MetaLogBudget uint64
 }
 
 // Result is what one scenario's run found.
@@ -196,7 +199,7 @@ func record(s Scenario, cfg Config, rng *rand.Rand, dir string) (*Log, *model, i
 	}
 	defer vol.Close() // no commit: the log is what matters now
 	opts := s.options()
-	opts.Log = quiet()
+	opts.Log, opts.MetaLogBudget = quiet(), cfg.MetaLogBudget
 	if opts.Size, err = fileSize(vol.Capacity()); err != nil {
 		return nil, nil, 0, err
 	}
@@ -346,7 +349,7 @@ func checkCut(s Scenario, cfg Config, lg *Log, m *model, cut int, pol Policy, rn
 	// judged by a second check after the mount, everything else by both.
 	_, other = damage(rep)
 	opts := s.options()
-	opts.Log = quiet()
+	opts.Log, opts.MetaLogBudget = quiet(), cfg.MetaLogBudget
 	fs, err := btrfsdio.OpenFsInfo(vol, opts)
 	if err != nil {
 		copies, _ = damage(rep)
