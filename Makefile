@@ -84,12 +84,16 @@ bench: build
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 5x ./btrfsdio
 
 # The same table on the real ublk device in the VM, with fio, next to the
-# backing file and the kernel loop device (scripts/guest/bench; BENCH_ROUNDS,
+# backing file and the kernel loop device, and in the same rounds the
+# kernel's own btrfs (Debian's mkfs.btrfs, the 6.12 btrfs module) and an
+# fsync-heavy ext4 job (scripts/guest/bench, kbench.sh; BENCH_ROUNDS,
 # BENCH_SIZE). Results in .vm-bench/results/bench-vm.{txt,json}.
 BENCH_ROUNDS ?= 3
+BENCH_SIZE ?= 128M
 bench-vm:
-	scripts/e2e.sh bench --module loop --workdir .vm-bench --timeout 5400 \
-		--env BENCH_ROUNDS=$(BENCH_ROUNDS) --env BENCH_SIZE=128M
+	scripts/e2e.sh bench --module loop --module btrfs --add-bin /usr/sbin/mkfs.btrfs \
+		--workdir .vm-bench --timeout 5400 \
+		--env BENCH_ROUNDS=$(BENCH_ROUNDS) --env BENCH_SIZE=$(BENCH_SIZE)
 
 # Hold the Go against the seed patch, hunk by hunk, and against upstream's
 # later diffs the port follows (fails on drift).

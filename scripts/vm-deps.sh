@@ -11,7 +11,8 @@
 # All progress messages go to stderr; stdout carries only the assignments.
 set -euo pipefail
 
-readonly HOST_PACKAGES=(qemu-system-x86 busybox-static cpio fio e2fsprogs xz-utils zstd kmod dmsetup)
+# btrfs-progs: make bench-vm puts its mkfs.btrfs in the initramfs (--add-bin).
+readonly HOST_PACKAGES=(qemu-system-x86 busybox-static cpio fio e2fsprogs xz-utils zstd kmod dmsetup btrfs-progs)
 readonly KERNEL_RE='^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$'
 CACHE=${BTRFSDIO_CACHE:-/var/cache/btrfsdio}
 APT_UPDATED=0

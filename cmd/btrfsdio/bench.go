@@ -31,7 +31,7 @@ func runBench(e *env, args []string) int {
 	profile := fs.String("profile", "raid1", "data profile")
 	size := fs.String("size", "256M", "bytes written and read per measurement")
 	bs := fs.String("bs", "1M", "IO size")
-	rounds := fs.Int("rounds", 3, "repetitions of the whole matrix")
+	rounds := fs.Int("rounds", 3, "repetitions of the whole matrix, and of the QD load (each round in another mode order)")
 	dir := fs.String("dir", defaultBenchDir(), "directory for the backing images (in a scratch directory removed at the end, or on SIGINT/SIGTERM)")
 	quiet := fs.BoolP("quiet", "q", false, "no progress line (there is none when stderr is not a terminal)")
 	jsonOut := fs.String("json", "", "write the result as JSON to FILE (docs/json.md)")

@@ -93,6 +93,8 @@ type Result struct {
 	// configurations that run the same code (see resolution): what the
 	// run's diffs can be trusted to.
 	Resolution float64 `json:"resolution_pct"`
+	// LoadResolution is the same for the QD load (see loadResolution).
+	LoadResolution float64 `json:"load_resolution_pct"`
 }
 
 // Cell finds a cell of the result.
@@ -138,16 +140,12 @@ func Run(cfg Config, progress Progress) (*Result, error) {
 	}
 	res.Resolution = res.resolution()
 	if cfg.QD > 0 {
-		for _, mode := range Modes {
-			if progress != nil {
-				progress(cfg.Rounds, cfg.Rounds, fmt.Sprintf("QD%d %s", cfg.QD, mode))
-			}
-			l, err := runLoad(cfg, mode)
-			if err != nil {
-				return nil, err
-			}
-			res.Load = append(res.Load, l)
+		load, err := runLoads(cfg, Modes, progress, runLoad)
+		if err != nil {
+			return nil, err
 		}
+		res.Load = load
+		res.LoadResolution = res.loadResolution()
 	}
 	return res, nil
 }

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
@@ -20,13 +22,16 @@ func TestRunSmallMatrix(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := 2*(1+2*2) + len(Modes); len(steps) != want || steps[0] != "nodatasum: filling the images" || steps[2] != "nodatasum: read, 6 interleaved" {
+	if want := 2*(1+2*2) + 2*len(Modes); len(steps) != want || steps[0] != "nodatasum: filling the images" || steps[2] != "nodatasum: read, 6 interleaved" {
 		t.Fatalf("progress saw %d steps, want %d: %q", len(steps), want, steps)
 	}
 	if len(res.Load) != len(Modes) {
 		t.Fatalf("%d QD loads, want %d", len(res.Load), len(Modes))
 	}
 	for _, l := range res.Load {
+		if len(l.Rounds) != 2 {
+			t.Fatalf("load %s: %d rounds, want 2", l.Mode, len(l.Rounds))
+		}
 		if l.WriteMiBs <= 0 || l.ReadMiBs <= 0 || l.PeakRSS <= 0 || l.AllocsPerReq <= 0 {
 			t.Fatalf("load %+v", l)
 		}
@@ -50,7 +55,7 @@ func TestRunSmallMatrix(t *testing.T) {
 	}
 	var tab bytes.Buffer
 	res.WriteTable(&tab)
-	for _, want := range []string{"Read (zerocopy)", "Write (bounce (pooled))", "Read (bounce --faithful)", "Nodatasum", "Datasum", "Read (raw file)", "QD4", "peak RSS", "CPU per MiB", "memcpy 1024 KiB", "what this run can resolve"} {
+	for _, want := range []string{"Read (zerocopy)", "Write (bounce (pooled))", "Read (bounce --faithful)", "Nodatasum", "Datasum", "Read (raw file)", "QD4", "2 rounds in rotated order", "what this section can resolve", "peak RSS", "CPU per MiB", "memcpy 1024 KiB", "what this run can resolve"} {
 		if !strings.Contains(tab.String(), want) {
 			t.Fatalf("table lacks %q:\n%s", want, tab.String())
 		}
@@ -263,5 +268,83 @@ func TestCopyBound(t *testing.T) {
 	r := &Result{Cells: []*Cell{{Op: "read", Mode: "zerocopy", MiBs: []float64{1000.0 / 3}}}, Memcpy: &Cell{MiBs: []float64{1000}}}
 	if b := r.copyBound("read"); math.Abs(b-0.75) > 1e-9 {
 		t.Fatalf("copy bound %v, want 0.75", b)
+	}
+}
+
+// TestRunLoads checks the QD load's rounds: every mode once a round, the
+// rounds in the QD1 table's rotated orders (each mode first once in three
+// rounds of three), the summaries the medians of their own rounds, and the
+// resolution the paired diff of zero-copy and fallback reads.
+func TestRunLoads(t *testing.T) {
+	modes := []string{"zerocopy", "bounce", "fallback"}
+	var calls []string
+	var steps []string
+	// Round r's figures: mode k writes 100*(k+1)+r and reads 1000+10*r,
+	// except fallback, which reads 2% above zero-copy in round 2.
+	round := 0
+	run := func(cfg Config, mode string) (*Load, error) {
+		if len(calls)%len(modes) == 0 {
+			round++
+		}
+		calls = append(calls, mode)
+		k := slices.Index(modes, mode)
+		read := float64(1000 + 10*round)
+		if mode == "fallback" && round == 2 {
+			read *= 1.02
+		}
+		return &Load{Mode: mode, QD: cfg.QD, WriteMiBs: float64(100*(k+1) + round), ReadMiBs: read,
+			PeakRSS: int64(round) << 20, PeakReset: round != 3, PoolPeak: int64(k*round) << 20}, nil
+	}
+	loads, err := runLoads(Config{QD: 8, Rounds: 3}, modes, func(r, n int, what string) {
+		steps = append(steps, fmt.Sprintf("%d/%d %s", r, n, what))
+	}, run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	firsts := map[string]bool{}
+	for r := 0; r < 3; r++ {
+		got := calls[r*3 : r*3+3]
+		firsts[got[0]] = true
+		if want := williamsOrders(3)[r]; got[0] != modes[want[0]] || got[1] != modes[want[1]] || got[2] != modes[want[2]] {
+			t.Fatalf("round %d ran %v, want order %v", r+1, got, want)
+		}
+	}
+	if len(calls) != 9 || len(firsts) != 3 {
+		t.Fatalf("calls %v: want 9, each mode first once", calls)
+	}
+	if steps[0] != "1/3 QD8 "+calls[0] || steps[8] != "3/3 QD8 "+calls[8] {
+		t.Fatalf("progress %q", steps)
+	}
+	for k, l := range loads {
+		if l.Mode != modes[k] || len(l.Rounds) != 3 {
+			t.Fatalf("summary %d: %s with %d rounds", k, l.Mode, len(l.Rounds))
+		}
+		if want := float64(100*(k+1) + 2); l.WriteMiBs != want || l.PeakRSS != 2<<20 || l.PeakReset || l.PoolPeak != int64(3*k)<<20 {
+			t.Fatalf("%s: write %v (want %v), peak RSS %d, reset %v, pool peak %d", l.Mode, l.WriteMiBs, want, l.PeakRSS, l.PeakReset, l.PoolPeak)
+		}
+	}
+	if loads[0].ReadMiBs != 1020 || loads[2].ReadMiBs != 1030 {
+		t.Fatalf("read medians %v %v, want 1020 and 1030", loads[0].ReadMiBs, loads[2].ReadMiBs)
+	}
+	r := &Result{Config: Config{Profile: raid.Raid1}, Load: loads}
+	// Paired diffs 0, +2%, 0: the median is 0.
+	if res := r.loadResolution(); res != 0 {
+		t.Fatalf("load resolution %v, want 0", res)
+	}
+	r.Load[2].Rounds[0].ReadMiBs *= 1.05 // a second noisy round: median +2%
+	if res := r.loadResolution(); math.Abs(res-2) > 1e-9 {
+		t.Fatalf("load resolution %v, want 2", res)
+	}
+	r.LoadResolution = r.loadResolution()
+	var tab bytes.Buffer
+	r.writeLoad(&tab)
+	for _, want := range []string{"3 rounds in rotated order", "zerocopy            102 [101 102 103]", "bounce (pooled)     202 [201 202 203] +98.0%", "what this section can resolve", "2.0% either way"} {
+		if !strings.Contains(tab.String(), want) {
+			t.Fatalf("QD table lacks %q:\n%s", want, tab.String())
+		}
+	}
+	// A failing run stops the load with its error.
+	if _, err := runLoads(Config{QD: 8, Rounds: 2}, modes, nil, func(Config, string) (*Load, error) { return nil, errors.New("boom") }); err == nil || err.Error() != "boom" {
+		t.Fatalf("error %v", err)
 	}
 }

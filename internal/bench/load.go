@@ -22,7 +22,9 @@ import (
 const loadBS = 1 << 20
 
 // Load is one mode, nodatasum, under Config.QD submitters of 1 MiB direct
-// IO each: first every block is written, then read.
+// IO each: first every block is written, then read. A round's Load is one
+// such run on a fresh filesystem; a mode's Load in Result.Load holds the
+// medians of its rounds, and the rounds themselves.
 type Load struct {
 	Mode      string  `json:"mode"`
 	QD        int     `json:"qd"`
@@ -44,6 +46,77 @@ type Load struct {
 	// allocations that waited for room (pooled bounce only).
 	PoolPeak  int64 `json:"pool_peak,omitempty"`
 	PoolWaits int64 `json:"pool_waits,omitempty"`
+	// Rounds are the mode's runs, in round order (a mode's summary only).
+	Rounds []*Load `json:"rounds,omitempty"`
+}
+
+// runLoads runs the QD load cfg.Rounds times, every mode once a round,
+// each round in the next order of the QD1 table's balanced design
+// (williamsOrders): every mode goes first, and after every other mode,
+// equally often, so what one mode leaves behind (freed memory the next one
+// reuses, a warmer page cache) and the machine's drift fall on all of
+// them alike. It returns one summary per mode, in modes' order (summarize).
+func runLoads(cfg Config, modes []string, progress Progress, run func(Config, string) (*Load, error)) ([]*Load, error) {
+	rounds := make([][]*Load, len(modes))
+	orders := williamsOrders(len(modes))
+	for round := 1; round <= cfg.Rounds; round++ {
+		for _, k := range orders[(round-1)%len(orders)] {
+			if progress != nil {
+				progress(round, cfg.Rounds, fmt.Sprintf("QD%d %s", cfg.QD, modes[k]))
+			}
+			l, err := run(cfg, modes[k])
+			if err != nil {
+				return nil, err
+			}
+			rounds[k] = append(rounds[k], l)
+		}
+	}
+	var out []*Load
+	for _, ls := range rounds {
+		out = append(out, summarize(ls))
+	}
+	return out, nil
+}
+
+// summarize is a mode's Load over its rounds: the median of every figure
+// (the bounce pool's peak: the largest), peak RSS reset only if every round
+// reset it.
+func summarize(ls []*Load) *Load {
+	med := func(f func(*Load) float64) float64 {
+		c := &Cell{}
+		for _, l := range ls {
+			c.MiBs = append(c.MiBs, f(l))
+		}
+		return c.Median()
+	}
+	s := &Load{Mode: ls[0].Mode, QD: ls[0].QD, Rounds: ls, PeakReset: true,
+		WriteMiBs:    med(func(l *Load) float64 { return l.WriteMiBs }),
+		ReadMiBs:     med(func(l *Load) float64 { return l.ReadMiBs }),
+		BaseRSS:      int64(med(func(l *Load) float64 { return float64(l.BaseRSS) })),
+		PeakRSS:      int64(med(func(l *Load) float64 { return float64(l.PeakRSS) })),
+		AllocsPerReq: med(func(l *Load) float64 { return l.AllocsPerReq }),
+		BytesPerReq:  med(func(l *Load) float64 { return l.BytesPerReq }),
+		PoolWaits:    int64(med(func(l *Load) float64 { return float64(l.PoolWaits) })),
+	}
+	for _, l := range ls {
+		s.PeakReset = s.PeakReset && l.PeakReset
+		s.PoolPeak = max(s.PoolPeak, l.PoolPeak)
+	}
+	return s
+}
+
+// roundCell is one figure of a mode's rounds as a Cell, for the QD1
+// table's summaries (Median, pairedDiff).
+func (l *Load) roundCell(write bool) *Cell {
+	c := &Cell{}
+	for _, r := range l.Rounds {
+		if write {
+			c.MiBs = append(c.MiBs, r.WriteMiBs)
+		} else {
+			c.MiBs = append(c.MiBs, r.ReadMiBs)
+		}
+	}
+	return c
 }
 
 // runLoad runs the QD load for one mode on a fresh filesystem.
