@@ -121,6 +121,7 @@ type Device struct {
 	info   DevInfo
 	params Params
 	tids   []int
+	stats  QueueStats // of the queues that have ended
 	queues []*queue
 
 	cdev     int
@@ -350,6 +351,9 @@ func (d *Device) runQueue(qid uint16, ready chan<- queueStart) {
 	}
 	ready <- queueStart{q: q, tid: unix.Gettid()}
 	err = q.serve()
+	d.mu.Lock()
+	d.stats.Add(q.snapshot())
+	d.mu.Unlock()
 	if rerr := q.release(); rerr != nil {
 		d.log.Warnf("ublk: queue %d release: %v", qid, rerr)
 	}
@@ -387,6 +391,11 @@ func (d *Device) openQueue(qid uint16) (*queue, error) {
 	}
 	q := newQueue(qid, depth, d.opts.Params.Size, ring, desc, bufs, d.target, d.log)
 	q.closers = append(q.closers, func() error { return unix.Munmap(descs) })
+	maxIO := min(d.opts.Params.withDefaults().MaxIOBytes, d.added.MaxIOBufBytes)
+	if q.file, err = newFileIO(d.target, ring, bufs, d.cdev, depth, int(maxIO)); err != nil {
+		q.release()
+		return nil, err
+	}
 	return q, nil
 }
 
@@ -520,6 +529,14 @@ func (d *Device) Info() DevInfo {
 
 // Params returns the parameters set with SET_PARAMS.
 func (d *Device) Params() Params { return d.params }
+
+// Stats returns the summed QueueStats of the queues that have ended; after
+// Wait, those of the whole run. No kernel counterpart.
+func (d *Device) Stats() QueueStats {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.stats
+}
 
 // UserCopy reports whether requests use UBLK_F_USER_COPY (else per-tag buffers).
 func (d *Device) UserCopy() bool { return d.added.Flags&FlagUserCopy != 0 }

@@ -299,6 +299,7 @@ func serve(spec *addSpec, rep reporter, log *logrus.Logger, logPath string, daem
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
+	prof := startProfile(log)
 
 	fail := func(err error) int {
 		if daemon { // the terminal sees it through the pipe; the log needs it too
@@ -344,6 +345,7 @@ func serve(spec *addSpec, rep reporter, log *logrus.Logger, logPath string, daem
 		stopStats = refreshRunStats(runFile, ri, st, runStatsInterval, log)
 	}
 	rep.ready(dev)
+	prof.served()
 
 	select {
 	case s := <-sigs:
@@ -361,6 +363,7 @@ func serve(spec *addSpec, rep reporter, log *logrus.Logger, logPath string, daem
 		code = exitFail
 	}
 	stopStats()
+	prof.stop(dev)
 	if runFile != "" {
 		os.Remove(runFile)
 	}
