@@ -134,7 +134,7 @@ type QueueStats struct {
 	Notifies  uint64 // eventfd writes by workers
 }
 
-// Add sums two QueueStats.
+// Add sums two QueueStats (no kernel counterpart).
 func (s *QueueStats) Add(o QueueStats) {
 	s.Requests += o.Requests
 	s.Enters += o.Enters
