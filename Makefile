@@ -4,7 +4,7 @@ BIN     ?= bin/btrfsdio
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build vet unit fuzz powercut check check-full check-modes test demo bench bench-vm review install clean
+.PHONY: all build vet unit fuzz powercut check check-full check-modes test demo bench bench-vm bench-vm-loop review install clean
 
 all: build
 
@@ -95,6 +95,18 @@ bench-vm:
 		--workdir .vm-bench --timeout 5400 \
 		--env BENCH_ROUNDS=$(BENCH_ROUNDS) --env BENCH_SIZE=$(BENCH_SIZE)
 
+# The ublk data plane against its references (scripts/guest/bench-loop): our
+# loop target next to ublksrv's (built by scripts/ublksrv-build.sh) and the
+# kernel loop device, same tmpfs file, 1 and 2 queues, rounds interleaved,
+# ratios printed, with our server's per-request profile. BENCH_BASE=COMMIT
+# adds the base-qN columns: btrfsdio built from that commit, same run.
+# Results in .vm-bench-loop/results/ (bench-loop.txt, profile/).
+BENCH_LOOP_ROUNDS ?= 1
+BENCH_LOOP_RUNTIME ?= 3
+BENCH_BASE ?=
+bench-vm-loop:
+	scripts/bench-vm-loop.sh --rounds $(BENCH_LOOP_ROUNDS) --runtime $(BENCH_LOOP_RUNTIME) --base "$(BENCH_BASE)"
+
 # Hold the Go against the seed patch, hunk by hunk, and against upstream's
 # later diffs the port follows (fails on drift).
 review:
@@ -130,4 +142,4 @@ install: build
 		$(DESTDIR)$(ZSHCOMPDIR)/_btrfsdio $(DESTDIR)$(UNITDIR)/btrfsdio@.service
 
 clean:
-	rm -rf $(BIN) bin/powercut bin/review .vm-work .vm-bench results bench.json bench.svg
+	rm -rf $(BIN) bin/powercut bin/review .vm-work .vm-bench .vm-bench-loop results bench.json bench.svg

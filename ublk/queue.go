@@ -3,6 +3,7 @@ package ublk
 import (
 	"errors"
 	"fmt"
+	"os"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -27,8 +28,34 @@ type queueRing interface {
 	close() error                                       // cancel whatever is left and free the ring
 }
 
-// wakeUserData marks the CQE of the wake-up read; command CQEs carry their tag.
-const wakeUserData = 1 << 63
+// fileRing is what the queue needs of a ring to do a FileTarget's IO itself;
+// kernelRing has it, the tests' fake kernel need not.
+type fileRing interface {
+	// rw queues ops for tag as one linked chain, submitted with the next
+	// wait. Only the last SQE posts a CQE on success; one that fails
+	// posts its own and ends the chain (the rest post none). Each CQE's
+	// user data is fileUserData | index<<fileOpShift | tag.
+	rw(tag uint16, ops []rwOp) error
+}
+
+// rwOp is one read or write of a fileIO chain.
+type rwOp struct {
+	write bool
+	fd    int
+	buf   []byte
+	off   uint64
+}
+
+// enterCounter is a ring that counts its io_uring_enter calls.
+type enterCounter interface{ enters() uint64 }
+
+// wakeUserData marks the CQE of the wake-up read, fileUserData those of a
+// tag's file IO; command CQEs carry their tag alone.
+const (
+	wakeUserData = 1 << 63
+	fileUserData = 1 << 62
+	fileOpShift  = 16 // the index of the SQE within its chain
+)
 
 // errQueueQuit is returned by serve when the device forced the queue out.
 var errQueueQuit = errors.New("ublk: queue stopped without the kernel aborting it")
@@ -45,6 +72,7 @@ type tagState uint8
 const (
 	tagInKernel tagState = iota // FETCH or COMMIT_AND_FETCH outstanding
 	tagInWorker                 // request handed to a worker goroutine
+	tagInRing                   // FileTarget IO in the queue's own ring
 	tagDead                     // aborted (-ENODEV) or failed: never resubmitted
 )
 
@@ -70,6 +98,14 @@ type queue struct {
 	live     int // tags not dead
 	cqes     []uring.CQE
 	wakeErrs int
+	file     *fileIO // nil: every request goes to a worker
+
+	// wakePending is set by the worker that writes the eventfd and cleared
+	// by the loop when the wake-up arrives: completions finishing in the
+	// meantime ride on that one wake-up instead of writing it again.
+	wakePending atomic.Bool
+	counters    QueueStats // this queue's own counters (queue goroutine only)
+	notifies    atomic.Uint64
 
 	stats       *IOStats       // the device's counters (nil: not counted)
 	closers     []func() error // extra resources freed by release
@@ -84,8 +120,126 @@ func newQueue(id uint16, depth int, size uint64, ring queueRing, desc func(uint1
 		done:  make(chan completion, depth),
 		reqs:  make([]Request, depth),
 		state: make([]tagState, depth),
-		cqes:  make([]uring.CQE, depth+1),
+		cqes:  make([]uring.CQE, 2*depth+1),
 	}
+}
+
+// QueueStats count what a queue did, for a per-request profile (no kernel
+// counterpart; ublksrv has no such counters).
+type QueueStats struct {
+	Requests  uint64 // requests fetched from the kernel
+	Enters    uint64 // io_uring_enter calls of the queue's ring
+	Handoffs  uint64 // requests handed to a worker goroutine
+	RingIO    uint64 // requests done in the queue's own ring (FileTarget)
+	Fallbacks uint64 // of those, redone by Handle after a failed or short transfer
+	Wakeups   uint64 // eventfd wake-ups the loop consumed
+	Notifies  uint64 // eventfd writes by workers
+}
+
+// Add sums two QueueStats (no kernel counterpart).
+func (s *QueueStats) Add(o QueueStats) {
+	s.Requests += o.Requests
+	s.Enters += o.Enters
+	s.Handoffs += o.Handoffs
+	s.RingIO += o.RingIO
+	s.Fallbacks += o.Fallbacks
+	s.Wakeups += o.Wakeups
+	s.Notifies += o.Notifies
+}
+
+// snapshot returns the queue's stats; from the queue goroutine or after it ended.
+func (q *queue) snapshot() QueueStats {
+	st := q.counters
+	st.Notifies = q.notifies.Load()
+	if e, ok := q.ring.(enterCounter); ok {
+		st.Enters = e.enters()
+	}
+	return st
+}
+
+// fileIO is the state of a FileTarget's requests done in the queue's ring.
+type fileIO struct {
+	fd       int
+	writable bool
+	cdev     int    // /dev/ublkcN under USER_COPY, else -1
+	mem      []byte // depth buffers of per bytes each
+	per      int
+	unmap    bool
+	// Under USER_COPY any buffer will do, so a tag takes the one freed
+	// last (a stack): at low queue depth the same few stay in the cache
+	// and mapped, instead of first-touch faults on one per tag.
+	free []int   // buffer slots, the most recently freed last
+	slot []int   // the slot each tag holds, -1 if none
+	last []uint8 // index of the chain's last SQE per tag
+	want []int32 // bytes of the request
+	ops  [2]rwOp
+}
+
+// newFileIO sets up the ring path for t, or returns nil when it cannot be
+// used (a ring without it, a target that is not a FileTarget). Under
+// USER_COPY it maps a buffer of maxIO bytes per tag; otherwise the request
+// buffers the kernel copies to and from are used directly, as ublksrv does.
+func newFileIO(t Target, ring queueRing, bufs dataSource, cdev, depth, maxIO int) (*fileIO, error) {
+	ft, ok := t.(FileTarget)
+	if _, rok := ring.(fileRing); !ok || !rok || os.Getenv(NoRingIOEnv) != "" {
+		return nil, nil
+	}
+	fd, writable := ft.RingFile()
+	f := &fileIO{fd: fd, writable: writable, cdev: -1,
+		last: make([]uint8, depth), want: make([]int32, depth)}
+	switch b := bufs.(type) {
+	case *bufferSource:
+		f.mem, f.per = b.mem, b.per
+	case *userCopySource:
+		mem, err := unix.Mmap(-1, 0, depth*maxIO, unix.PROT_READ|unix.PROT_WRITE,
+			unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+		if err != nil {
+			return nil, fmt.Errorf("ublk: mmap %d ring buffers of %d bytes: %w", depth, maxIO, err)
+		}
+		f.mem, f.per, f.unmap, f.cdev = mem, maxIO, true, cdev
+		f.free, f.slot = make([]int, depth), make([]int, depth)
+		for i := range f.free {
+			f.free[i] = depth - 1 - i // slot 0 on top
+			f.slot[i] = -1
+		}
+	default:
+		return nil, nil
+	}
+	return f, nil
+}
+
+// NoRingIOEnv, when set in the environment, turns the FileTarget ring path
+// off: every request goes to a worker (for side-by-side measurements).
+const NoRingIOEnv = "BTRFSDIO_UBLK_NO_RING_IO"
+
+// buf returns n bytes of buffer for tag: its own slot with the kernel's
+// buffers, else the slot freed last.
+func (f *fileIO) buf(tag uint16, n int) []byte {
+	i := int(tag)
+	if f.free != nil {
+		i = f.free[len(f.free)-1]
+		f.free = f.free[:len(f.free)-1]
+		f.slot[tag] = i
+	}
+	return f.mem[i*f.per : i*f.per+n]
+}
+
+// put gives tag's slot back once its chain has completed.
+func (f *fileIO) put(tag uint16) {
+	if f.slot == nil || f.slot[tag] < 0 {
+		return
+	}
+	f.free = append(f.free, f.slot[tag])
+	f.slot[tag] = -1
+}
+
+func (f *fileIO) close() error {
+	if !f.unmap || f.mem == nil {
+		return nil
+	}
+	err := unix.Munmap(f.mem)
+	f.mem = nil
+	return err
 }
 
 // prime queues a FETCH_REQ for every tag and the wake-up read, and submits
@@ -134,6 +288,9 @@ func (q *queue) handleCQE(c uring.CQE) error {
 	if c.UserData == wakeUserData {
 		return q.onWake(c.Res)
 	}
+	if c.UserData&fileUserData != 0 {
+		return q.onFileCQE(c)
+	}
 	tag := uint16(c.UserData)
 	if c.UserData >= uint64(q.depth) || q.state[tag] != tagInKernel {
 		q.log.Errorf("ublk: completion for tag %d that has no command outstanding (res %d)", c.UserData, c.Res)
@@ -160,6 +317,8 @@ func (q *queue) retire(tag uint16) {
 
 // onWake re-arms the wake-up read; completions are collected by commitDone.
 func (q *queue) onWake(res int32) error {
+	q.counters.Wakeups++
+	q.wakePending.Store(false)
 	if res < 0 && res != -int32(unix.EINTR) && res != -int32(unix.EAGAIN) {
 		q.wakeErrs++
 		q.log.Errorf("ublk: wake-up read failed: %s", resString(res))
@@ -177,6 +336,7 @@ func (q *queue) onWake(res int32) error {
 // The descriptor is copied out first: the kernel rewrites it once the tag is
 // committed.
 func (q *queue) dispatch(tag uint16) error {
+	q.counters.Requests++
 	d := q.desc(tag)
 	req := &q.reqs[tag]
 	*req = Request{
@@ -200,14 +360,79 @@ func (q *queue) dispatch(tag uint16) error {
 			return q.commit(tag, -int32(unix.EIO))
 		}
 		req.Data = data
+		if q.file != nil {
+			if ok, err := q.ringIO(tag, req); ok || err != nil {
+				return err
+			}
+		}
 	case OpFlush, OpDiscard, OpWriteZeroes:
 	default:
 		return q.commit(tag, -int32(unix.EOPNOTSUPP))
 	}
-	q.state[tag] = tagInWorker
+	q.handOff(req)
+	return nil
+}
+
+// handOff runs the target for req on a worker goroutine.
+func (q *queue) handOff(req *Request) {
+	q.counters.Handoffs++
+	q.state[req.Tag] = tagInWorker
 	q.workers.Add(1)
 	go q.work(req)
-	return nil
+}
+
+// ringIO queues a FileTarget's READ or WRITE in the queue's ring: the file
+// IO, linked under USER_COPY with the copy on /dev/ublkcN (pwrite after a
+// READ's file read, pread before a WRITE's file write). It reports false for
+// what it leaves to Handle: FUA writes and writes to a read-only file.
+func (q *queue) ringIO(tag uint16, req *Request) (bool, error) {
+	f := q.file
+	n := req.Bytes()
+	if req.Op == OpWrite && (!f.writable || req.Flags&ReqFUA != 0) || n > int64(f.per) {
+		return false, nil
+	}
+	buf := f.buf(tag, int(n))
+	off := uint64(req.Offset())
+	ops := f.ops[:0]
+	if req.Op == OpRead {
+		ops = append(ops, rwOp{fd: f.fd, buf: buf, off: off})
+		if f.cdev >= 0 {
+			ops = append(ops, rwOp{write: true, fd: f.cdev, buf: buf, off: uint64(UserCopyOffset(q.id, tag))})
+		}
+	} else {
+		if f.cdev >= 0 {
+			ops = append(ops, rwOp{fd: f.cdev, buf: buf, off: uint64(UserCopyOffset(q.id, tag))})
+		}
+		ops = append(ops, rwOp{write: true, fd: f.fd, buf: buf, off: off})
+	}
+	f.last[tag], f.want[tag] = uint8(len(ops)-1), int32(n)
+	q.state[tag] = tagInRing
+	q.counters.RingIO++
+	if err := q.ring.(fileRing).rw(tag, ops); err != nil {
+		return true, fmt.Errorf("ublk: queue %d: file IO tag %d: %w", q.id, tag, err)
+	}
+	return true, nil
+}
+
+// onFileCQE ends a tag's file IO chain: the last SQE's CQE, or that of an
+// earlier one that failed or came up short (the kernel then cancels the rest
+// without CQEs). A full transfer commits the request; anything else hands it
+// to Handle, which redoes it whole with the target's own error and EOF
+// handling.
+func (q *queue) onFileCQE(c uring.CQE) error {
+	tag := uint16(c.UserData)
+	if int(tag) >= q.depth || q.state[tag] != tagInRing {
+		q.log.Errorf("ublk: file IO completion for tag %d that has none outstanding (res %d)", tag, c.Res)
+		return nil
+	}
+	f := q.file
+	f.put(tag)
+	if uint8(c.UserData>>fileOpShift) != f.last[tag] || c.Res != f.want[tag] {
+		q.counters.Fallbacks++
+		q.handOff(&q.reqs[tag])
+		return nil
+	}
+	return q.commit(tag, f.want[tag])
 }
 
 // work runs the target for one request on a worker goroutine.
@@ -217,7 +442,10 @@ func (q *queue) work(req *Request) {
 	res := q.handle(req)
 	q.stats.record(req, res, time.Since(start))
 	q.done <- completion{tag: req.Tag, res: res}
-	q.ring.notify()
+	if q.wakePending.CompareAndSwap(false, true) {
+		q.notifies.Add(1)
+		q.ring.notify()
+	}
 }
 
 // handle calls the target, turning a panic into -EIO.
@@ -287,6 +515,9 @@ func (q *queue) release() error {
 	q.releaseOnce.Do(func() {
 		q.workers.Wait()
 		errs := []error{q.ring.close(), q.bufs.close()}
+		if q.file != nil {
+			errs = append(errs, q.file.close())
+		}
 		for _, c := range q.closers {
 			errs = append(errs, c())
 		}
@@ -314,7 +545,9 @@ type kernelRing struct {
 }
 
 func newKernelRing(cdev int, qid uint16, depth int) (*kernelRing, error) {
-	entries := uint32(depth + 1)
+	// Room for every tag's two-SQE file IO chain plus the wake-up read, so
+	// a chain is never split by a submit.
+	entries := uint32(2*depth + 1)
 	// COOP_TASKRUN: task work (how ublk delivers requests) runs when we
 	// enter the ring instead of interrupting the thread.
 	ring, err := uring.New(entries, uring.SetupCoopTaskrun)
@@ -356,6 +589,33 @@ func (k *kernelRing) ioCmd(op uint32, tag uint16, res int32, addr uint64) error 
 	c.Marshal(k.ring.Cmd(s))
 	return nil
 }
+
+func (k *kernelRing) rw(tag uint16, ops []rwOp) error {
+	if k.ring.SQSpace() < uint32(len(ops)) {
+		if _, err := k.ring.Submit(); err != nil {
+			return err
+		}
+		if k.ring.SQSpace() < uint32(len(ops)) {
+			return uring.ErrRingFull
+		}
+	}
+	for i, op := range ops {
+		s := k.ring.NextSQE()
+		ud := fileUserData | uint64(i)<<fileOpShift | uint64(tag)
+		if op.write {
+			s.PrepWrite(op.fd, op.buf, op.off, ud)
+		} else {
+			s.PrepRead(op.fd, op.buf, op.off, ud)
+		}
+		if i < len(ops)-1 {
+			// One CQE per chain: one wake-up of the loop, not two.
+			s.Flags |= uring.SQEIOLink | uring.SQECQESkipSuccess
+		}
+	}
+	return nil
+}
+
+func (k *kernelRing) enters() uint64 { return k.ring.Enters() }
 
 func (k *kernelRing) fetch(tag uint16, addr uint64) error {
 	return k.ioCmd(IOFetchReq, tag, 0, addr)

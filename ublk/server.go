@@ -121,6 +121,7 @@ type Device struct {
 	info   DevInfo
 	params Params
 	tids   []int
+	ended  QueueStats // the counters of the queues that have ended
 	queues []*queue
 	stats  IOStats // what the queues served (IOStats)
 
@@ -351,6 +352,9 @@ func (d *Device) runQueue(qid uint16, ready chan<- queueStart) {
 	}
 	ready <- queueStart{q: q, tid: unix.Gettid()}
 	err = q.serve()
+	d.mu.Lock()
+	d.ended.Add(q.snapshot())
+	d.mu.Unlock()
 	if rerr := q.release(); rerr != nil {
 		d.log.Warnf("ublk: queue %d release: %v", qid, rerr)
 	}
@@ -389,6 +393,11 @@ func (d *Device) openQueue(qid uint16) (*queue, error) {
 	q := newQueue(qid, depth, d.opts.Params.Size, ring, desc, bufs, d.target, d.log)
 	q.stats = &d.stats
 	q.closers = append(q.closers, func() error { return unix.Munmap(descs) })
+	maxIO := min(d.opts.Params.withDefaults().MaxIOBytes, d.added.MaxIOBufBytes)
+	if q.file, err = newFileIO(d.target, ring, bufs, d.cdev, depth, int(maxIO)); err != nil {
+		q.release()
+		return nil, err
+	}
 	return q, nil
 }
 
@@ -522,6 +531,14 @@ func (d *Device) Info() DevInfo {
 
 // Params returns the parameters set with SET_PARAMS.
 func (d *Device) Params() Params { return d.params }
+
+// QueueStats returns the summed QueueStats of the queues that have ended;
+// after Wait, those of the whole run. No kernel counterpart.
+func (d *Device) QueueStats() QueueStats {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.ended
+}
 
 // UserCopy reports whether requests use UBLK_F_USER_COPY (else per-tag buffers).
 func (d *Device) UserCopy() bool { return d.added.Flags&FlagUserCopy != 0 }

@@ -108,6 +108,21 @@ type Target interface {
 	Handle(r *Request) int32
 }
 
+// FileTarget is a Target whose READ and WRITE requests are plain file IO on
+// one descriptor, device byte x at file byte x, as for ublksrv's loop target.
+// The queue then does them itself through its own io_uring, as ublksrv's
+// loop_queue_tgt_io does, with no hand-off to a worker goroutine: the file
+// read or write, plus under UBLK_F_USER_COPY the copy on /dev/ublkcN, are
+// linked SQEs submitted with the queue's next io_uring_enter. FUA writes, the
+// other operations, and any transfer that fails or comes up short go to
+// Handle on a worker as before, so Handle keeps the full semantics (errors,
+// zeros past a shrunken file's end).
+type FileTarget interface {
+	Target
+	// RingFile returns the descriptor and whether WRITEs may go to it.
+	RingFile() (fd int, writable bool)
+}
+
 // TargetParams describe the device a target offers; they become the basic and
 // discard parameters of SET_PARAMS (struct ublk_param_basic/_discard).
 type TargetParams struct {

@@ -358,6 +358,7 @@ func serve(spec *addSpec, rep reporter, log *logrus.Logger, logPath string, daem
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
+	prof := startProfile(log)
 
 	fail := func(err error) int {
 		if daemon { // the terminal sees it through the pipe; the log needs it too
@@ -412,6 +413,7 @@ func serve(spec *addSpec, rep reporter, log *logrus.Logger, logPath string, daem
 	}
 	rep.ready(dev)
 	notifyService(log, fmt.Sprintf("READY=1\nSTATUS=serving %s\nMAINPID=%d", dev.BlockDevice(), os.Getpid()))
+	prof.served()
 
 	select {
 	case s := <-sigs:
@@ -431,6 +433,7 @@ func serve(spec *addSpec, rep reporter, log *logrus.Logger, logPath string, daem
 	}
 	stopStats()
 	stopPublish()
+	prof.stop(dev)
 	if runFile != "" {
 		os.Remove(runFile)
 	}

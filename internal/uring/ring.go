@@ -104,6 +104,7 @@ type Ring struct {
 	// kernel's tail word only when the entries are submitted.
 	sqeTail uint32
 	closed  bool
+	enters  uint64
 }
 
 // New sets up a ring with at least entries SQEs (the kernel rounds up to a
@@ -242,6 +243,12 @@ func (r *Ring) PrepUringCmd(fd int, cmdOp uint32, payload []byte, userData uint6
 	return sqe, nil
 }
 
+// SQSpace returns how many SQEs NextSQE can still hand out before a submit
+// (io_uring_sq_space_left).
+func (r *Ring) SQSpace() uint32 {
+	return r.sqEntries - r.Pending()
+}
+
 // Pending returns how many prepared SQEs the kernel has not consumed yet.
 func (r *Ring) Pending() uint32 {
 	return r.sqeTail - atomic.LoadUint32(r.sqHead)
@@ -285,8 +292,13 @@ func (r *Ring) SubmitAndWait(waitNr uint32) (int, error) {
 	}
 }
 
+// Enters returns how many io_uring_enter calls the ring made, a cheap
+// per-request profile for its owner. No kernel counterpart.
+func (r *Ring) Enters() uint64 { return r.enters }
+
 // enter is the raw io_uring_enter(2) without a signal mask.
 func (r *Ring) enter(toSubmit, minComplete, flags uint32) (int, error) {
+	r.enters++
 	n, _, errno := unix.Syscall6(sysIOUringEnter, uintptr(r.fd), uintptr(toSubmit), uintptr(minComplete), uintptr(flags), 0, 0)
 	if errno != 0 {
 		return 0, fmt.Errorf("io_uring_enter: %w", errno)

@@ -39,10 +39,12 @@ type Target struct {
 	closeOnce   sync.Once
 }
 
-// Target is a ublk target that ublk closes when the device is deleted.
+// Target is a ublk target that ublk closes when the device is deleted, and
+// whose reads and writes the queues do in their own io_uring.
 var (
-	_ ublk.Target = (*Target)(nil)
-	_ io.Closer   = (*Target)(nil)
+	_ ublk.Target     = (*Target)(nil)
+	_ ublk.FileTarget = (*Target)(nil)
+	_ io.Closer       = (*Target)(nil)
 )
 
 // Open opens path as the backing store. The device size is the file size (or
@@ -165,6 +167,11 @@ func (l *Target) Params() ublk.TargetParams {
 		ReadOnly:          l.readOnly,
 	}
 }
+
+// RingFile hands the backing file to the queues, which then read and write it
+// through their own io_uring as ublksrv's loop_queue_tgt_io does; Handle
+// still serves what they leave to it (FUA, flush, discard, short transfers).
+func (l *Target) RingFile() (fd int, writable bool) { return l.fd, !l.readOnly }
 
 // Handle serves one request (loop_queue_tgt_io in ublksrv).
 func (l *Target) Handle(r *ublk.Request) int32 {
