@@ -94,6 +94,8 @@ func TestQueueFileTargetRingIO(t *testing.T) {
 	if err := q.prime(); err != nil {
 		t.Fatal(err)
 	}
+	var io IOStats
+	q.stats = &io
 	fq := &fakeQueue{q: q, k: k.fakeKernel, mem: mem, per: per, errc: make(chan error, 1), log: hook}
 	go func() {
 		err := q.serve()
@@ -147,6 +149,10 @@ func TestQueueFileTargetRingIO(t *testing.T) {
 	st := q.snapshot()
 	if st.Requests != 4 || st.RingIO != 3 || st.Fallbacks != 1 || st.Handoffs != 2 || k.chains != 3 {
 		t.Fatalf("stats %+v, chains %d", st, k.chains)
+	}
+	// The device's IOStats count the ring's requests as well as Handle's.
+	if snap := io.Snapshot(); snap["read"].IOs != 2 || snap["write"].IOs != 2 || snap["read"].Bytes != 8192 || snap["write"].Bytes != 8192 {
+		t.Fatalf("IOStats read %+v, write %+v: want 2 of each, 8192 bytes", snap["read"], snap["write"])
 	}
 }
 

@@ -172,7 +172,9 @@ type fileIO struct {
 	slot []int   // the slot each tag holds, -1 if none
 	last []uint8 // index of the chain's last SQE per tag
 	want []int32 // bytes of the request
-	ops  [2]rwOp
+	// start is when the chain was queued, for the device's IOStats.
+	start []time.Time
+	ops   [2]rwOp
 }
 
 // newFileIO sets up the ring path for t, or returns nil when it cannot be
@@ -186,7 +188,7 @@ func newFileIO(t Target, ring queueRing, bufs dataSource, cdev, depth, maxIO int
 	}
 	fd, writable := ft.RingFile()
 	f := &fileIO{fd: fd, writable: writable, cdev: -1,
-		last: make([]uint8, depth), want: make([]int32, depth)}
+		last: make([]uint8, depth), want: make([]int32, depth), start: make([]time.Time, depth)}
 	switch b := bufs.(type) {
 	case *bufferSource:
 		f.mem, f.per = b.mem, b.per
@@ -405,7 +407,7 @@ func (q *queue) ringIO(tag uint16, req *Request) (bool, error) {
 		}
 		ops = append(ops, rwOp{write: true, fd: f.fd, buf: buf, off: off})
 	}
-	f.last[tag], f.want[tag] = uint8(len(ops)-1), int32(n)
+	f.last[tag], f.want[tag], f.start[tag] = uint8(len(ops)-1), int32(n), time.Now()
 	q.state[tag] = tagInRing
 	q.counters.RingIO++
 	if err := q.ring.(fileRing).rw(tag, ops); err != nil {
@@ -432,6 +434,7 @@ func (q *queue) onFileCQE(c uring.CQE) error {
 		q.handOff(&q.reqs[tag])
 		return nil
 	}
+	q.stats.record(&q.reqs[tag], f.want[tag], time.Since(f.start[tag]))
 	return q.commit(tag, f.want[tag])
 }
 
