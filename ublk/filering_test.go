@@ -88,6 +88,7 @@ func TestQueueFileTargetRingIO(t *testing.T) {
 	mem := make([]byte, depth*per)
 	bufs := newBufferSourceOn(mem, depth, per)
 	q := newQueue(0, depth, fakeDeviceSize, k, k.desc, bufs, target, logger)
+	t.Setenv(RingIOEnv, "1")
 	if q.file, err = newFileIO(target, k, bufs, -1, depth, per); err != nil || q.file == nil {
 		t.Fatalf("newFileIO = %v, %v", q.file, err)
 	}
@@ -238,6 +239,7 @@ func TestKernelRingFileChain(t *testing.T) {
 func TestFileIOBufferStack(t *testing.T) {
 	target := &fileTarget{fd: -1}
 	k := &fileKernel{fakeKernel: newFakeKernel(t, 4)}
+	t.Setenv(RingIOEnv, "1")
 	f, err := newFileIO(target, k, newUserCopySource(-1, 0, 4), 99, 4, 4096)
 	if err != nil || f == nil {
 		t.Fatalf("newFileIO = %v, %v", f, err)
