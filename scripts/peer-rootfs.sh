@@ -68,12 +68,11 @@ mirror_lines() {
 		printf '%s\n' "$PEER_MIRROR"
 		return 0
 	fi
-	local uri=http://deb.debian.org/debian sec=http://deb.debian.org/debian-security f
-	for f in /etc/apt/sources.list.d/debian.sources; do
-		[[ -f $f ]] || continue
+	local uri='' sec='' f=/etc/apt/sources.list.d/debian.sources
+	if [[ -f $f ]]; then
 		uri=$(awk '/^URIs:/ && $2 !~ /security/ { print $2; exit }' "$f")
 		sec=$(awk '/^URIs:/ && $2 ~ /security/ { print $2; exit }' "$f")
-	done
+	fi
 	printf 'deb %s bookworm main\ndeb %s bookworm-updates main\ndeb %s bookworm-security main\n' \
 		"${uri:-http://deb.debian.org/debian}" "${uri:-http://deb.debian.org/debian}" \
 		"${sec:-http://deb.debian.org/debian-security}"
@@ -117,6 +116,7 @@ build_suites() {
 # check_libs ROOT: every ELF helper of the suites must find its libraries in ROOT.
 check_libs() {
 	local root=$1 missing
+	# shellcheck disable=SC2016 # expanded by the chroot's bash
 	missing=$(chroot "$root" /bin/bash -c '
 		find /opt/fstests/src /opt/fstests/ltp /opt/blktests/src -type f -perm -u+x 2>/dev/null |
 		while read -r f; do
