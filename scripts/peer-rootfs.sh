@@ -39,7 +39,7 @@ readonly IMG_SIZE=3G
 readonly PACKAGES=(bash perl gawk bc psmisc attr acl util-linux kmod xfsprogs e2fsprogs
 	fio dmsetup sed grep coreutils findutils procps diffutils file hostname passwd
 	libaio1 liburing2 libgdbm6 libuuid1 libattr1 libacl1 libinih1 libcap2-bin uuid-runtime
-	xz-utils keyutils quota jq)
+	xz-utils keyutils quota jq udev)
 # Host build dependencies of fstests and blktests.
 readonly BUILD_DEPS=(mmdebstrap make gcc g++ autoconf automake libtool pkg-config
 	xfslibs-dev uuid-dev libattr1-dev libacl1-dev libaio-dev libgdbm-dev liburing-dev
