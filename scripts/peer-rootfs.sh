@@ -161,6 +161,8 @@ build_image() {
 	mkfs.ext4 -q -F -L peer-rootfs -d "$root" "$out.tmp" || die "mkfs.ext4 -d failed"
 	mv -f -- "$out.tmp" "$out"
 	echo "$((SECONDS - start))" >"$out.buildtime"
+	# Images of older inputs are never used again.
+	find "$BTRFSDIO_CACHE/peer" -maxdepth 1 -name 'rootfs-*.img*' ! -name "rootfs-$key.img*" -delete
 	log "built $out in $((SECONDS - start))s"
 }
 
