@@ -35,11 +35,12 @@ readonly BLKTESTS_TGZ=blktests-613b8377e4d3.tar.gz
 readonly IMG_SIZE=3G
 
 # What the guest runs: fstests' and blktests' documented dependencies plus
-# the runtime libraries of their C helpers (checked with ldd after the build).
+# the runtime libraries of their C helpers (checked with ldd after the build);
+# bsdextrautils for blktests' column and hexdump (block/012).
 readonly PACKAGES=(bash perl gawk bc psmisc attr acl util-linux kmod xfsprogs e2fsprogs
 	fio dmsetup sed grep coreutils findutils procps diffutils file hostname passwd
 	libaio1 liburing2 libgdbm6 libuuid1 libattr1 libacl1 libinih1 libcap2-bin uuid-runtime
-	xz-utils keyutils quota jq udev)
+	xz-utils keyutils quota jq udev bsdextrautils)
 # Host build dependencies of fstests and blktests.
 readonly BUILD_DEPS=(mmdebstrap make gcc g++ autoconf automake libtool pkg-config
 	xfslibs-dev uuid-dev libattr1-dev libacl1-dev libaio-dev libgdbm-dev liburing-dev
