@@ -4,7 +4,7 @@ BIN     ?= bin/btrfsdio
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build vet unit fuzz powercut check check-full check-modes test demo bench bench-vm bench-vm-loop review install clean
+.PHONY: all build vet unit fuzz powercut check check-full check-modes check-peer check-peer-quick peer-selftest test demo bench bench-vm bench-vm-loop review install clean
 
 all: build
 
@@ -69,6 +69,22 @@ check-full:
 # to keep CI short; dio/004 there adds one device in each.
 check-modes:
 	$(MAKE) check CHECK_ARGS="-c modes.config -g auto"
+
+# Peer suites (issue 16): fstests on btrfsdio devices and on kernel loop
+# devices over the same kind of images, same VM run, ext4 and xfs x {loop,
+# bounce/raid1, zerocopy/raid10}; Debian 12 guest from scripts/peer-rootfs.sh
+# (cached). PEER_TESTS="generic/091 generic/761" picks tests. Results and
+# summary.md in results/peer/; fails when a test fails on ours only.
+check-peer:
+	scripts/peer-check
+
+# The CI subset (scripts/peer/quick.list): ext4, loop vs bounce/raid1.
+check-peer-quick:
+	scripts/peer-check --quick
+
+# The peer summary generator on fake fstests reports (no VM).
+peer-selftest:
+	scripts/peer/summary-test
 
 # The README's test command.
 test: vet unit fuzz check

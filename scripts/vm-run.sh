@@ -16,6 +16,8 @@
 #   --no-9p             no 9p share: results come back over the serial console
 #   --env KEY=VALUE     export KEY to the guest script (repeatable, no spaces)
 #   --append ARGS       extra kernel command line
+#   --ro-disk PATH,SERIAL  attach PATH read-only as one more virtio disk after the
+#                       scratch disks, with that serial (the peer suites' rootfs)
 #   --module NAME, --optional-module NAME, --add-bin PATH   passed to mkinitramfs.sh
 # Env: BTRFSDIO_CACHE (download cache, default /var/cache/btrfsdio),
 #      BTRFSDIO_VM_MEM (default 2G), BTRFSDIO_VM_SMP (default 2).
@@ -31,7 +33,7 @@ readonly KERNEL_ERROR_RE='\[ *[0-9]+\.[0-9]+\] .*(BUG:|WARNING:|Oops|Kernel pani
 
 BINARY='' TESTS=$SCRIPTS_DIR/guest-smoke SCRIPT='' NDISKS=4 DISK_SIZE=256M KEEP_DISKS=0
 WORKDIR=$REPO_DIR/.vm-work TIMEOUT=900 ACCEL=auto DISK_CACHE=auto USE_9P=1 APPEND=''
-GUEST_ENV=() MKINITRAMFS_ARGS=()
+GUEST_ENV=() MKINITRAMFS_ARGS=() RO_DISKS=()
 MEM=${BTRFSDIO_VM_MEM:-2G} SMP=${BTRFSDIO_VM_SMP:-2}
 QEMU_JOB='' QEMU_PIDFILE=''
 
@@ -59,6 +61,7 @@ parse_args() {
 		--no-9p) USE_9P=0; shift ;;
 		--env) GUEST_ENV+=("${2:?}"); shift 2 ;;
 		--append) APPEND+=" ${2:?}"; shift 2 ;;
+		--ro-disk) RO_DISKS+=("${2:?}"); shift 2 ;;
 		--module | --optional-module | --add-bin) MKINITRAMFS_ARGS+=("$1" "${2:?}"); shift 2 ;;
 		-h | --help) usage ;;
 		*) die "unknown argument: $1 (see --help)" ;;
@@ -71,6 +74,9 @@ parse_args() {
 	[[ -d $TESTS ]] || die "tests dir $TESTS does not exist"
 	[[ -z $SCRIPT || $SCRIPT =~ ^[A-Za-z0-9._/-]+$ ]] || die "bad --script name: $SCRIPT"
 	local kv
+	for kv in "${RO_DISKS[@]}"; do
+		[[ $kv =~ ^[^,]+,[A-Za-z0-9_-]+$ && -f ${kv%,*} ]] || die "bad --ro-disk $kv (an existing PATH,SERIAL)"
+	done
 	for kv in "${GUEST_ENV[@]}"; do
 		[[ $kv =~ ^[A-Za-z_][A-Za-z0-9_]*=[^[:space:]]*$ ]] || die "bad --env $kv (KEY=VALUE, no spaces)"
 	done
@@ -210,6 +216,11 @@ qemu_args() {
 	for ((i = 0; i < NDISKS; i++)); do
 		QEMU_ARGS+=(-drive "file=$WORKDIR/disk$i.img,if=none,id=vd$i,format=raw,cache=$DISK_CACHE"
 			-device "virtio-blk-pci,drive=vd$i,serial=btrfsdio-disk$i")
+	done
+	for ((i = 0; i < ${#RO_DISKS[@]}; i++)); do
+		kv=${RO_DISKS[$i]}
+		QEMU_ARGS+=(-drive "file=${kv%,*},if=none,id=ro$i,format=raw,readonly=on,cache=$DISK_CACHE"
+			-device "virtio-blk-pci,drive=ro$i,serial=${kv##*,}")
 	done
 	if [[ $USE_9P == 1 ]]; then
 		QEMU_ARGS+=(-virtfs "local,path=$WORKDIR/results,mount_tag=results,security_model=none,id=results")
