@@ -86,8 +86,9 @@ check-peer-quick:
 peer-selftest:
 	scripts/peer/summary-test
 
-# The README's test command.
-test: vet unit fuzz check
+# The README's test command (.ci/run): then the peer suites' summary
+# generator on fake reports and the quick fstests subset, ours vs loop.
+test: vet unit fuzz check peer-selftest check-peer-quick
 
 # The README's main command: the bug and the fix on a real ublk device.
 demo:
