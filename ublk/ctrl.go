@@ -28,11 +28,25 @@ const noQueue = 0xFFFF
 type Control struct {
 	mu   sync.Mutex
 	fd   int
-	ring *uring.Ring
+	ring ctrlRing
 	// page holds the buffer a command's addr points to. It is mmapped, not
 	// Go memory, so the kernel may write it while the garbage collector runs.
 	page []byte
 	seq  uint64
+	// unprivileged holds the ids of devices whose flags, as ADD_DEV or
+	// GET_DEV_INFO2 returned them, have UBLK_F_UNPRIVILEGED_DEV: their
+	// commands carry the char device path (ublk_ctrl_uring_cmd_permission).
+	unprivileged map[uint32]bool
+}
+
+// ctrlRing is what Control needs of its io_uring (a *uring.Ring; tests
+// put a fake kernel behind it).
+type ctrlRing interface {
+	PrepUringCmd(fd int, cmdOp uint32, payload []byte, userData uint64) (*uring.SQE, error)
+	SubmitAndWait(waitNr uint32) (int, error)
+	WaitCQE() (uring.CQE, error)
+	SeenCQE()
+	Close() error
 }
 
 // OpenControl opens /dev/ublk-control (ublksrv_ctrl_init). A missing node is
@@ -45,13 +59,15 @@ func OpenControl() (*Control, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ublk: open %s: %w", ControlPath, err)
 	}
-	c := &Control{fd: fd}
+	c := &Control{fd: fd, unprivileged: map[uint32]bool{}}
 	// Control commands need 80 bytes of payload room; the kernel refuses
 	// them on 64-byte SQEs (IO_URING_F_SQE128 check in ublk_ctrl_uring_cmd).
-	if c.ring, err = uring.New(4, uring.SetupSQE128); err != nil {
+	ring, err := uring.New(4, uring.SetupSQE128)
+	if err != nil {
 		c.Close()
 		return nil, fmt.Errorf("ublk: control ring: %w", err)
 	}
+	c.ring = ring
 	if c.page, err = unix.Mmap(-1, 0, os.Getpagesize(), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("ublk: control buffer: %w", err)
@@ -89,11 +105,20 @@ func (c *Control) Close() error {
 }
 
 // call issues one control command and waits for its completion
-// (__ublksrv_ctrl_cmd). The caller has put the input in c.page when cmd.Len
-// is set; the kernel leaves its output there.
-func (c *Control) call(op uint32, cmd CtrlCmd) error {
+// (__ublksrv_ctrl_cmd). The caller has put the input in c.data(id, withPath)
+// when cmd.Len is set; the kernel leaves its output there. withPath puts
+// "/dev/ublkcN" at the start of the buffer and sets dev_path_len: the kernel
+// checks the caller's access to that node, then moves addr past it and takes
+// it off len, so the command's own data follows the path
+// (ublk_ctrl_uring_cmd_permission).
+func (c *Control) call(op uint32, cmd CtrlCmd, withPath bool) error {
 	if c.ring == nil {
 		return fmt.Errorf("ublk: %s: control closed", cmdNames[op])
+	}
+	if withPath {
+		n := copy(c.page, charDevPath(cmd.DevID))
+		cmd.DevPathLen = uint16(n)
+		cmd.Len += uint16(n)
 	}
 	if cmd.Len > 0 {
 		cmd.Addr = uint64(uintptr(unsafe.Pointer(&c.page[0])))
@@ -119,6 +144,25 @@ func (c *Control) call(op uint32, cmd CtrlCmd) error {
 	return nil
 }
 
+// charDevPath is /dev/ublkcN.
+func charDevPath(id uint32) string { return CharDevPrefix + strconv.FormatUint(uint64(id), 10) }
+
+// data is where a command's own input and output go in c.page: after the
+// device path when the command carries one (see call).
+func (c *Control) data(id uint32, withPath bool) []byte {
+	if withPath {
+		return c.page[len(charDevPath(id)):]
+	}
+	return c.page
+}
+
+// devCall issues a command on device id with the path when that device is
+// unprivileged. The caller holds c.mu and has put its input in
+// c.data(id, c.unprivileged[id]).
+func (c *Control) devCall(op uint32, cmd CtrlCmd) error {
+	return c.call(op, cmd, c.unprivileged[cmd.DevID])
+}
+
 // waitFor reaps CQEs until the one of command seq; older ones belong to
 // commands whose caller already gave up on an io_uring error.
 func (c *Control) waitFor(seq uint64) (uring.CQE, error) {
@@ -141,7 +185,7 @@ func (c *Control) waitFor(seq uint64) (uring.CQE, error) {
 func (c *Control) GetFeatures() (uint64, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if err := c.call(CmdGetFeatures, CtrlCmd{DevID: anyDevID, QueueID: noQueue, Len: FeaturesSize}); err != nil {
+	if err := c.call(CmdGetFeatures, CtrlCmd{DevID: anyDevID, QueueID: noQueue, Len: FeaturesSize}, false); err != nil {
 		return 0, err
 	}
 	return le.Uint64(c.page), nil
@@ -150,6 +194,9 @@ func (c *Control) GetFeatures() (uint64, error) {
 // AddDev creates a device (UBLK_U_CMD_ADD_DEV). info.DevID is the wanted id or
 // 0xFFFFFFFF; on success info holds what the kernel negotiated: the id, the
 // flags it kept, the clamped queue count and the page-rounded max I/O size.
+// ADD_DEV never carries the path; when the kernel kept
+// UBLK_F_UNPRIVILEGED_DEV (it clears it for a caller with CAP_SYS_ADMIN),
+// every later command on the device does.
 func (c *Control) AddDev(info *DevInfo) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -158,22 +205,58 @@ func (c *Control) AddDev(info *DevInfo) error {
 	}
 	info.Marshal(c.page)
 	// dev_id must be the same in the command and in the info (ublk_ctrl_add_dev).
-	if err := c.call(CmdAddDev, CtrlCmd{DevID: info.DevID, QueueID: noQueue, Len: DevInfoSize}); err != nil {
+	if err := c.call(CmdAddDev, CtrlCmd{DevID: info.DevID, QueueID: noQueue, Len: DevInfoSize}, false); err != nil {
 		return err
 	}
 	info.Unmarshal(c.page)
+	if info.Flags&FlagUnprivilegedDev != 0 {
+		c.unprivileged[info.DevID] = true
+	}
 	return nil
 }
 
-// GetDevInfo reads a device's info (UBLK_U_CMD_GET_DEV_INFO).
+// GetDevInfo reads a device's info (UBLK_U_CMD_GET_DEV_INFO). A device
+// created with UBLK_F_UNPRIVILEGED_DEV answers only GET_DEV_INFO2 with its
+// char device path: the kernel refuses the plain command (EINVAL from root,
+// which sent no path; EPERM from a user without CAP_SYS_ADMIN), so GetDevInfo
+// then asks again that way and remembers the device's flags.
 func (c *Control) GetDevInfo(id uint32) (DevInfo, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var info DevInfo
-	if err := c.call(CmdGetDevInfo, CtrlCmd{DevID: id, QueueID: noQueue, Len: DevInfoSize}); err != nil {
+	if c.unprivileged[id] {
+		return c.getDevInfo2(id)
+	}
+	err := c.call(CmdGetDevInfo, CtrlCmd{DevID: id, QueueID: noQueue, Len: DevInfoSize}, false)
+	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EPERM) {
+		if info2, err2 := c.getDevInfo2(id); err2 == nil {
+			return info2, nil
+		}
+	}
+	if err != nil {
 		return info, err
 	}
 	info.Unmarshal(c.page)
+	return info, nil
+}
+
+// GetDevInfo2 reads a device's info with its char device path, which the
+// kernel checks for read access (UBLK_U_CMD_GET_DEV_INFO2).
+func (c *Control) GetDevInfo2(id uint32) (DevInfo, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.getDevInfo2(id)
+}
+
+func (c *Control) getDevInfo2(id uint32) (DevInfo, error) {
+	var info DevInfo
+	if err := c.call(CmdGetDevInfo2, CtrlCmd{DevID: id, QueueID: noQueue, Len: DevInfoSize}, true); err != nil {
+		return info, err
+	}
+	info.Unmarshal(c.data(id, true))
+	if info.Flags&FlagUnprivilegedDev != 0 {
+		c.unprivileged[id] = true
+	}
 	return info, nil
 }
 
@@ -185,8 +268,8 @@ func (c *Control) SetParams(id uint32, p Params) error {
 		return fmt.Errorf("ublk: SET_PARAMS: control closed")
 	}
 	p.Len = ParamsSize
-	p.Marshal(c.page)
-	return c.call(CmdSetParams, CtrlCmd{DevID: id, QueueID: noQueue, Len: ParamsSize})
+	p.Marshal(c.data(id, c.unprivileged[id]))
+	return c.devCall(CmdSetParams, CtrlCmd{DevID: id, QueueID: noQueue, Len: ParamsSize})
 }
 
 // GetParams reads a device's parameters, including the char and block device
@@ -199,11 +282,12 @@ func (c *Control) GetParams(id uint32) (Params, error) {
 		return p, fmt.Errorf("ublk: GET_PARAMS: control closed")
 	}
 	// The kernel reads params.len from the buffer to know how much to return.
-	(&Params{Len: ParamsSize}).Marshal(c.page)
-	if err := c.call(CmdGetParams, CtrlCmd{DevID: id, QueueID: noQueue, Len: ParamsSize}); err != nil {
+	buf := c.data(id, c.unprivileged[id])
+	(&Params{Len: ParamsSize}).Marshal(buf)
+	if err := c.devCall(CmdGetParams, CtrlCmd{DevID: id, QueueID: noQueue, Len: ParamsSize}); err != nil {
 		return p, err
 	}
-	p.Unmarshal(c.page)
+	p.Unmarshal(buf)
 	return p, nil
 }
 
@@ -213,7 +297,7 @@ func (c *Control) GetParams(id uint32) (Params, error) {
 func (c *Control) StartDev(id uint32, pid int) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.call(CmdStartDev, CtrlCmd{DevID: id, QueueID: noQueue, Data: uint64(pid)})
+	return c.devCall(CmdStartDev, CtrlCmd{DevID: id, QueueID: noQueue, Data: uint64(pid)})
 }
 
 // StopDev removes /dev/ublkbN after in-flight requests complete, then aborts
@@ -221,7 +305,7 @@ func (c *Control) StartDev(id uint32, pid int) error {
 func (c *Control) StopDev(id uint32) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.call(CmdStopDev, CtrlCmd{DevID: id, QueueID: noQueue})
+	return c.devCall(CmdStopDev, CtrlCmd{DevID: id, QueueID: noQueue})
 }
 
 // DelDev deletes the device and waits until its last reference (an open
@@ -229,7 +313,7 @@ func (c *Control) StopDev(id uint32) error {
 func (c *Control) DelDev(id uint32) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.call(CmdDelDev, CtrlCmd{DevID: id, QueueID: noQueue})
+	return c.devCall(CmdDelDev, CtrlCmd{DevID: id, QueueID: noQueue})
 }
 
 // StartUserRecovery prepares a quiesced device, whose server died, for a new
@@ -238,7 +322,7 @@ func (c *Control) DelDev(id uint32) error {
 func (c *Control) StartUserRecovery(id uint32) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.call(CmdStartUserRecovery, CtrlCmd{DevID: id, QueueID: noQueue})
+	return c.devCall(CmdStartUserRecovery, CtrlCmd{DevID: id, QueueID: noQueue})
 }
 
 // EndUserRecovery makes the device live again with pid as its server
@@ -248,7 +332,7 @@ func (c *Control) StartUserRecovery(id uint32) error {
 func (c *Control) EndUserRecovery(id uint32, pid int) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.call(CmdEndUserRecovery, CtrlCmd{DevID: id, QueueID: noQueue, Data: uint64(pid)})
+	return c.devCall(CmdEndUserRecovery, CtrlCmd{DevID: id, QueueID: noQueue, Data: uint64(pid)})
 }
 
 // Status is what the kernel knows about a device (GET_DEV_INFO + GET_PARAMS).

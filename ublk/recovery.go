@@ -143,7 +143,7 @@ func (d *Device) setupRecovered() error {
 func openCharDevRetry(id uint32, patience time.Duration) (int, error) {
 	deadline := time.Now().Add(patience)
 	for {
-		fd, err := openCharDev(id, patience)
+		fd, err := openCharDev(id, patience, false) // recovery: never an unprivileged device (ublk_ctrl_add_dev drops USER_RECOVERY for it)
 		if err == nil || !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) {
 			return fd, err
 		}

@@ -24,14 +24,19 @@ const maxDevID = 1<<20 - 1
 
 // Options configure Add (ublksrv's struct ublksrv_dev_data).
 type Options struct {
-	ID           int           // device id, or AnyID; note that the zero value asks for id 0
-	Queues       int           // hardware queues; default 1, clamped to the CPU count
-	Depth        int           // tags per queue; default 128, at most 4096
-	Params       TargetParams  // what the device looks like
-	UserRecovery bool          // request UBLK_F_USER_RECOVERY: a new server can take over with Recover
-	Reissue      bool          // with UserRecovery: UBLK_F_USER_RECOVERY_REISSUE, requests the dead server held are reissued
-	FailIO       bool          // with UserRecovery: UBLK_F_USER_RECOVERY_FAIL_IO, IO fails instead of waiting while no server runs
-	NoUserCopy   bool          // do not request UBLK_F_USER_COPY: use per-tag buffers
+	ID           int          // device id, or AnyID; note that the zero value asks for id 0
+	Queues       int          // hardware queues; default 1, clamped to the CPU count
+	Depth        int          // tags per queue; default 128, at most 4096
+	Params       TargetParams // what the device looks like
+	UserRecovery bool         // request UBLK_F_USER_RECOVERY: a new server can take over with Recover
+	Reissue      bool         // with UserRecovery: UBLK_F_USER_RECOVERY_REISSUE, requests the dead server held are reissued
+	FailIO       bool         // with UserRecovery: UBLK_F_USER_RECOVERY_FAIL_IO, IO fails instead of waiting while no server runs
+	NoUserCopy   bool         // do not request UBLK_F_USER_COPY: use per-tag buffers
+	// Unprivileged requests UBLK_F_UNPRIVILEGED_DEV: a user without
+	// CAP_SYS_ADMIN may add and serve the device (the kernel clears the flag
+	// for a caller that has it). Such a device cannot use USER_COPY
+	// (ublk_ctrl_add_dev refuses it with EINVAL), so it implies NoUserCopy.
+	Unprivileged bool
 	StopTimeout  time.Duration // how long Stop waits for the kernel to abort the queues; default 30s
 	Logger       logrus.FieldLogger
 }
@@ -72,7 +77,9 @@ func (o Options) normalize() (Options, error) {
 // requestedFlags are the UBLK_F_* bits ADD_DEV asks for.
 func (o Options) requestedFlags() uint64 {
 	flags := uint64(FlagCmdIoctlEncode)
-	if !o.NoUserCopy {
+	if o.Unprivileged {
+		flags |= FlagUnprivilegedDev
+	} else if !o.NoUserCopy {
 		flags |= FlagUserCopy
 	}
 	if o.UserRecovery || o.Reissue {
@@ -224,7 +231,7 @@ func (d *Device) setup() error {
 	// here on, so Stop and the cleanup of a failed Add can rely on d.done.
 	defer func() { go d.supervise() }()
 	var err error
-	if d.cdev, err = openCharDev(d.ID(), 5*time.Second); err != nil {
+	if d.cdev, err = openCharDev(d.ID(), 5*time.Second, d.added.Flags&FlagUnprivilegedDev != 0); err != nil {
 		return err
 	}
 	if err = d.startQueues(); err != nil {
@@ -263,8 +270,11 @@ func (d *Device) markLive(cmd string) error {
 	return nil
 }
 
-// openCharDev opens /dev/ublkcN, waiting a little for udev/devtmpfs to create it.
-func openCharDev(id uint32, patience time.Duration) (int, error) {
+// openCharDev opens /dev/ublkcN, waiting a little for udev/devtmpfs to
+// create it. For an unprivileged device it also waits while the node is not
+// yet the owner's (EACCES): udev's rule hands it over asynchronously
+// (ublksrv's ublk_chown.sh).
+func openCharDev(id uint32, patience time.Duration, unprivileged bool) (int, error) {
 	path := CharDevPrefix + strconv.FormatUint(uint64(id), 10)
 	deadline := time.Now().Add(patience)
 	for {
@@ -272,9 +282,14 @@ func openCharDev(id uint32, patience time.Duration) (int, error) {
 		if err == nil {
 			return fd, nil
 		}
-		if !errors.Is(err, unix.ENOENT) || time.Now().After(deadline) {
-			if errors.Is(err, unix.EBUSY) {
+		retry := errors.Is(err, unix.ENOENT) || (unprivileged && errors.Is(err, unix.EACCES))
+		if !retry || time.Now().After(deadline) {
+			switch {
+			case errors.Is(err, unix.EBUSY):
 				return -1, fmt.Errorf("ublk: open %s: %w (another server has it open)", path, err)
+			case errors.Is(err, unix.EACCES) && unprivileged:
+				return -1, fmt.Errorf("ublk: open %s: %w after %v: the node of an unprivileged device must be "+
+					"given to its owner (udev rule of ublksrv's README, ublk_chown.sh)", path, err, patience)
 			}
 			return -1, fmt.Errorf("ublk: open %s: %w", path, err)
 		}

@@ -36,7 +36,7 @@ const (
 	envRecover  = "BTRFSDIO_RECOVER"   // the daemon recovers this device id instead of adding one
 )
 
-const addUsage = "-t TYPE [-n ID] [-q QUEUES] [-d DEPTH] [-r 0|1] [-i 0|1] [-e 0|1] [--max-io BYTES] [--no-user-copy] [--foreground] [--prom-file PATH] [target flags...]"
+const addUsage = "-t TYPE [-n ID] [-q QUEUES] [-d DEPTH] [-r 0|1] [-i 0|1] [-e 0|1] [--max-io BYTES] [--no-user-copy] [--unprivileged] [--foreground] [--prom-file PATH] [target flags...]"
 
 func init() {
 	registerCommand(&command{
@@ -45,14 +45,22 @@ func init() {
 		help: `ublksrv's names --user_recovery, --user_recovery_reissue,
 --user_recovery_fail_io and --zero_copy are accepted for -r, -i, -e and -z.
 
--z/--zero_copy and --unprivileged exit 2 with the reason. Zero copy: Linux
-6.12's ublk driver does not offer it (UBLK_F_SUPPORT_ZERO_COPY is not in
-'btrfsdio features'); where a kernel does, it needs the server to register
-each request's pages as io_uring buffers, which btrfsdio does not do: it
-copies with UBLK_F_USER_COPY. Unprivileged: such a device's control
-commands must carry its /dev/ublkcN path, which the kernel checks against
-the caller's permissions, and udev must hand its nodes to the owner;
-btrfsdio sends no path, so it serves devices as root only.
+-z/--zero_copy exits 2 with the reason: Linux 6.12's ublk driver does not
+offer zero copy (UBLK_F_SUPPORT_ZERO_COPY is not in 'btrfsdio features');
+where a kernel does, it needs the server to register each request's pages
+as io_uring buffers, which btrfsdio does not do: it copies with
+UBLK_F_USER_COPY.
+
+--unprivileged (UBLK_F_UNPRIVILEGED_DEV) lets a user without CAP_SYS_ADMIN
+add, serve, list and delete a device, as ublksrv's does. The user needs
+read-write access to /dev/ublk-control, and the device's /dev/ublkcN and
+/dev/ublkbN must be handed to the user as the kernel creates them (udev
+rule of ublksrv's README; add waits up to 5s for /dev/ublkcN to become
+accessible). Every control command of such a device carries its
+/dev/ublkcN path, which the kernel checks against the caller's access
+rights. The kernel refuses USER_COPY and drops user recovery (-r) for such
+a device, so --unprivileged implies --no-user-copy. From root the kernel
+clears the flag: the device is a plain one.
 
 With --foreground under systemd (scripts/btrfsdio@.service, Type=notify) the
 server tells the service manager READY=1 once the device is live and
@@ -79,10 +87,10 @@ type addSpec struct {
 	maxIO      uint
 	noUserCopy bool
 	foreground bool
-	// zeroCopy and unprivileged are ublksrv's -z and --unprivileged,
-	// accepted so its command lines parse and refused with the reason
-	// (refuseUnsupported).
-	zeroCopy     bool
+	// zeroCopy is ublksrv's -z, accepted so its command lines parse and
+	// refused with the reason (refuseUnsupported).
+	zeroCopy bool
+	// unprivileged is ublksrv's --unprivileged (UBLK_F_UNPRIVILEGED_DEV).
 	unprivileged bool
 	promFile     string // --prom-file: the Prometheus text file ("" : the default, if any)
 	factory      tgt.Factory
@@ -111,7 +119,7 @@ func parseAdd(args []string) (*addSpec, error) {
 	fs.StringVar(&spec.promFile, "prom-file", "", "write the counters of 'btrfsdio stats' every second to this `PATH` in Prometheus' text format "+
 		"(default: "+defaultPromDir+"/btrfsdio_ublkN.prom when that directory exists)")
 	fs.BoolVarP(&spec.zeroCopy, "zero-copy", "z", false, "ublk zero copy (UBLK_F_SUPPORT_ZERO_COPY): refused, see below")
-	fs.BoolVar(&spec.unprivileged, "unprivileged", false, "a device an unprivileged user can serve (UBLK_F_UNPRIVILEGED_DEV): refused, see below")
+	fs.BoolVar(&spec.unprivileged, "unprivileged", false, "a device a user without CAP_SYS_ADMIN can add and serve (UBLK_F_UNPRIVILEGED_DEV; implies --no-user-copy), see below")
 
 	typ, found := findType(args)
 	if wantsHelp(args) {
@@ -269,8 +277,7 @@ func runAdd(e *env, args []string) int {
 	return daemonize(e, spec)
 }
 
-// refuseUnsupported explains why ublksrv's -z and --unprivileged cannot be
-// honoured (exit 2, a usage error: the same command line never works here).
+// refuseUnsupported explains why ublksrv's -z cannot be honoured (exit 2, a usage error: the same command line never works here).
 // For -z it asks the driver (UBLK_U_CMD_GET_FEATURES, as ublksrv's add does)
 // so the message names what is missing: the kernel's feature, or, on a
 // kernel that has it, this server's support.
@@ -285,10 +292,6 @@ func refuseUnsupported(spec *addSpec) error {
 		}
 		return errors.New("add: -z/--zero_copy: not implemented: zero copy needs the server to register each " +
 			"request's pages as io_uring buffers, which btrfsdio does not do; it copies with UBLK_F_USER_COPY, leave -z out")
-	case spec.unprivileged:
-		return errors.New("add: --unprivileged (UBLK_F_UNPRIVILEGED_DEV): not implemented: the control commands of " +
-			"such a device must carry its /dev/ublkcN path for the kernel's permission check and udev must give " +
-			"its nodes to the owner; btrfsdio sends no path, run it as root without --unprivileged")
 	}
 	return nil
 }
@@ -384,7 +387,7 @@ func serve(spec *addSpec, rep reporter, log *logrus.Logger, logPath string, daem
 	opts := ublk.Options{
 		ID: spec.id, Queues: spec.queues, Depth: spec.depth, Params: params,
 		UserRecovery: spec.recovery == 1, Reissue: spec.reissue == 1, FailIO: spec.failIO == 1,
-		NoUserCopy: spec.noUserCopy, Logger: log,
+		NoUserCopy: spec.noUserCopy, Unprivileged: spec.unprivileged, Logger: log,
 	}
 	start := ublk.Add
 	if spec.recoverID != ublk.AnyID {

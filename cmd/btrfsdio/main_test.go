@@ -426,10 +426,10 @@ func TestFeaturesLayout(t *testing.T) {
 	}
 }
 
-// -z and --unprivileged are refused with exit 2 and the reason; -z names
+// -z is refused with exit 2 and the reason; it names
 // the kernel's missing feature when the driver lacks it (6.12) and says
 // the server does not implement it when the driver has it.
-func TestAddRefusesZeroCopyAndUnprivileged(t *testing.T) {
+func TestAddRefusesZeroCopy(t *testing.T) {
 	file := backingFile(t)
 	saved := getFeatures
 	defer func() { getFeatures = saved }()
@@ -441,7 +441,6 @@ func TestAddRefusesZeroCopyAndUnprivileged(t *testing.T) {
 		{0x1fe, []string{"-z"}, "this kernel's ublk driver has no zero copy (UBLK_F_SUPPORT_ZERO_COPY is not in its features 0x1fe"},
 		{0x1fe, []string{"--zero_copy"}, "UBLK_F_SUPPORT_ZERO_COPY is not in its features"},
 		{0x1ff, []string{"--zero-copy"}, "-z/--zero_copy: not implemented: zero copy needs the server to register"},
-		{0x1fe, []string{"--unprivileged"}, "--unprivileged (UBLK_F_UNPRIVILEGED_DEV): not implemented"},
 	} {
 		getFeatures = func() (uint64, error) { return c.features, nil }
 		args := append([]string{"add", "-t", "loop", "-f", file}, c.args...)
