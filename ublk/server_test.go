@@ -78,6 +78,12 @@ func TestOptionsNormalize(t *testing.T) {
 	if f := o.requestedFlags(); f != FlagCmdIoctlEncode|FlagUserCopy {
 		t.Errorf("flags %v", FlagNames(f))
 	}
+	// The kernel refuses USER_COPY on an unprivileged device (EINVAL).
+	o.Unprivileged = true
+	if f := o.requestedFlags(); f != FlagCmdIoctlEncode|FlagUnprivilegedDev {
+		t.Errorf("unprivileged flags %v", FlagNames(f))
+	}
+	o.Unprivileged = false
 	o.NoUserCopy, o.UserRecovery = true, true
 	if f := o.requestedFlags(); f != FlagCmdIoctlEncode|FlagUserRecovery {
 		t.Errorf("flags %v", FlagNames(f))

@@ -223,8 +223,13 @@ func TestParseAdd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if def.id != ublk.AnyID || def.queues != 1 || def.depth != 128 || def.foreground {
+	if def.id != ublk.AnyID || def.queues != 1 || def.depth != 128 || def.foreground || def.unprivileged {
 		t.Errorf("defaults %+v", def)
+	}
+	// ublksrv's --unprivileged parses and is no longer refused.
+	up, err := parseAdd([]string{"-t", "loop", "-f", file, "--unprivileged"})
+	if err != nil || !up.unprivileged || refuseUnsupported(up) != nil {
+		t.Errorf("--unprivileged: err %v spec %+v", err, up)
 	}
 }
 
