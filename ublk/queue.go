@@ -211,10 +211,9 @@ func newFileIO(t Target, ring queueRing, bufs dataSource, cdev, depth, maxIO int
 }
 
 // RingIOEnv, set non-empty in the environment, turns the FileTarget ring
-// path on. It is off by default: once, in the VM suite, a loop server
-// killed with -9 (no -r 1) never finished exiting, its io-wq worker blocked
-// in D state with the device's STOP_DEV waiting behind it (tests/recovery/010
-// under load; not reproduced alone). The worker path has no io-wq work.
+// path on. It is off by default until it has run the whole VM suite: a hang
+// first blamed on it (a server killed with -9 never exiting) turned out to
+// be a kill during START_DEV's partition scan, which hangs with either path.
 const RingIOEnv = "BTRFSDIO_UBLK_RING_IO"
 
 // buf returns n bytes of buffer for tag: its own slot with the kernel's
