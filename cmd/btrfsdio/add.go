@@ -425,6 +425,9 @@ func serve(spec *addSpec, rep reporter, log *logrus.Logger, logPath string, daem
 		log.Warnf("%s was stopped from outside", dev.BlockDevice())
 	}
 	notifyService(log, "STOPPING=1\nSTATUS=stopping "+dev.BlockDevice())
+	// The counters' files go first: del returns once the kernel has let go
+	// of the device, which may be before this process gets past Wait.
+	stopPublish()
 	code := exitOK
 	if err := dev.Stop(); err != nil {
 		log.Errorf("stop: %v", err)
@@ -435,7 +438,6 @@ func serve(spec *addSpec, rep reporter, log *logrus.Logger, logPath string, daem
 		code = exitFail
 	}
 	stopStats()
-	stopPublish()
 	prof.stop(dev)
 	if runFile != "" {
 		os.Remove(runFile)
