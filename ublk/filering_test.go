@@ -88,7 +88,6 @@ func TestQueueFileTargetRingIO(t *testing.T) {
 	mem := make([]byte, depth*per)
 	bufs := newBufferSourceOn(mem, depth, per)
 	q := newQueue(0, depth, fakeDeviceSize, k, k.desc, bufs, target, logger)
-	t.Setenv(RingIOEnv, "1")
 	if q.file, err = newFileIO(target, k, bufs, -1, depth, per); err != nil || q.file == nil {
 		t.Fatalf("newFileIO = %v, %v", q.file, err)
 	}
@@ -239,7 +238,6 @@ func TestKernelRingFileChain(t *testing.T) {
 func TestFileIOBufferStack(t *testing.T) {
 	target := &fileTarget{fd: -1}
 	k := &fileKernel{fakeKernel: newFakeKernel(t, 4)}
-	t.Setenv(RingIOEnv, "1")
 	f, err := newFileIO(target, k, newUserCopySource(-1, 0, 4), 99, 4, 4096)
 	if err != nil || f == nil {
 		t.Fatalf("newFileIO = %v, %v", f, err)
@@ -255,5 +253,20 @@ func TestFileIOBufferStack(t *testing.T) {
 	a, b := f.buf(0, 4096), f.buf(1, 4096)
 	if &a[0] == &b[0] {
 		t.Fatal("two tags in flight share a buffer")
+	}
+}
+
+// TestRingIOEnvOff: the ring path is the default for a FileTarget, and
+// BTRFSDIO_UBLK_RING_IO=0 turns it off (every request to a worker).
+func TestRingIOEnvOff(t *testing.T) {
+	target := &fileTarget{fd: -1}
+	k := &fileKernel{fakeKernel: newFakeKernel(t, 4)}
+	bufs := newBufferSourceOn(make([]byte, 4*4096), 4, 4096)
+	if f, err := newFileIO(target, k, bufs, -1, 4, 4096); err != nil || f == nil {
+		t.Fatalf("default: newFileIO = %v, %v; want the ring path", f, err)
+	}
+	t.Setenv(RingIOEnv, "0")
+	if f, err := newFileIO(target, k, bufs, -1, 4, 4096); err != nil || f != nil {
+		t.Fatalf("%s=0: newFileIO = %v, %v; want nil", RingIOEnv, f, err)
 	}
 }

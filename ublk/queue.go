@@ -183,7 +183,7 @@ type fileIO struct {
 // buffers the kernel copies to and from are used directly, as ublksrv does.
 func newFileIO(t Target, ring queueRing, bufs dataSource, cdev, depth, maxIO int) (*fileIO, error) {
 	ft, ok := t.(FileTarget)
-	if _, rok := ring.(fileRing); !ok || !rok || os.Getenv(RingIOEnv) == "" {
+	if _, rok := ring.(fileRing); !ok || !rok || os.Getenv(RingIOEnv) == "0" {
 		return nil, nil
 	}
 	fd, writable := ft.RingFile()
@@ -210,10 +210,9 @@ func newFileIO(t Target, ring queueRing, bufs dataSource, cdev, depth, maxIO int
 	return f, nil
 }
 
-// RingIOEnv, set non-empty in the environment, turns the FileTarget ring
-// path on. It is off by default until it has run the whole VM suite: a hang
-// first blamed on it (a server killed with -9 never exiting) turned out to
-// be a kill during START_DEV's partition scan, which hangs with either path.
+// RingIOEnv set to "0" in the environment turns the FileTarget ring path
+// off: every request then goes to a worker, as the btrfsdio target's do.
+// For side-by-side measurements (bench-loop's noring rows) and bisecting.
 const RingIOEnv = "BTRFSDIO_UBLK_RING_IO"
 
 // buf returns n bytes of buffer for tag: its own slot with the kernel's
