@@ -70,42 +70,26 @@ type statsRefresher struct {
 // refreshRunStats starts refreshing path every interval until the returned
 // function is called; that function stops it, waits, and logs the target's
 // summary.
-func refreshRunStats(path string, ri runInfo, src tgt.Reporter, every time.Duration, log logrus.FieldLogger) func() {
+func refreshRunStats(path string, ri runInfo, src tgt.Reporter, interval time.Duration, log logrus.FieldLogger) func() {
 	r := &statsRefresher{path: path, ri: ri, tgt: src, log: log, lastJSON: ri.Stats}
 	if tt, ok := targetTypes[ri.Type]; ok && tt.DecodeStatus != nil && len(ri.Stats) > 0 {
 		r.last, _ = tt.DecodeStatus(ri.Stats)
 	}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-				r.refresh(every)
-			}
-		}
-	}()
+	stop := every(interval, nil, func() { r.refresh(interval) })
 	return func() {
-		close(stop)
-		wg.Wait()
+		stop()
 		r.summary()
 	}
 }
 
 // refresh writes the current Status if it changed since the last call.
-func (r *statsRefresher) refresh(every time.Duration) {
+func (r *statsRefresher) refresh(interval time.Duration) {
 	st := r.tgt.Status()
 	b := marshalStatus(st, r.log)
 	if b == nil || bytes.Equal(b, r.lastJSON) {
 		return
 	}
-	for _, w := range st.Warnings(r.last, every) {
+	for _, w := range st.Warnings(r.last, interval) {
 		r.log.Warn(w)
 	}
 	r.last, r.lastJSON = st, b
@@ -120,5 +104,32 @@ func (r *statsRefresher) refresh(every time.Duration) {
 func (r *statsRefresher) summary() {
 	if s := r.tgt.Status().Summary(); s != "" {
 		r.log.Info(s)
+	}
+}
+
+// every calls fn every interval, and at once on each signal from wake (nil:
+// none), on its own goroutine until the returned function is called; that
+// function waits for a call in progress to finish.
+func every(interval time.Duration, wake <-chan os.Signal, fn func()) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			case <-wake:
+			}
+			fn()
+		}
+	}()
+	return func() {
+		close(done)
+		wg.Wait()
 	}
 }

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -301,28 +300,11 @@ func (p *statsPublisher) publish() {
 func startStatsPublisher(p *statsPublisher) func() {
 	usr1 := make(chan os.Signal, 1)
 	signal.Notify(usr1, syscall.SIGUSR1)
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
 	p.publish()
-	go func() {
-		defer wg.Done()
-		t := time.NewTicker(statsInterval)
-		defer t.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-			case <-usr1:
-			}
-			p.publish()
-		}
-	}()
+	stop := every(statsInterval, usr1, p.publish)
 	return func() {
 		signal.Stop(usr1)
-		close(stop)
-		wg.Wait()
+		stop()
 		os.Remove(p.path)
 		if p.promPath != "" {
 			os.Remove(p.promPath)
