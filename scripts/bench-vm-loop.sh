@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # bench-vm-loop.sh [--rounds N] [--runtime SEC] [--base COMMIT] [--configs A,B,...]
-#                  [--workdir DIR] [vm-run.sh options]
+#                  [--jobs A,B,...] [--cpu-profile] [--workdir DIR] [vm-run.sh options]
 # Runs scripts/guest/bench-loop in the VM (make bench-vm-loop): our loop
 # target, ublksrv's (scripts/ublksrv-build.sh, its ublk and ublk.loop added to
 # the initramfs) and the kernel loop device on the same file, with our
-# server's per-request profile in WORKDIR/results/profile/. --base COMMIT
+# server's per-request counters in WORKDIR/results/profile/ (and its CPU
+# profile with --cpu-profile: off by default, since the profiler's SIGPROF
+# ticks interrupt the queue's io_uring_enter, which ublksrv does not pay;
+# --jobs picks fio jobs of scripts/guest/bench-loop). --base COMMIT
 # also builds btrfsdio at COMMIT (git archive into a temporary directory) for
 # the base-qN columns, measured in the same run.
 set -euo pipefail
 
 SCRIPTS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(dirname "$SCRIPTS_DIR")
-ROUNDS=1 RUNTIME=3 BASE="" CONFIGS="" WORKDIR=$REPO_DIR/.vm-bench-loop
+ROUNDS=1 RUNTIME=3 BASE="" CONFIGS="" JOBS="" CPU=0 WORKDIR=$REPO_DIR/.vm-bench-loop
 EXTRA=()
 while [[ $# -gt 0 ]]; do
 	case $1 in
@@ -19,6 +22,8 @@ while [[ $# -gt 0 ]]; do
 	--runtime) RUNTIME=${2:?}; shift 2 ;;
 	--base) BASE=${2?}; shift 2 ;;
 	--configs) CONFIGS=${2:?}; shift 2 ;;
+	--jobs) JOBS=${2:?}; shift 2 ;;
+	--cpu-profile) CPU=1; shift ;;
 	--workdir) WORKDIR=${2:?}; shift 2 ;;
 	*) EXTRA+=("$1"); shift ;;
 	esac
@@ -39,4 +44,5 @@ fi
 exec "$SCRIPTS_DIR/vm-run.sh" --tests "$SCRIPTS_DIR/guest" --script bench-loop --disks 1 --disk-size 16M \
 	--module loop --workdir "$WORKDIR" --timeout 5400 "${args[@]}" \
 	--env "BENCH_ROUNDS=$ROUNDS" --env "BENCH_RUNTIME=$RUNTIME" --env "BENCH_CONFIGS=${CONFIGS:-$default}" \
-	--env BTRFSDIO_PROFILE_DIR=/results/profile "${EXTRA[@]}"
+	--env BTRFSDIO_PROFILE_DIR=/results/profile --env "BTRFSDIO_PROFILE_CPU=$CPU" \
+	${JOBS:+--env "BENCH_JOBS=$JOBS"} "${EXTRA[@]}"

@@ -11,10 +11,16 @@ import (
 	"github.com/sirupsen/logrus"
 )
 
-// envProfileDir names a directory where the server writes a CPU profile of
-// its whole run (cpu-PID.pprof) and its per-request counters (ublk-PID.txt),
-// for `make bench-vm-loop` and anyone profiling the data plane.
-const envProfileDir = "BTRFSDIO_PROFILE_DIR"
+// envProfileDir names a directory where the server writes its per-request
+// counters (ublk-PID.txt) and a CPU profile of its whole run
+// (cpu-PID.pprof), for `make bench-vm-loop` and anyone profiling the data
+// plane. envProfileCPU=0 leaves the CPU profile out: its SIGPROF ticks
+// interrupt the queue's io_uring_enter, which a throughput figure should
+// not pay.
+const (
+	envProfileDir = "BTRFSDIO_PROFILE_DIR"
+	envProfileCPU = "BTRFSDIO_PROFILE_CPU"
+)
 
 // profiler is the state of one profiled run.
 type profiler struct {
@@ -24,7 +30,7 @@ type profiler struct {
 	log     logrus.FieldLogger
 }
 
-// startProfile starts the CPU profile when envProfileDir is set; nil otherwise.
+// startProfile starts profiling when envProfileDir is set; nil otherwise.
 func startProfile(log logrus.FieldLogger) *profiler {
 	dir := os.Getenv(envProfileDir)
 	if dir == "" {
@@ -34,6 +40,9 @@ func startProfile(log logrus.FieldLogger) *profiler {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		log.Warnf("profile: %v", err)
 		return nil
+	}
+	if os.Getenv(envProfileCPU) == "0" {
+		return p
 	}
 	f, err := os.Create(filepath.Join(dir, fmt.Sprintf("cpu-%d.pprof", os.Getpid())))
 	if err != nil {
@@ -66,8 +75,10 @@ func (p *profiler) stop(dev *ublk.Device) {
 	}
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	pprof.StopCPUProfile()
-	p.cpu.Close()
+	if p.cpu != nil {
+		pprof.StopCPUProfile()
+		p.cpu.Close()
+	}
 	st := dev.QueueStats()
 	per := func(v uint64) float64 {
 		if st.Requests == 0 {
