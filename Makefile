@@ -78,7 +78,8 @@ check-modes:
 check-peer:
 	scripts/peer-check
 
-# The CI subset (scripts/peer/quick.list): ext4, loop vs bounce/raid1.
+# The CI subset (scripts/peer/quick.list): ext4, loop vs bounce/raid1; then
+# ublksrv's list next to ours (ublklist).
 check-peer-quick:
 	scripts/peer-check --quick
 
