@@ -50,7 +50,13 @@ parse_args() {
 		-o | --output) OUTPUT=${2:?--output needs a file}; shift 2 ;;
 		--module) MODULES+=("${2:?--module needs a name}"); shift 2 ;;
 		--optional-module) OPTIONAL_MODULES+=("${2:?--optional-module needs a name}"); shift 2 ;;
-		--add-bin) ADD_BINS+=("${2:?--add-bin needs a path}"); shift 2 ;;
+		--add-bin)
+			# The guest mounts a tmpfs on /tmp (vm-init): a program
+			# put there would be hidden under it.
+			[[ ${2:?--add-bin needs a path} != /tmp/* ]] || die "--add-bin $2: the guest's /tmp is a tmpfs that hides it; build it elsewhere (e.g. a --workdir outside /tmp)"
+			ADD_BINS+=("$2")
+			shift 2
+			;;
 		-h | --help) usage ;;
 		*) die "unknown argument: $1 (see --help)" ;;
 		esac
