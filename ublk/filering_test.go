@@ -13,35 +13,29 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// fileKernel is the fake kernel plus a ring that does file IO chains the way
-// io_uring does linked SQEs with CQE_SKIP_SUCCESS on all but the last: in
-// order, one CQE for the last or for the first that falls short.
+// fileKernel is the fake kernel plus a ring that does file IO the way
+// io_uring does: one CQE with the bytes transferred or -errno.
 type fileKernel struct {
 	*fakeKernel
-	chains int
+	ios int
 }
 
-func (k *fileKernel) rw(tag uint16, ops []rwOp) error {
+func (k *fileKernel) rw(tag uint16, op rwOp) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	k.chains++
-	for i, op := range ops {
-		var n int
-		var err error
-		if op.write {
-			n, err = unix.Pwrite(op.fd, op.buf, int64(op.off))
-		} else {
-			n, err = unix.Pread(op.fd, op.buf, int64(op.off))
-		}
-		res := int32(n)
-		if err != nil {
-			res = -int32(err.(unix.Errno))
-		}
-		if res != int32(len(op.buf)) || i == len(ops)-1 {
-			k.ready = append(k.ready, uring.CQE{UserData: fileUserData | uint64(i)<<fileOpShift | uint64(tag), Res: res})
-			break
-		}
+	k.ios++
+	var n int
+	var err error
+	if op.write {
+		n, err = unix.Pwrite(op.fd, op.buf, int64(op.off))
+	} else {
+		n, err = unix.Pread(op.fd, op.buf, int64(op.off))
 	}
+	res := int32(n)
+	if err != nil {
+		res = -int32(err.(unix.Errno))
+	}
+	k.ready = append(k.ready, uring.CQE{UserData: fileUserData | uint64(tag), Res: res})
 	k.cond.Broadcast()
 	return nil
 }
@@ -147,8 +141,8 @@ func TestQueueFileTargetRingIO(t *testing.T) {
 	}
 	fq.stop(t, nil)
 	st := q.snapshot()
-	if st.Requests != 4 || st.RingIO != 3 || st.Fallbacks != 1 || st.Handoffs != 2 || k.chains != 3 {
-		t.Fatalf("stats %+v, chains %d", st, k.chains)
+	if st.Requests != 4 || st.RingIO != 3 || st.Fallbacks != 1 || st.Handoffs != 2 || k.ios != 3 {
+		t.Fatalf("stats %+v, file IOs %d", st, k.ios)
 	}
 	// The device's IOStats count the ring's requests as well as Handle's.
 	if snap := io.Snapshot(); snap["read"].IOs != 2 || snap["write"].IOs != 2 || snap["read"].Bytes != 8192 || snap["write"].Bytes != 8192 {
@@ -156,77 +150,58 @@ func TestQueueFileTargetRingIO(t *testing.T) {
 	}
 }
 
-// TestKernelRingFileChain runs rw on a real io_uring: a read linked to a
-// write copies file to file with one CQE (the write's), and a short read
-// posts its own CQE and cancels its linked write without one, which is what
-// onFileCQE relies on.
-func TestKernelRingFileChain(t *testing.T) {
-	dir := t.TempDir()
-	src, dst := filepath.Join(dir, "src"), filepath.Join(dir, "dst")
-	data := bytes.Repeat([]byte("chain"), 1000)[:4096]
-	if err := os.WriteFile(src, data, 0o644); err != nil {
+// TestKernelRingFileIO runs rw on a real io_uring: a read and a write each
+// post one CQE with the bytes they moved, a read past the end of the file
+// one with 0.
+func TestKernelRingFileIO(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "file")
+	data := bytes.Repeat([]byte("ring!"), 1000)[:4096]
+	if err := os.WriteFile(path, data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(dst, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	sfd, err := unix.Open(src, unix.O_RDONLY, 0)
+	fd, err := unix.Open(path, unix.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer unix.Close(sfd)
-	dfd, err := unix.Open(dst, unix.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(dfd)
-	k, err := newKernelRing(-1, 0, 2)
+	defer unix.Close(fd)
+	k, err := newKernelRing(-1, 0, 4)
 	if err != nil {
 		t.Skipf("no io_uring here: %v", err)
 	}
 	defer k.close()
-	buf := make([]byte, 4096)
-	if err := k.rw(1, []rwOp{{fd: sfd, buf: buf, off: 0}, {write: true, fd: dfd, buf: buf, off: 0}}); err != nil {
-		t.Fatal(err)
+	buf, past := make([]byte, 4096), make([]byte, 4096)
+	ops := map[uint16]rwOp{
+		1: {fd: fd, buf: buf},
+		2: {write: true, fd: fd, buf: data, off: 8192},
+		3: {fd: fd, buf: past, off: 1 << 20},
 	}
-	// The second chain starts past the end of src: its read is short.
-	buf2 := make([]byte, 4096)
-	if err := k.rw(2, []rwOp{{fd: sfd, buf: buf2, off: 4096}, {write: true, fd: dfd, buf: buf2, off: 8192}}); err != nil {
-		t.Fatal(err)
+	for tag, op := range ops {
+		if err := k.rw(tag, op); err != nil {
+			t.Fatal(err)
+		}
 	}
 	cqes := make([]uring.CQE, 8)
 	n := 0
-	for n < 2 {
+	for n < len(ops) {
 		if err := k.wait(); err != nil {
 			t.Fatal(err)
 		}
 		n += k.reap(cqes[n:])
 	}
-	// A NOP's CQE behind them: any CQE the chains still owed would come first.
-	s := k.ring.NextSQE()
-	s.PrepNop(7)
-	for n < 3 || cqes[n-1].UserData != 7 {
-		if err := k.wait(); err != nil {
-			t.Fatal(err)
-		}
-		n += k.reap(cqes[n:])
+	res := map[uint64]int32{}
+	for _, c := range cqes[:n] {
+		res[c.UserData] = c.Res
 	}
-	res := map[uint64][]int32{}
-	for _, c := range cqes[:n-1] {
-		res[c.UserData] = append(res[c.UserData], c.Res)
+	want := map[uint64]int32{fileUserData | 1: 4096, fileUserData | 2: 4096, fileUserData | 3: 0}
+	if n != len(want) || res[fileUserData|1] != 4096 || res[fileUserData|2] != 4096 || res[fileUserData|3] != 0 {
+		t.Errorf("CQEs %v, want %v", res, want)
 	}
-	if r := res[fileUserData|1<<fileOpShift|1]; len(r) != 1 || r[0] != 4096 || len(res[fileUserData|1]) != 0 {
-		t.Errorf("chain 1: CQEs %v, want one of 4096 from the write only", res)
+	if !bytes.Equal(buf, data) {
+		t.Error("the read did not fill its buffer")
 	}
-	if r := res[fileUserData|2]; len(r) != 1 || r[0] != 0 || len(res[fileUserData|1<<fileOpShift|2]) != 0 {
-		t.Errorf("chain 2: CQEs %v, want one of 0 from the read only", res)
-	}
-	if n != 3 {
-		t.Errorf("%d CQEs, want 2 and the NOP's", n)
-	}
-	got, _ := os.ReadFile(dst)
-	if !bytes.Equal(got, data) {
-		t.Errorf("dst holds %d bytes, not the copy of src", len(got))
+	got, _ := os.ReadFile(path)
+	if len(got) != 8192+4096 || !bytes.Equal(got[8192:], data) {
+		t.Errorf("file holds %d bytes, want the write at 8192", len(got))
 	}
 	if k.enters() == 0 {
 		t.Error("enters not counted")
@@ -268,5 +243,80 @@ func TestRingIOEnvOff(t *testing.T) {
 	t.Setenv(RingIOEnv, "0")
 	if f, err := newFileIO(target, k, bufs, -1, 4, 4096); err != nil || f != nil {
 		t.Fatalf("%s=0: newFileIO = %v, %v; want nil", RingIOEnv, f, err)
+	}
+}
+
+// TestQueueFileTargetRingUserCopy: under USER_COPY the ring path copies a
+// WRITE's data from /dev/ublkcN (here a sparse file standing in for it, at
+// the same offsets) before the file write and a READ's data to it after the
+// file read; a copy that comes up short leaves the request to Handle.
+func TestQueueFileTargetRingUserCopy(t *testing.T) {
+	dir := t.TempDir()
+	open := func(name string, size int64) int {
+		fd, err := unix.Open(filepath.Join(dir, name), unix.O_RDWR|unix.O_CREAT, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Close(fd) })
+		if err := unix.Ftruncate(fd, size); err != nil {
+			t.Fatal(err)
+		}
+		return fd
+	}
+	const depth, per = 4, 8192
+	fd := open("backing", 64<<10)
+	// The stand-in ends 100 bytes into tag 3's window.
+	cdev := open("ublkc", UserCopyOffset(0, 3)+100)
+	target := &fileTarget{fd: fd}
+	logger, hook := logtest.NewNullLogger()
+	k := &fileKernel{fakeKernel: newFakeKernel(t, depth)}
+	bufs := newUserCopySource(cdev, 0, depth)
+	q := newQueue(0, depth, fakeDeviceSize, k, k.desc, bufs, target, logger)
+	var err error
+	if q.file, err = newFileIO(target, k, bufs, cdev, depth, per); err != nil || q.file == nil {
+		t.Fatalf("newFileIO = %v, %v", q.file, err)
+	}
+	if err := q.prime(); err != nil {
+		t.Fatal(err)
+	}
+	fq := &fakeQueue{q: q, k: k.fakeKernel, errc: make(chan error, 1), log: hook}
+	go func() {
+		err := q.serve()
+		q.release()
+		fq.errc <- err
+	}()
+	t.Cleanup(func() { k.check(t) })
+
+	pattern := bytes.Repeat([]byte("usercopy"), 512) // 4 KiB
+	unix.Pwrite(cdev, pattern, UserCopyOffset(0, 1))
+	fq.k.request(1, rw(OpWrite, 8, 8, 0))
+	if c := fq.k.nextCommit(t); c.tag != 1 || c.res != 4096 {
+		t.Fatalf("write commit = %+v", c)
+	}
+	got := make([]byte, 4096)
+	unix.Pread(fd, got, 8*512)
+	if !bytes.Equal(got, pattern) {
+		t.Fatal("the WRITE's data did not go from /dev/ublkcN to the file")
+	}
+	fq.k.request(2, rw(OpRead, 8, 8, 0))
+	if c := fq.k.nextCommit(t); c.tag != 2 || c.res != 4096 {
+		t.Fatalf("read commit = %+v", c)
+	}
+	clear(got)
+	unix.Pread(cdev, got, UserCopyOffset(0, 2))
+	if !bytes.Equal(got, pattern) {
+		t.Fatal("the READ's data did not go from the file to /dev/ublkcN")
+	}
+	if n := target.handled.Load(); n != 0 {
+		t.Fatalf("Handle called %d times for ring IO", n)
+	}
+	fq.k.request(3, rw(OpWrite, 16, 8, 0))
+	fq.k.nextCommit(t)
+	if n := target.handled.Load(); n != 1 {
+		t.Fatalf("Handle called %d times, want 1 (the short copy)", n)
+	}
+	fq.stop(t, nil)
+	if st := q.snapshot(); st.Requests != 3 || st.RingIO != 2 || st.Handoffs != 1 || k.ios != 2 {
+		t.Fatalf("stats %+v, file IOs %d", st, k.ios)
 	}
 }

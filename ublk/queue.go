@@ -31,14 +31,12 @@ type queueRing interface {
 // fileRing is what the queue needs of a ring to do a FileTarget's IO itself;
 // kernelRing has it, the tests' fake kernel need not.
 type fileRing interface {
-	// rw queues ops for tag as one linked chain, submitted with the next
-	// wait. Only the last SQE posts a CQE on success; one that fails
-	// posts its own and ends the chain (the rest post none). Each CQE's
-	// user data is fileUserData | index<<fileOpShift | tag.
-	rw(tag uint16, ops []rwOp) error
+	// rw queues op for tag, submitted with the next wait; its CQE's user
+	// data is fileUserData | tag.
+	rw(tag uint16, op rwOp) error
 }
 
-// rwOp is one read or write of a fileIO chain.
+// rwOp is the file read or write of a request done in the ring.
 type rwOp struct {
 	write bool
 	fd    int
@@ -54,7 +52,6 @@ type enterCounter interface{ enters() uint64 }
 const (
 	wakeUserData = 1 << 63
 	fileUserData = 1 << 62
-	fileOpShift  = 16 // the index of the SQE within its chain
 )
 
 // errQueueQuit is returned by serve when the device forced the queue out.
@@ -170,11 +167,9 @@ type fileIO struct {
 	// and mapped, instead of first-touch faults on one per tag.
 	free []int   // buffer slots, the most recently freed last
 	slot []int   // the slot each tag holds, -1 if none
-	last []uint8 // index of the chain's last SQE per tag
 	want []int32 // bytes of the request
-	// start is when the chain was queued, for the device's IOStats.
+	// start is when the file IO was queued, for the device's IOStats.
 	start []time.Time
-	ops   [2]rwOp
 }
 
 // newFileIO sets up the ring path for t, or returns nil when it cannot be
@@ -188,7 +183,7 @@ func newFileIO(t Target, ring queueRing, bufs dataSource, cdev, depth, maxIO int
 	}
 	fd, writable := ft.RingFile()
 	f := &fileIO{fd: fd, writable: writable, cdev: -1,
-		last: make([]uint8, depth), want: make([]int32, depth), start: make([]time.Time, depth)}
+		want: make([]int32, depth), start: make([]time.Time, depth)}
 	switch b := bufs.(type) {
 	case *bufferSource:
 		f.mem, f.per = b.mem, b.per
@@ -227,7 +222,16 @@ func (f *fileIO) buf(tag uint16, n int) []byte {
 	return f.mem[i*f.per : i*f.per+n]
 }
 
-// put gives tag's slot back once its chain has completed.
+// held returns the first n bytes of the buffer tag holds.
+func (f *fileIO) held(tag uint16, n int) []byte {
+	i := int(tag)
+	if f.slot != nil {
+		i = f.slot[tag]
+	}
+	return f.mem[i*f.per : i*f.per+n]
+}
+
+// put gives tag's slot back once its file IO has completed.
 func (f *fileIO) put(tag uint16) {
 	if f.slot == nil || f.slot[tag] < 0 {
 		return
@@ -384,10 +388,14 @@ func (q *queue) handOff(req *Request) {
 	go q.work(req)
 }
 
-// ringIO queues a FileTarget's READ or WRITE in the queue's ring: the file
-// IO, linked under USER_COPY with the copy on /dev/ublkcN (pwrite after a
-// READ's file read, pread before a WRITE's file write). It reports false for
-// what it leaves to Handle: FUA writes and writes to a read-only file.
+// ringIO queues a FileTarget's READ or WRITE in the queue's ring. Under
+// USER_COPY the copy between the request and the buffer (pread of a WRITE's
+// data before the file write, pwrite of a READ's after the file read) is a
+// syscall on this thread, not a linked SQE: /dev/ublkcN has no
+// FMODE_NOWAIT, so io_uring would punt it to an io-wq thread, a wake-up and
+// a thread switch per request. It reports false for what it leaves to
+// Handle: FUA writes, writes to a read-only file, and a WRITE whose copy
+// from the request failed.
 func (q *queue) ringIO(tag uint16, req *Request) (bool, error) {
 	f := q.file
 	n := req.Bytes()
@@ -395,33 +403,26 @@ func (q *queue) ringIO(tag uint16, req *Request) (bool, error) {
 		return false, nil
 	}
 	buf := f.buf(tag, int(n))
-	off := uint64(req.Offset())
-	ops := f.ops[:0]
-	if req.Op == OpRead {
-		ops = append(ops, rwOp{fd: f.fd, buf: buf, off: off})
-		if f.cdev >= 0 {
-			ops = append(ops, rwOp{write: true, fd: f.cdev, buf: buf, off: uint64(UserCopyOffset(q.id, tag))})
+	if req.Op == OpWrite && f.cdev >= 0 {
+		if m, err := unix.Pread(f.cdev, buf, UserCopyOffset(q.id, tag)); err != nil || int64(m) != n {
+			f.put(tag)
+			return false, nil
 		}
-	} else {
-		if f.cdev >= 0 {
-			ops = append(ops, rwOp{fd: f.cdev, buf: buf, off: uint64(UserCopyOffset(q.id, tag))})
-		}
-		ops = append(ops, rwOp{write: true, fd: f.fd, buf: buf, off: off})
 	}
-	f.last[tag], f.want[tag], f.start[tag] = uint8(len(ops)-1), int32(n), time.Now()
+	f.want[tag], f.start[tag] = int32(n), time.Now()
 	q.state[tag] = tagInRing
 	q.counters.RingIO++
-	if err := q.ring.(fileRing).rw(tag, ops); err != nil {
+	op := rwOp{write: req.Op == OpWrite, fd: f.fd, buf: buf, off: uint64(req.Offset())}
+	if err := q.ring.(fileRing).rw(tag, op); err != nil {
 		return true, fmt.Errorf("ublk: queue %d: file IO tag %d: %w", q.id, tag, err)
 	}
 	return true, nil
 }
 
-// onFileCQE ends a tag's file IO chain: the last SQE's CQE, or that of an
-// earlier one that failed or came up short (the kernel then cancels the rest
-// without CQEs). A full transfer commits the request; anything else hands it
-// to Handle, which redoes it whole with the target's own error and EOF
-// handling.
+// onFileCQE ends a tag's file IO. A full transfer (and, for a READ under
+// USER_COPY, its copy to the request) commits the request; anything else
+// hands it to Handle, which redoes it whole with the target's own error and
+// EOF handling.
 func (q *queue) onFileCQE(c uring.CQE) error {
 	tag := uint16(c.UserData)
 	if int(tag) >= q.depth || q.state[tag] != tagInRing {
@@ -429,13 +430,19 @@ func (q *queue) onFileCQE(c uring.CQE) error {
 		return nil
 	}
 	f := q.file
+	req := &q.reqs[tag]
+	ok := c.Res == f.want[tag]
+	if ok && req.Op == OpRead && f.cdev >= 0 {
+		m, err := unix.Pwrite(f.cdev, f.held(tag, int(c.Res)), UserCopyOffset(q.id, tag))
+		ok = err == nil && m == int(c.Res)
+	}
 	f.put(tag)
-	if uint8(c.UserData>>fileOpShift) != f.last[tag] || c.Res != f.want[tag] {
+	if !ok {
 		q.counters.Fallbacks++
-		q.handOff(&q.reqs[tag])
+		q.handOff(req)
 		return nil
 	}
-	q.stats.record(&q.reqs[tag], f.want[tag], time.Since(f.start[tag]))
+	q.stats.record(req, f.want[tag], time.Since(f.start[tag]))
 	return q.commit(tag, f.want[tag])
 }
 
@@ -549,9 +556,9 @@ type kernelRing struct {
 }
 
 func newKernelRing(cdev int, qid uint16, depth int) (*kernelRing, error) {
-	// Room for every tag's two-SQE file IO chain plus the wake-up read, so
-	// a chain is never split by a submit.
-	entries := uint32(2*depth + 1)
+	// Room for an SQE per tag (its command or its file IO) and the
+	// wake-up read, so a loop iteration never has to submit early.
+	entries := uint32(depth + 1)
 	// COOP_TASKRUN: task work (how ublk delivers requests) runs when we
 	// enter the ring instead of interrupting the thread.
 	ring, err := uring.New(entries, uring.SetupCoopTaskrun)
@@ -594,27 +601,15 @@ func (k *kernelRing) ioCmd(op uint32, tag uint16, res int32, addr uint64) error 
 	return nil
 }
 
-func (k *kernelRing) rw(tag uint16, ops []rwOp) error {
-	if k.ring.SQSpace() < uint32(len(ops)) {
-		if _, err := k.ring.Submit(); err != nil {
-			return err
-		}
-		if k.ring.SQSpace() < uint32(len(ops)) {
-			return uring.ErrRingFull
-		}
+func (k *kernelRing) rw(tag uint16, op rwOp) error {
+	s, err := k.sqe()
+	if err != nil {
+		return err
 	}
-	for i, op := range ops {
-		s := k.ring.NextSQE()
-		ud := fileUserData | uint64(i)<<fileOpShift | uint64(tag)
-		if op.write {
-			s.PrepWrite(op.fd, op.buf, op.off, ud)
-		} else {
-			s.PrepRead(op.fd, op.buf, op.off, ud)
-		}
-		if i < len(ops)-1 {
-			// One CQE per chain: one wake-up of the loop, not two.
-			s.Flags |= uring.SQEIOLink | uring.SQECQESkipSuccess
-		}
+	if op.write {
+		s.PrepWrite(op.fd, op.buf, op.off, fileUserData|uint64(tag))
+	} else {
+		s.PrepRead(op.fd, op.buf, op.off, fileUserData|uint64(tag))
 	}
 	return nil
 }

@@ -15,16 +15,6 @@ const (
 	OpUringCmd = 46 // IORING_OP_URING_CMD
 )
 
-// SQEIOLink (IOSQE_IO_LINK) chains an SQE to the next one: the next starts
-// only when this one completed in full, and is cancelled (-ECANCELED) when
-// this one failed or came up short.
-const SQEIOLink = 1 << 2
-
-// SQECQESkipSuccess (IOSQE_CQE_SKIP_SUCCESS, Linux 5.17) posts no CQE when the
-// SQE succeeds. When it fails, its CQE is posted and those of the linked
-// SQEs it cancels are not.
-const SQECQESkipSuccess = 1 << 6
-
 // FsyncDatasync asks OpFsync for fdatasync semantics (IORING_FSYNC_DATASYNC).
 const FsyncDatasync = 1
 
