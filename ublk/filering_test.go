@@ -40,6 +40,33 @@ func (k *fileKernel) rw(tag uint16, op rwOp) error {
 	return nil
 }
 
+// startFileQueue primes a depth-4 queue of target on a fileKernel, with the
+// ring path on bufs (cdev: the user-copy fd, -1 for none), counting into io
+// (nil: not counted), and runs its loop.
+func startFileQueue(t *testing.T, target *fileTarget, bufs dataSource, cdev int, io *IOStats) (*fileKernel, *fakeQueue) {
+	t.Helper()
+	const depth, maxIO = 4, 8192
+	logger, hook := logtest.NewNullLogger()
+	k := &fileKernel{fakeKernel: newFakeKernel(t, depth)}
+	q := newQueue(0, depth, fakeDeviceSize, k, k.desc, bufs, target, logger)
+	var err error
+	if q.file, err = newFileIO(target, k, bufs, cdev, depth, maxIO); err != nil || q.file == nil {
+		t.Fatalf("newFileIO = %v, %v", q.file, err)
+	}
+	if err := q.prime(); err != nil {
+		t.Fatal(err)
+	}
+	q.stats = io
+	fq := &fakeQueue{q: q, k: k.fakeKernel, errc: make(chan error, 1), log: hook}
+	go func() {
+		err := q.serve()
+		q.release()
+		fq.errc <- err
+	}()
+	t.Cleanup(func() { k.check(t) })
+	return k, fq
+}
+
 // fileTarget is a FileTarget on a temporary file whose Handle counts calls.
 type fileTarget struct {
 	fd      int
@@ -76,27 +103,12 @@ func TestQueueFileTargetRingIO(t *testing.T) {
 	}
 	defer unix.Close(fd)
 	target := &fileTarget{fd: fd}
-	logger, hook := logtest.NewNullLogger()
 	const depth, per = 4, 8192
-	k := &fileKernel{fakeKernel: newFakeKernel(t, depth)}
 	mem := make([]byte, depth*per)
-	bufs := newBufferSourceOn(mem, depth, per)
-	q := newQueue(0, depth, fakeDeviceSize, k, k.desc, bufs, target, logger)
-	if q.file, err = newFileIO(target, k, bufs, -1, depth, per); err != nil || q.file == nil {
-		t.Fatalf("newFileIO = %v, %v", q.file, err)
-	}
-	if err := q.prime(); err != nil {
-		t.Fatal(err)
-	}
 	var io IOStats
-	q.stats = &io
-	fq := &fakeQueue{q: q, k: k.fakeKernel, mem: mem, per: per, errc: make(chan error, 1), log: hook}
-	go func() {
-		err := q.serve()
-		q.release()
-		fq.errc <- err
-	}()
-	t.Cleanup(func() { k.check(t) })
+	k, fq := startFileQueue(t, target, newBufferSourceOn(mem, depth, per), -1, &io)
+	fq.mem, fq.per = mem, per
+	q := fq.q
 
 	// A write and a read go through the ring: no Handle call.
 	pattern := bytes.Repeat([]byte("ring-io!"), 512) // 4 KiB
@@ -268,24 +280,8 @@ func TestQueueFileTargetRingUserCopy(t *testing.T) {
 	// The stand-in ends 100 bytes into tag 3's window.
 	cdev := open("ublkc", UserCopyOffset(0, 3)+100)
 	target := &fileTarget{fd: fd}
-	logger, hook := logtest.NewNullLogger()
-	k := &fileKernel{fakeKernel: newFakeKernel(t, depth)}
-	bufs := newUserCopySource(cdev, 0, depth)
-	q := newQueue(0, depth, fakeDeviceSize, k, k.desc, bufs, target, logger)
-	var err error
-	if q.file, err = newFileIO(target, k, bufs, cdev, depth, per); err != nil || q.file == nil {
-		t.Fatalf("newFileIO = %v, %v", q.file, err)
-	}
-	if err := q.prime(); err != nil {
-		t.Fatal(err)
-	}
-	fq := &fakeQueue{q: q, k: k.fakeKernel, errc: make(chan error, 1), log: hook}
-	go func() {
-		err := q.serve()
-		q.release()
-		fq.errc <- err
-	}()
-	t.Cleanup(func() { k.check(t) })
+	k, fq := startFileQueue(t, target, newUserCopySource(cdev, 0, depth), cdev, nil)
+	q := fq.q
 
 	pattern := bytes.Repeat([]byte("usercopy"), 512) // 4 KiB
 	unix.Pwrite(cdev, pattern, UserCopyOffset(0, 1))
