@@ -213,13 +213,11 @@ const RingIOEnv = "BTRFSDIO_UBLK_RING_IO"
 // buf returns n bytes of buffer for tag: its own slot with the kernel's
 // buffers, else the slot freed last.
 func (f *fileIO) buf(tag uint16, n int) []byte {
-	i := int(tag)
 	if f.free != nil {
-		i = f.free[len(f.free)-1]
+		f.slot[tag] = f.free[len(f.free)-1]
 		f.free = f.free[:len(f.free)-1]
-		f.slot[tag] = i
 	}
-	return f.mem[i*f.per : i*f.per+n]
+	return f.held(tag, n)
 }
 
 // held returns the first n bytes of the buffer tag holds.
