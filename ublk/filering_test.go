@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"sync/atomic"
 	"testing"
+	"time"
 	"unsafe"
 
 	"github.com/btrfsdio/btrfsdio/internal/uring"
@@ -67,6 +68,36 @@ func startFileQueue(t *testing.T, target *fileTarget, bufs dataSource, cdev int,
 	return k, fq
 }
 
+// writeThenRead sends tag 1's WRITE of 4 KiB at sector 8 and tag 2's READ of
+// it back through the ring. put leaves the WRITE's data where the kernel
+// would (the tag's buffer or /dev/ublkcN, named by where); got returns what
+// the READ left there. Neither request may reach the target's Handle.
+func writeThenRead(t *testing.T, fq *fakeQueue, target *fileTarget, where string,
+	put func(tag uint16, p []byte), got func(tag uint16) []byte) {
+	t.Helper()
+	pattern := bytes.Repeat([]byte("ring-io!"), 512)
+	put(1, pattern)
+	fq.k.request(1, rw(OpWrite, 8, 8, 0))
+	if c := fq.k.nextCommit(t); c.tag != 1 || c.res != 4096 {
+		t.Fatalf("write commit = %+v", c)
+	}
+	file := make([]byte, 4096)
+	unix.Pread(target.fd, file, 8*512)
+	if !bytes.Equal(file, pattern) {
+		t.Fatalf("the WRITE's data did not go from %s to the file at sector 8", where)
+	}
+	fq.k.request(2, rw(OpRead, 8, 8, 0))
+	if c := fq.k.nextCommit(t); c.tag != 2 || c.res != 4096 {
+		t.Fatalf("read commit = %+v", c)
+	}
+	if !bytes.Equal(got(2), pattern) {
+		t.Fatalf("the READ's data did not go from the file to %s", where)
+	}
+	if n := target.handled.Load(); n != 0 {
+		t.Fatalf("Handle called %d times for ring IO", n)
+	}
+}
+
 // fileTarget is a FileTarget on a temporary file whose Handle counts calls.
 type fileTarget struct {
 	fd      int
@@ -111,31 +142,13 @@ func TestQueueFileTargetRingIO(t *testing.T) {
 	q := fq.q
 
 	// A write and a read go through the ring: no Handle call.
-	pattern := bytes.Repeat([]byte("ring-io!"), 512) // 4 KiB
-	copy(fq.buf(1), pattern)
-	fq.k.request(1, rw(OpWrite, 8, 8, 0))
-	if c := fq.k.nextCommit(t); c.tag != 1 || c.res != 4096 {
-		t.Fatalf("write commit = %+v", c)
-	}
-	got := make([]byte, 4096)
-	unix.Pread(fd, got, 8*512)
-	if !bytes.Equal(got, pattern) {
-		t.Fatal("ring write did not reach the file at sector 8")
-	}
-	fq.k.request(2, rw(OpRead, 8, 8, 0))
-	if c := fq.k.nextCommit(t); c.tag != 2 || c.res != 4096 {
-		t.Fatalf("read commit = %+v", c)
-	}
-	if !bytes.Equal(fq.buf(2)[:4096], pattern) {
-		t.Fatal("ring read did not fill the tag's buffer")
-	}
-	if n := target.handled.Load(); n != 0 {
-		t.Fatalf("Handle called %d times for ring IO", n)
-	}
+	writeThenRead(t, fq, target, "the tag's buffer",
+		func(tag uint16, p []byte) { copy(fq.buf(tag), p) },
+		func(tag uint16) []byte { return fq.buf(tag)[:4096] })
 
 	// Past the end of the (shrunken) file the read comes up short: Handle
 	// redoes it, with zeros.
-	copy(fq.buf(3), pattern)
+	copy(fq.buf(3), bytes.Repeat([]byte("stale!!!"), 512))
 	fq.k.request(3, rw(OpRead, 128, 8, 0))
 	if c := fq.k.nextCommit(t); c.tag != 3 || c.res != 4096 {
 		t.Fatalf("short read commit = %+v", c)
@@ -164,8 +177,10 @@ func TestQueueFileTargetRingIO(t *testing.T) {
 
 // TestKernelRingFileIO runs rw on a real io_uring: a read and a write each
 // post one CQE with the bytes they moved, a read past the end of the file
-// one with 0.
+// one with 0. The file is registered, as a FileTarget's is, so the SQEs name
+// it by its slot in the ring's file table.
 func TestKernelRingFileIO(t *testing.T) {
+	lockQueueThread(t)
 	path := filepath.Join(t.TempDir(), "file")
 	data := bytes.Repeat([]byte("ring!"), 1000)[:4096]
 	if err := os.WriteFile(path, data, 0o644); err != nil {
@@ -176,11 +191,14 @@ func TestKernelRingFileIO(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unix.Close(fd)
-	k, err := newKernelRing(-1, 0, 4)
+	k, err := newKernelRing(-1, 0, 4, fd)
 	if err != nil {
 		t.Skipf("no io_uring here: %v", err)
 	}
 	defer k.close()
+	if len(k.fixed) != 3 || k.fixed[2] != fd {
+		t.Fatalf("registered files %v, want [-1 eventfd %d]", k.fixed, fd)
+	}
 	buf, past := make([]byte, 4096), make([]byte, 4096)
 	ops := map[uint16]rwOp{
 		1: {fd: fd, buf: buf},
@@ -192,6 +210,15 @@ func TestKernelRingFileIO(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// An op sent to the wrong slot may block (on the eventfd): the
+	// watchdog's wake-ups then complete each with the wrong result.
+	watchdog := time.AfterFunc(5*time.Second, func() {
+		for range ops {
+			k.notify()
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+	defer watchdog.Stop()
 	cqes := make([]uring.CQE, 8)
 	n := 0
 	for n < len(ops) {
@@ -283,29 +310,13 @@ func TestQueueFileTargetRingUserCopy(t *testing.T) {
 	k, fq := startFileQueue(t, target, newUserCopySource(cdev, 0, depth), cdev, nil)
 	q := fq.q
 
-	pattern := bytes.Repeat([]byte("usercopy"), 512) // 4 KiB
-	unix.Pwrite(cdev, pattern, UserCopyOffset(0, 1))
-	fq.k.request(1, rw(OpWrite, 8, 8, 0))
-	if c := fq.k.nextCommit(t); c.tag != 1 || c.res != 4096 {
-		t.Fatalf("write commit = %+v", c)
-	}
-	got := make([]byte, 4096)
-	unix.Pread(fd, got, 8*512)
-	if !bytes.Equal(got, pattern) {
-		t.Fatal("the WRITE's data did not go from /dev/ublkcN to the file")
-	}
-	fq.k.request(2, rw(OpRead, 8, 8, 0))
-	if c := fq.k.nextCommit(t); c.tag != 2 || c.res != 4096 {
-		t.Fatalf("read commit = %+v", c)
-	}
-	clear(got)
-	unix.Pread(cdev, got, UserCopyOffset(0, 2))
-	if !bytes.Equal(got, pattern) {
-		t.Fatal("the READ's data did not go from the file to /dev/ublkcN")
-	}
-	if n := target.handled.Load(); n != 0 {
-		t.Fatalf("Handle called %d times for ring IO", n)
-	}
+	writeThenRead(t, fq, target, "/dev/ublkcN",
+		func(tag uint16, p []byte) { unix.Pwrite(cdev, p, UserCopyOffset(0, tag)) },
+		func(tag uint16) []byte {
+			got := make([]byte, 4096)
+			unix.Pread(cdev, got, UserCopyOffset(0, tag))
+			return got
+		})
 	fq.k.request(3, rw(OpWrite, 16, 8, 0))
 	fq.k.nextCommit(t)
 	if n := target.handled.Load(); n != 1 {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -13,10 +14,20 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// lockQueueThread holds the test's goroutine on its OS thread for the rest of
+// the test, as runQueue does: a queue's ring is single-issuer and registered
+// in its thread's table of rings, so it is set up, entered and closed there.
+func lockQueueThread(t *testing.T) {
+	runtime.LockOSThread()
+	t.Cleanup(runtime.UnlockOSThread)
+}
+
 // kernelRingOnFile builds the real queue ring with a plain file standing in
 // for /dev/ublkcN: the kernel then answers every URING_CMD with -EOPNOTSUPP.
+// The calling test's goroutine is locked to its thread.
 func kernelRingOnFile(t *testing.T, depth int) *kernelRing {
 	t.Helper()
+	lockQueueThread(t)
 	f, err := os.Create(filepath.Join(t.TempDir(), "not-ublkc"))
 	if err != nil {
 		t.Fatal(err)
@@ -69,15 +80,12 @@ func TestQueueOnRealRing(t *testing.T) {
 	if err := q.prime(); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- q.serve() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(5 * time.Second):
+	watchdog := time.AfterFunc(5*time.Second, q.forceQuit)
+	defer watchdog.Stop()
+	if err := q.serve(); errors.Is(err, errQueueQuit) {
 		t.Fatal("serve did not end after every tag failed")
+	} else if err != nil {
+		t.Fatal(err)
 	}
 	if err := q.release(); err != nil {
 		t.Fatal(err)

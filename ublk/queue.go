@@ -544,24 +544,46 @@ func resString(res int32) string {
 }
 
 // kernelRing is queueRing on a real io_uring and /dev/ublkcN. 64-byte SQEs
-// suffice: struct ublksrv_io_cmd is 16 bytes.
+// suffice: struct ublksrv_io_cmd is 16 bytes. It must be created, entered
+// and closed on the queue's own locked OS thread: the ring is single-issuer
+// and registered in that thread's table of rings.
 type kernelRing struct {
 	ring   *uring.Ring
 	cdev   int
 	qid    uint16
 	efd    int
 	efdBuf []byte // target of the wake-up read; heap memory that outlives it
+	// fixed holds the fds of the ring's registered files, by index: the
+	// char device, the eventfd, then the target's backing files. Empty
+	// when the kernel refused to register them.
+	fixed []int
 }
 
-func newKernelRing(cdev int, qid uint16, depth int) (*kernelRing, error) {
+// Ring setups, best first, as ublksrv's targets set up their queues:
+// completions (task work, how ublk delivers requests) run only when the
+// queue thread waits in io_uring_enter, batched, rather than interrupting
+// it (DEFER_TASKRUN, which needs SINGLE_ISSUER); COOP_TASKRUN alone on
+// kernels before 6.1.
+var ringSetups = []uint32{
+	uring.SetupCoopTaskrun | uring.SetupSingleIssuer | uring.SetupDeferTaskrun,
+	uring.SetupCoopTaskrun,
+	0,
+}
+
+// newKernelRing sets up queue qid's ring (ublksrv_queue_init): the ring,
+// its wake-up eventfd, the registered files (cdev, the eventfd and files,
+// as ublksrv registers its target's fds) and the ring's own registration
+// in the calling thread.
+func newKernelRing(cdev int, qid uint16, depth int, files ...int) (*kernelRing, error) {
 	// Room for an SQE per tag (its command or its file IO) and the
 	// wake-up read, so a loop iteration never has to submit early.
 	entries := uint32(depth + 1)
-	// COOP_TASKRUN: task work (how ublk delivers requests) runs when we
-	// enter the ring instead of interrupting the thread.
-	ring, err := uring.New(entries, uring.SetupCoopTaskrun)
-	if errors.Is(err, unix.EINVAL) {
-		ring, err = uring.New(entries, 0)
+	var ring *uring.Ring
+	var err error
+	for _, flags := range ringSetups {
+		if ring, err = uring.New(entries, flags); !errors.Is(err, unix.EINVAL) {
+			break
+		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("ublk: queue %d ring: %w", qid, err)
@@ -571,7 +593,32 @@ func newKernelRing(cdev int, qid uint16, depth int) (*kernelRing, error) {
 		ring.Close()
 		return nil, fmt.Errorf("ublk: queue %d eventfd: %w", qid, err)
 	}
-	return &kernelRing{ring: ring, cdev: cdev, qid: qid, efd: efd, efdBuf: make([]byte, 8)}, nil
+	k := &kernelRing{ring: ring, cdev: cdev, qid: qid, efd: efd, efdBuf: make([]byte, 8)}
+	// Both registrations only save the kernel a lookup per SQE and per
+	// io_uring_enter; without them the ring works on plain fds.
+	k.registerFiles(append([]int{cdev, efd}, files...))
+	ring.RegisterRingFd()
+	return k, nil
+}
+
+func (k *kernelRing) registerFiles(fds []int) {
+	table := make([]int32, len(fds))
+	for i, fd := range fds {
+		table[i] = int32(fd) // -1 (no char device, in tests) leaves the slot empty
+	}
+	if k.ring.RegisterFiles(table) == nil {
+		k.fixed = fds
+	}
+}
+
+// setFile points s at fd: its registered index when it has one.
+func (k *kernelRing) setFile(s *uring.SQE, fd int) {
+	for i, f := range k.fixed {
+		if f == fd && fd >= 0 {
+			s.Fd, s.Flags = int32(i), s.Flags|uring.SQEFixedFile
+			return
+		}
+	}
 }
 
 // sqe returns a free SQE, submitting queued ones first if the ring is full.
@@ -594,6 +641,7 @@ func (k *kernelRing) ioCmd(op uint32, tag uint16, res int32, addr uint64) error 
 		return err
 	}
 	s.PrepUringCmd(k.cdev, op, uint64(tag))
+	k.setFile(s, k.cdev)
 	c := IOCmd{QID: k.qid, Tag: tag, Result: res, Addr: addr}
 	c.Marshal(k.ring.Cmd(s))
 	return nil
@@ -609,6 +657,7 @@ func (k *kernelRing) rw(tag uint16, op rwOp) error {
 	} else {
 		s.PrepRead(op.fd, op.buf, op.off, fileUserData|uint64(tag))
 	}
+	k.setFile(s, op.fd)
 	return nil
 }
 
@@ -628,6 +677,7 @@ func (k *kernelRing) armWake() error {
 		return err
 	}
 	s.PrepRead(k.efd, k.efdBuf, 0, wakeUserData)
+	k.setFile(s, k.efd)
 	return nil
 }
 

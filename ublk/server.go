@@ -394,7 +394,12 @@ func (d *Device) openQueue(qid uint16) (*queue, error) {
 		unix.Munmap(descs)
 		return nil, err
 	}
-	ring, err := newKernelRing(d.cdev, qid, depth)
+	var files []int
+	if ft, ok := d.target.(FileTarget); ok {
+		fd, _ := ft.RingFile()
+		files = append(files, fd)
+	}
+	ring, err := newKernelRing(d.cdev, qid, depth, files...)
 	if err != nil {
 		bufs.close()
 		unix.Munmap(descs)

@@ -42,7 +42,8 @@ const (
 
 // io_uring_enter flags and mmap offsets.
 const (
-	EnterGetEvents = 1 << 0 // IORING_ENTER_GETEVENTS
+	EnterGetEvents      = 1 << 0 // IORING_ENTER_GETEVENTS
+	EnterRegisteredRing = 1 << 4 // IORING_ENTER_REGISTERED_RING
 
 	offSQRing = 0          // IORING_OFF_SQ_RING
 	offCQRing = 0x8000000  // IORING_OFF_CQ_RING
@@ -105,6 +106,12 @@ type Ring struct {
 	sqeTail uint32
 	closed  bool
 	enters  uint64
+
+	// enterFd and enterFlags are what io_uring_enter is called with: the
+	// ring's fd, or its index in the thread's registered rings.
+	enterFd    int
+	enterFlags uint32
+	ringIndex  int // -1 unless RegisterRingFd succeeded
 }
 
 // New sets up a ring with at least entries SQEs (the kernel rounds up to a
@@ -120,7 +127,8 @@ func NewWithParams(entries uint32, p *Params) (*Ring, error) {
 	if errno != 0 {
 		return nil, fmt.Errorf("io_uring_setup(%d, flags %#x): %w", entries, p.Flags, errno)
 	}
-	r := &Ring{fd: int(fd), flags: p.Flags, features: p.Features, sqeSize: sqeSize, cqeSize: cqeSize}
+	r := &Ring{fd: int(fd), flags: p.Flags, features: p.Features, sqeSize: sqeSize, cqeSize: cqeSize,
+		enterFd: int(fd), ringIndex: -1}
 	if p.Flags&SetupSQE128 != 0 {
 		r.sqeSize = 2 * sqeSize
 	}
@@ -299,7 +307,8 @@ func (r *Ring) Enters() uint64 { return r.enters }
 // enter is the raw io_uring_enter(2) without a signal mask.
 func (r *Ring) enter(toSubmit, minComplete, flags uint32) (int, error) {
 	r.enters++
-	n, _, errno := unix.Syscall6(sysIOUringEnter, uintptr(r.fd), uintptr(toSubmit), uintptr(minComplete), uintptr(flags), 0, 0)
+	flags |= r.enterFlags
+	n, _, errno := unix.Syscall6(sysIOUringEnter, uintptr(r.enterFd), uintptr(toSubmit), uintptr(minComplete), uintptr(flags), 0, 0)
 	if errno != 0 {
 		return 0, fmt.Errorf("io_uring_enter: %w", errno)
 	}
@@ -374,6 +383,59 @@ func (r *Ring) Register(opcode uint32, arg unsafe.Pointer, nrArgs uint32) (int, 
 }
 
 const (
+	registerFiles     = 2  // IORING_REGISTER_FILES
+	registerRingFds   = 20 // IORING_REGISTER_RING_FDS
+	unregisterRingFds = 21 // IORING_UNREGISTER_RING_FDS
+)
+
+// RegisterFiles makes fds the ring's fixed file table
+// (io_uring_register_files): an SQE with SQEFixedFile names a file by its
+// index there, and the kernel skips looking the fd up and taking a
+// reference on it per request (in a multi-threaded process, such as any Go
+// program, that reference is an atomic on the file). -1 leaves a slot empty.
+func (r *Ring) RegisterFiles(fds []int32) error {
+	if len(fds) == 0 {
+		return nil
+	}
+	_, err := r.Register(registerFiles, unsafe.Pointer(&fds[0]), uint32(len(fds)))
+	return err
+}
+
+// rsrcUpdate is struct io_uring_rsrc_update (16 bytes).
+type rsrcUpdate struct {
+	Offset uint32
+	Resv   uint32
+	Data   uint64
+}
+
+// RegisterRingFd registers the ring in the calling thread's table of rings
+// (io_uring_register_ring_fd), and from then on enters it by that index:
+// io_uring_enter no longer looks the ring's fd up on every call. The table
+// is the thread's own, so the caller must hold its OS thread
+// (runtime.LockOSThread) and enter and Close the ring only from it.
+func (r *Ring) RegisterRingFd() error {
+	upd := rsrcUpdate{Offset: ^uint32(0), Data: uint64(r.fd)} // any free slot
+	if _, err := r.Register(registerRingFds, unsafe.Pointer(&upd), 1); err != nil {
+		return err
+	}
+	r.ringIndex = int(upd.Offset)
+	r.enterFd, r.enterFlags = r.ringIndex, EnterRegisteredRing
+	return nil
+}
+
+// unregisterRingFd drops the thread's reference to the ring, which would
+// otherwise keep it (and everything in flight on it) alive after Close.
+func (r *Ring) unregisterRingFd() error {
+	if r.ringIndex < 0 {
+		return nil
+	}
+	upd := rsrcUpdate{Offset: uint32(r.ringIndex)}
+	r.ringIndex, r.enterFd, r.enterFlags = -1, r.fd, 0
+	_, err := r.Register(unregisterRingFds, unsafe.Pointer(&upd), 1)
+	return err
+}
+
+const (
 	registerProbe   = 8 // IORING_REGISTER_PROBE
 	probeOps        = 256
 	probeSupported  = 1 << 0 // IO_URING_OP_SUPPORTED
@@ -395,14 +457,18 @@ func (r *Ring) OpSupported(op uint8) (bool, error) {
 	return flags&probeSupported != 0, nil
 }
 
-// Close unmaps the rings and closes the fd (io_uring_queue_exit). Closing the
-// fd cancels whatever is still in flight. Close is idempotent.
+// Close unregisters the ring from its thread, unmaps the rings and closes the
+// fd (io_uring_unregister_ring_fd + io_uring_queue_exit). Closing the last
+// reference cancels whatever is still in flight. Close is idempotent.
 func (r *Ring) Close() error {
 	if r.closed {
 		return nil
 	}
 	r.closed = true
 	var errs []error
+	if err := r.unregisterRingFd(); err != nil {
+		errs = append(errs, err)
+	}
 	if r.sqeMem != nil {
 		errs = append(errs, unix.Munmap(r.sqeMem))
 	}

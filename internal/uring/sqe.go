@@ -15,6 +15,10 @@ const (
 	OpUringCmd = 46 // IORING_OP_URING_CMD
 )
 
+// SQEFixedFile in SQE.Flags makes Fd an index into the ring's registered
+// files (IOSQE_FIXED_FILE; see Ring.RegisterFiles).
+const SQEFixedFile = 1 << 0
+
 // FsyncDatasync asks OpFsync for fdatasync semantics (IORING_FSYNC_DATASYNC).
 const FsyncDatasync = 1
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
 	"unsafe"
@@ -354,5 +355,88 @@ func TestCloseIdempotent(t *testing.T) {
 	}
 	if err := r.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestRegisteredFilesAndRing enters the ring by its registered index and
+// reads a file by its registered slot, on a single-issuer DEFER_TASKRUN
+// ring as the ublk queues set theirs up. The fd in the SQE is a slot
+// number that is no open file of ours, so only the fixed table can resolve it.
+func TestRegisteredFilesAndRing(t *testing.T) {
+	runtime.LockOSThread() // single issuer, and the ring registration is per thread
+	defer runtime.UnlockOSThread()
+	r := newRing(t, 4, SetupCoopTaskrun|SetupSingleIssuer|SetupDeferTaskrun)
+	path := filepath.Join(t.TempDir(), "data")
+	want := bytes.Repeat([]byte("fixed"), 100)
+	if err := os.WriteFile(path, want, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := r.RegisterFiles([]int32{-1, int32(f.Fd())}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.RegisterRingFd(); err != nil {
+		t.Fatal(err)
+	}
+	if r.enterFlags&EnterRegisteredRing == 0 || r.enterFd == r.fd {
+		t.Fatalf("enter fd %d flags %#x: not entering by the registered index", r.enterFd, r.enterFlags)
+	}
+	got := make([]byte, len(want))
+	s := r.NextSQE()
+	s.PrepRead(1, got, 0, 7)
+	s.Flags |= SQEFixedFile
+	wait1(t, r, 7, int32(len(want)))
+	if !bytes.Equal(got, want) {
+		t.Fatal("read through the fixed slot differs from the file")
+	}
+	// The empty slot is refused, not confused with fd 0.
+	s = r.NextSQE()
+	s.PrepRead(0, got, 0, 8)
+	s.Flags |= SQEFixedFile
+	wait1(t, r, 8, -int32(unix.EBADF))
+}
+
+// TestCloseUnregistersRing: the thread's registration holds a reference to
+// the ring, so Close must drop it, or the ring and what is in flight on it
+// outlive Close. A read armed on an empty pipe must be cancelled by Close,
+// not left to consume the next write.
+func TestCloseUnregistersRing(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	r, err := New(4, 0)
+	if err != nil {
+		t.Skipf("io_uring unavailable here: %v", err)
+	}
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(p[0])
+	defer unix.Close(p[1])
+	if err := r.RegisterRingFd(); err != nil {
+		r.Close()
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1)
+	r.NextSQE().PrepRead(p[0], buf, 0, 1)
+	if _, err := r.Submit(); err != nil {
+		r.Close()
+		t.Fatal(err)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond) // the ring's teardown is asynchronous
+	if _, err := unix.Write(p[1], []byte{'x'}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond)
+	got := make([]byte, 1)
+	if n, err := unix.Read(p[0], got); n != 1 || err != nil {
+		t.Fatalf("pipe read after Close = %d, %v: a read on the closed ring took the byte", n, err)
 	}
 }
