@@ -75,6 +75,30 @@ type metaImage struct {
 	checkpointBytes uint64
 }
 
+// appendExtents appends each extent's item: start, len, disk bytenr.
+func appendExtents(stream []byte, extents []fileExtent) []byte {
+	le := binary.LittleEndian
+	for _, e := range extents {
+		stream = le.AppendUint64(stream, e.start)
+		stream = le.AppendUint64(stream, e.len)
+		stream = le.AppendUint64(stream, e.diskBytenr)
+	}
+	return stream
+}
+
+// appendCsums appends each checksum run: logical, count, the sums.
+func appendCsums(stream []byte, csums []csumRun) []byte {
+	le := binary.LittleEndian
+	for _, r := range csums {
+		stream = le.AppendUint64(stream, r.logical)
+		stream = le.AppendUint32(stream, uint32(len(r.sums)))
+		for _, s := range r.sums {
+			stream = le.AppendUint32(stream, s)
+		}
+	}
+	return stream
+}
+
 // encodeMeta serialises img into whole blocks.
 func encodeMeta(img *metaImage) []byte {
 	le := binary.LittleEndian
@@ -85,18 +109,8 @@ func encodeMeta(img *metaImage) []byte {
 	le.PutUint64(stream[32:], img.capacity)
 	le.PutUint64(stream[40:], uint64(len(img.extents)))
 	le.PutUint64(stream[48:], uint64(len(img.csums)))
-	for _, e := range img.extents {
-		stream = le.AppendUint64(stream, e.start)
-		stream = le.AppendUint64(stream, e.len)
-		stream = le.AppendUint64(stream, e.diskBytenr)
-	}
-	for _, r := range img.csums {
-		stream = le.AppendUint64(stream, r.logical)
-		stream = le.AppendUint32(stream, uint32(len(r.sums)))
-		for _, s := range r.sums {
-			stream = le.AppendUint32(stream, s)
-		}
-	}
+	stream = appendExtents(stream, img.extents)
+	stream = appendCsums(stream, img.csums)
 	le.PutUint64(stream[56:], uint64(len(stream)))
 	nblocks := max(1, (len(stream)+metaBlockPayload-1)/metaBlockPayload)
 	out := make([]byte, nblocks*metaBlockSize)

@@ -90,22 +90,12 @@ func encodeMetaDelta(d *metaDelta) []byte {
 		stream = le.AppendUint64(stream, r.start)
 		stream = le.AppendUint64(stream, r.len)
 	}
-	for _, e := range d.extents {
-		stream = le.AppendUint64(stream, e.start)
-		stream = le.AppendUint64(stream, e.len)
-		stream = le.AppendUint64(stream, e.diskBytenr)
-	}
+	stream = appendExtents(stream, d.extents)
 	for _, r := range d.diskRanges {
 		stream = le.AppendUint64(stream, r.start)
 		stream = le.AppendUint64(stream, r.len)
 	}
-	for _, r := range d.csums {
-		stream = le.AppendUint64(stream, r.logical)
-		stream = le.AppendUint32(stream, uint32(len(r.sums)))
-		for _, s := range r.sums {
-			stream = le.AppendUint32(stream, s)
-		}
-	}
+	stream = appendCsums(stream, d.csums)
 	le.PutUint64(stream[64:], uint64(len(stream)))
 	return sealStream(stream, metaLogMagic, metaLogVersion, d.generation)
 }
