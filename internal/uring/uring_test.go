@@ -440,3 +440,59 @@ func TestCloseUnregistersRing(t *testing.T) {
 		t.Fatalf("pipe read after Close = %d, %v: a read on the closed ring took the byte", n, err)
 	}
 }
+
+// TestWaitHeldLetsTheWorldStop: a goroutine waiting in SubmitAndWaitHeld
+// holds its P, with GOMAXPROCS=1 the only one. The main goroutine must
+// still get to run (sleep, then a GC, which stops the world) and end the
+// wait by writing the eventfd: the runtime's preemption signal interrupts
+// the wait and the waiter yields. A timeout SQE in the same ring ends the
+// wait after 20 s whatever happens, so a waiter that never yields fails
+// the test instead of hanging it.
+func TestWaitHeldLetsTheWorldStop(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(efd)
+	type result struct {
+		c   CQE
+		err error
+	}
+	ready, done := make(chan error, 1), make(chan result, 1)
+	buf := make([]byte, 8)
+	ts := &Timespec{Sec: 20}
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		r, err := New(4, 0)
+		if err != nil {
+			ready <- err
+			return
+		}
+		defer r.Close()
+		r.NextSQE().PrepRead(efd, buf, 0, 1)
+		r.NextSQE().PrepTimeout(ts, 2)
+		if _, err := r.Submit(); err != nil {
+			ready <- err
+			return
+		}
+		ready <- nil
+		_, err = r.SubmitAndWaitHeld(1)
+		c, _ := r.PeekCQE()
+		done <- result{c, err}
+	}()
+	if err := <-ready; err != nil {
+		t.Skipf("io_uring unavailable here: %v", err)
+	}
+	time.Sleep(50 * time.Millisecond) // needs the P back: the waiter must yield
+	runtime.GC()
+	unix.Write(efd, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+	res := <-done
+	if res.err != nil {
+		t.Fatal(res.err)
+	}
+	if res.c.UserData != 1 || res.c.Res != 8 {
+		t.Fatalf("the wait ended with %+v, not the eventfd's read: the waiter kept the P", res.c)
+	}
+}
