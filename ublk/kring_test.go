@@ -57,7 +57,7 @@ func TestKernelRingWake(t *testing.T) {
 		k.notify()
 		k.notify() // coalesces into one wake-up
 	}()
-	if err := k.wait(false); err != nil {
+	if err := k.wait(); err != nil {
 		t.Fatal(err)
 	}
 	cqes := make([]uring.CQE, 4)

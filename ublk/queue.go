@@ -23,7 +23,7 @@ type queueRing interface {
 	armWake() error                                     // queue the read that notify completes
 	notify()                                            // wake the loop; any goroutine
 	submit() error                                      // hand queued commands to the kernel
-	wait(short bool) error                              // submit, then block for at least one CQE; short: one is due soon
+	wait() error                                        // submit, then block for at least one CQE
 	reap(dst []uring.CQE) int                           // take ready CQEs
 	close() error                                       // cancel whatever is left and free the ring
 }
@@ -96,9 +96,6 @@ type queue struct {
 	cqes     []uring.CQE
 	wakeErrs int
 	file     *fileIO // nil: every request goes to a worker
-	// inRing and inWorker count the tags whose file IO is in the ring and
-	// those a worker holds.
-	inRing, inWorker int
 
 	// wakePending is set by the worker that writes the eventfd and cleared
 	// by the loop when the wake-up arrives: completions finishing in the
@@ -272,9 +269,7 @@ func (q *queue) prime() error {
 // which is how the kernel says STOP_DEV is done with this queue.
 func (q *queue) serve() error {
 	for q.live > 0 {
-		// With file IO in flight and no worker to give the thread's P
-		// to, a CQE is due within the file IO's time: wait holding it.
-		if err := q.ring.wait(q.inRing > 0 && q.inWorker == 0); err != nil {
+		if err := q.ring.wait(); err != nil {
 			return fmt.Errorf("ublk: queue %d: %w", q.id, err)
 		}
 		if q.quit.Load() {
@@ -387,7 +382,6 @@ func (q *queue) dispatch(tag uint16) error {
 func (q *queue) handOff(req *Request) {
 	q.counters.Handoffs++
 	q.state[req.Tag] = tagInWorker
-	q.inWorker++
 	q.workers.Add(1)
 	go q.work(req)
 }
@@ -415,7 +409,6 @@ func (q *queue) ringIO(tag uint16, req *Request) (bool, error) {
 	}
 	f.want[tag], f.start[tag] = int32(n), time.Now()
 	q.state[tag] = tagInRing
-	q.inRing++
 	q.counters.RingIO++
 	op := rwOp{write: req.Op == OpWrite, fd: f.fd, buf: buf, off: uint64(req.Offset())}
 	if err := q.ring.(fileRing).rw(tag, op); err != nil {
@@ -434,7 +427,6 @@ func (q *queue) onFileCQE(c uring.CQE) error {
 		q.log.Errorf("ublk: file IO completion for tag %d that has none outstanding (res %d)", tag, c.Res)
 		return nil
 	}
-	q.inRing--
 	f := q.file
 	req := &q.reqs[tag]
 	ok := c.Res == f.want[tag]
@@ -501,7 +493,6 @@ func (q *queue) commitDone() error {
 	for {
 		select {
 		case c := <-q.done:
-			q.inWorker--
 			if err := q.commit(c.tag, c.res); err != nil {
 				return err
 			}
@@ -701,13 +692,8 @@ func (k *kernelRing) submit() error {
 	return err
 }
 
-func (k *kernelRing) wait(short bool) error {
-	var err error
-	if short {
-		_, err = k.ring.SubmitAndWaitHeld(1)
-	} else {
-		_, err = k.ring.SubmitAndWait(1)
-	}
+func (k *kernelRing) wait() error {
+	_, err := k.ring.SubmitAndWait(1)
 	return err
 }
 

@@ -9,7 +9,6 @@ package uring
 import (
 	"errors"
 	"fmt"
-	"runtime"
 	"sync/atomic"
 	"unsafe"
 
@@ -273,23 +272,6 @@ func (r *Ring) Submit() (int, error) {
 // CQEs are ready (io_uring_submit_and_wait). EINTR, which Go's preemption
 // signals cause routinely, is retried.
 func (r *Ring) SubmitAndWait(waitNr uint32) (int, error) {
-	return r.submitAndWait(waitNr, false)
-}
-
-// SubmitAndWaitHeld is SubmitAndWait for a wait that is expected to be
-// short, by a goroutine locked to its thread: the thread keeps its P while
-// it waits. A goroutine blocked in an ordinary syscall for more than 20 us
-// has its P taken away by the runtime's sysmon, and taking one back after
-// the wait costs futex wake-ups of other threads: at a few microseconds'
-// wait per request that was a quarter of a ublk queue thread's CPU. The
-// runtime's preemption signal (sysmon's after 10 ms on the P, a GC's
-// stop-the-world) ends the wait with EINTR, and the goroutine yields before
-// it waits again, so the world can still stop. No liburing counterpart.
-func (r *Ring) SubmitAndWaitHeld(waitNr uint32) (int, error) {
-	return r.submitAndWait(waitNr, true)
-}
-
-func (r *Ring) submitAndWait(waitNr uint32, held bool) (int, error) {
 	submitted := 0
 	for {
 		// Publishing the tail with an atomic store orders the SQE writes
@@ -304,13 +286,8 @@ func (r *Ring) submitAndWait(waitNr uint32, held bool) (int, error) {
 		if wait {
 			flags, minComplete = EnterGetEvents, waitNr
 		}
-		n, err := r.enter(toSubmit, minComplete, flags, held)
+		n, err := r.enter(toSubmit, minComplete, flags)
 		if errors.Is(err, unix.EINTR) {
-			if held {
-				// RawSyscall6 is nosplit: yield here, where the
-				// preemption the signal asked for can happen.
-				runtime.Gosched()
-			}
 			continue
 		}
 		if err != nil {
@@ -327,16 +304,11 @@ func (r *Ring) submitAndWait(waitNr uint32, held bool) (int, error) {
 // per-request profile for its owner. No kernel counterpart.
 func (r *Ring) Enters() uint64 { return r.enters }
 
-// enter is the raw io_uring_enter(2) without a signal mask; held makes it a
-// RawSyscall, which keeps the thread's P (SubmitAndWaitHeld).
-func (r *Ring) enter(toSubmit, minComplete, flags uint32, held bool) (int, error) {
+// enter is the raw io_uring_enter(2) without a signal mask.
+func (r *Ring) enter(toSubmit, minComplete, flags uint32) (int, error) {
 	r.enters++
 	flags |= r.enterFlags
-	call := unix.Syscall6
-	if held {
-		call = unix.RawSyscall6
-	}
-	n, _, errno := call(sysIOUringEnter, uintptr(r.enterFd), uintptr(toSubmit), uintptr(minComplete), uintptr(flags), 0, 0)
+	n, _, errno := unix.Syscall6(sysIOUringEnter, uintptr(r.enterFd), uintptr(toSubmit), uintptr(minComplete), uintptr(flags), 0, 0)
 	if errno != 0 {
 		return 0, fmt.Errorf("io_uring_enter: %w", errno)
 	}
@@ -380,7 +352,7 @@ func (r *Ring) WaitCQE() (CQE, error) {
 		if cqe, ok := r.PeekCQE(); ok {
 			return cqe, nil
 		}
-		_, err := r.enter(0, 1, EnterGetEvents, false)
+		_, err := r.enter(0, 1, EnterGetEvents)
 		if err != nil && !errors.Is(err, unix.EINTR) {
 			return CQE{}, err
 		}

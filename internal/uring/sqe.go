@@ -10,7 +10,6 @@ const (
 	OpReadv    = 1  // IORING_OP_READV
 	OpWritev   = 2  // IORING_OP_WRITEV
 	OpFsync    = 3  // IORING_OP_FSYNC
-	OpTimeout  = 11 // IORING_OP_TIMEOUT
 	OpRead     = 22 // IORING_OP_READ
 	OpWrite    = 23 // IORING_OP_WRITE
 	OpUringCmd = 46 // IORING_OP_URING_CMD
@@ -110,20 +109,6 @@ func (s *SQE) PrepReadv(fd int, iov []Iovec, off uint64, userData uint64) {
 // PrepFsync fills s as IORING_OP_FSYNC (io_uring_prep_fsync); flags may be FsyncDatasync.
 func (s *SQE) PrepFsync(fd int, flags uint32, userData uint64) {
 	*s = SQE{Opcode: OpFsync, Fd: int32(fd), OpFlags: flags, UserData: userData}
-}
-
-// Timespec is struct __kernel_timespec.
-type Timespec struct {
-	Sec, Nsec int64
-}
-
-// PrepTimeout fills s as IORING_OP_TIMEOUT (io_uring_prep_timeout with no
-// completion count): its CQE, with -ETIME, comes when ts has passed. ts
-// must stay alive and unmoved until then.
-func (s *SQE) PrepTimeout(ts *Timespec, userData uint64) {
-	p := unsafe.Pointer(ts)
-	forceEscape(p)
-	*s = SQE{Opcode: OpTimeout, Addr: uint64(uintptr(p)), Len: 1, UserData: userData}
 }
 
 // PrepUringCmd fills the header of an IORING_OP_URING_CMD: cmd_op at offset 8,
