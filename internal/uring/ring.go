@@ -107,11 +107,10 @@ type Ring struct {
 	closed  bool
 	enters  uint64
 
-	// enterFd and enterFlags are what io_uring_enter is called with: the
-	// ring's fd, or its index in the thread's registered rings.
-	enterFd    int
-	enterFlags uint32
-	ringIndex  int // -1 unless RegisterRingFd succeeded
+	// ringIndex is the ring's slot in its thread's registered rings, which
+	// io_uring_enter is then called with in place of the fd; -1 unless
+	// RegisterRingFd succeeded.
+	ringIndex int
 }
 
 // New sets up a ring with at least entries SQEs (the kernel rounds up to a
@@ -128,7 +127,7 @@ func NewWithParams(entries uint32, p *Params) (*Ring, error) {
 		return nil, fmt.Errorf("io_uring_setup(%d, flags %#x): %w", entries, p.Flags, errno)
 	}
 	r := &Ring{fd: int(fd), flags: p.Flags, features: p.Features, sqeSize: sqeSize, cqeSize: cqeSize,
-		enterFd: int(fd), ringIndex: -1}
+		ringIndex: -1}
 	if p.Flags&SetupSQE128 != 0 {
 		r.sqeSize = 2 * sqeSize
 	}
@@ -307,12 +306,24 @@ func (r *Ring) Enters() uint64 { return r.enters }
 // enter is the raw io_uring_enter(2) without a signal mask.
 func (r *Ring) enter(toSubmit, minComplete, flags uint32) (int, error) {
 	r.enters++
-	flags |= r.enterFlags
-	n, _, errno := unix.Syscall6(sysIOUringEnter, uintptr(r.enterFd), uintptr(toSubmit), uintptr(minComplete), uintptr(flags), 0, 0)
+	fd := r.enterFd()
+	if r.ringIndex >= 0 {
+		flags |= EnterRegisteredRing
+	}
+	n, _, errno := unix.Syscall6(sysIOUringEnter, uintptr(fd), uintptr(toSubmit), uintptr(minComplete), uintptr(flags), 0, 0)
 	if errno != 0 {
 		return 0, fmt.Errorf("io_uring_enter: %w", errno)
 	}
 	return int(n), nil
+}
+
+// enterFd is what io_uring_enter takes as its fd: the registered index when
+// there is one (with IORING_ENTER_REGISTERED_RING), else the ring's fd.
+func (r *Ring) enterFd() int {
+	if r.ringIndex >= 0 {
+		return r.ringIndex
+	}
+	return r.fd
 }
 
 // CQReady returns the number of CQEs waiting to be reaped (io_uring_cq_ready).
@@ -419,7 +430,6 @@ func (r *Ring) RegisterRingFd() error {
 		return err
 	}
 	r.ringIndex = int(upd.Offset)
-	r.enterFd, r.enterFlags = r.ringIndex, EnterRegisteredRing
 	return nil
 }
 
@@ -430,7 +440,7 @@ func (r *Ring) unregisterRingFd() error {
 		return nil
 	}
 	upd := rsrcUpdate{Offset: uint32(r.ringIndex)}
-	r.ringIndex, r.enterFd, r.enterFlags = -1, r.fd, 0
+	r.ringIndex = -1
 	_, err := r.Register(unregisterRingFds, unsafe.Pointer(&upd), 1)
 	return err
 }

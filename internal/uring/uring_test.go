@@ -382,8 +382,8 @@ func TestRegisteredFilesAndRing(t *testing.T) {
 	if err := r.RegisterRingFd(); err != nil {
 		t.Fatal(err)
 	}
-	if r.enterFlags&EnterRegisteredRing == 0 || r.enterFd == r.fd {
-		t.Fatalf("enter fd %d flags %#x: not entering by the registered index", r.enterFd, r.enterFlags)
+	if r.ringIndex < 0 || r.enterFd() != r.ringIndex {
+		t.Fatalf("enter fd %d (ring index %d): not entering by the registered index", r.enterFd(), r.ringIndex)
 	}
 	got := make([]byte, len(want))
 	s := r.NextSQE()
