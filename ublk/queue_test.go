@@ -425,6 +425,29 @@ func TestQueueRefusesRequestsBeyondTheDevice(t *testing.T) {
 	fq.stop(t, nil)
 }
 
+// The loop gives its time slice back to the Go scheduler every schedSlice
+// while it serves, rather than waiting for sysmon to preempt it, and never
+// more often than that.
+func TestQueueYieldsEverySlice(t *testing.T) {
+	fq := startFakeQueue(t, 2, 4096, funcTarget(func(r *Request) int32 { return int32(r.Bytes()) }))
+	start := time.Now()
+	for time.Since(start) < 8*schedSlice {
+		fq.k.request(0, rw(OpRead, 0, 1, 0))
+		if c := fq.k.nextCommit(t); c.tag != 0 || c.res != 512 {
+			t.Fatalf("commit = %+v", c)
+		}
+		time.Sleep(schedSlice / 10)
+	}
+	elapsed := time.Since(start)
+	fq.stop(t, nil)
+	st := fq.q.snapshot()
+	// Each yield is at least schedSlice after the last; the loop runs
+	// often enough (a request every tenth of a slice) to reach most.
+	if max := uint64(elapsed / schedSlice); st.Yields < 4 || st.Yields > max {
+		t.Fatalf("%d yields in %v of serving (%d requests), want 4..%d", st.Yields, elapsed, st.Requests, max)
+	}
+}
+
 func TestQueueSlowTargetDoesNotBlockLoop(t *testing.T) {
 	release := make(chan struct{})
 	started := make(chan struct{})

@@ -88,9 +88,9 @@ func (p *profiler) stop(dev *ublk.Device) {
 	}
 	mallocs := ms.Mallocs - p.mallocs
 	text := fmt.Sprintf("requests %d\nio_uring_enter %d (%.3f/req)\nhandoffs %d (%.3f/req)\n"+
-		"ring_io %d (%.3f/req)\nfallbacks %d\nwakeups %d (%.3f/req)\nnotifies %d (%.3f/req)\nmallocs %d (%.3f/req)\n",
+		"ring_io %d (%.3f/req)\nfallbacks %d\nwakeups %d (%.3f/req)\nnotifies %d (%.3f/req)\nyields %d (%.3f/req)\nmallocs %d (%.3f/req)\n",
 		st.Requests, st.Enters, per(st.Enters), st.Handoffs, per(st.Handoffs), st.RingIO, per(st.RingIO),
-		st.Fallbacks, st.Wakeups, per(st.Wakeups), st.Notifies, per(st.Notifies), mallocs, per(mallocs))
+		st.Fallbacks, st.Wakeups, per(st.Wakeups), st.Notifies, per(st.Notifies), st.Yields, per(st.Yields), mallocs, per(mallocs))
 	name := filepath.Join(p.dir, fmt.Sprintf("ublk-%d.txt", os.Getpid()))
 	if err := os.WriteFile(name, []byte(text), 0o644); err != nil {
 		p.log.Warnf("profile: %v", err)
