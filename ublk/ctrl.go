@@ -291,6 +291,32 @@ func (c *Control) GetParams(id uint32) (Params, error) {
 	return p, nil
 }
 
+// GetQueueAffinity returns the CPUs whose requests go to queue qid of
+// device id: the blk-mq mapping of the hardware queue
+// (UBLK_U_CMD_GET_QUEUE_AFFINITY; the queue id travels in data[0]).
+func (c *Control) GetQueueAffinity(id uint32, qid uint16) (unix.CPUSet, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var set unix.CPUSet
+	if c.page == nil {
+		return set, fmt.Errorf("ublk: GET_QUEUE_AFFINITY: control closed")
+	}
+	buf := c.data(id, c.unprivileged[id])[:cpuSetBytes]
+	clear(buf)
+	cmd := CtrlCmd{DevID: id, QueueID: noQueue, Len: cpuSetBytes, Data: uint64(qid)}
+	if err := c.devCall(CmdGetQueueAffinity, cmd); err != nil {
+		return set, err
+	}
+	// The kernel's cpumask is an array of longs: bit n of the mask is bit
+	// n%8 of byte n/8 on a little-endian machine, as in a cpu_set_t.
+	for cpu := 0; cpu < 8*cpuSetBytes; cpu++ {
+		if buf[cpu/8]&(1<<(cpu%8)) != 0 {
+			set.Set(cpu)
+		}
+	}
+	return set, nil
+}
+
 // StartDev adds /dev/ublkbN (UBLK_U_CMD_START_DEV). It blocks until every queue
 // has fetched all its tags and the partition scan, served by those queues, is
 // done: never call it from a queue thread.

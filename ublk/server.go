@@ -297,6 +297,43 @@ func openCharDev(id uint32, patience time.Duration, unprivileged bool) (int, err
 	}
 }
 
+// pinThread binds the calling thread to one CPU of cpus that it may run on,
+// picked by tid so that the queues of several devices spread out
+// (ublksrv's ublk_set_queue_pthread_affinity picks at random). Nothing
+// happens when cpus is empty or has no CPU in common with the thread's
+// current affinity (a cpuset, taskset).
+func pinThread(cpus unix.CPUSet, tid int) error {
+	var allowed unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &allowed); err != nil {
+		return fmt.Errorf("sched_getaffinity: %w", err)
+	}
+	one, ok := pickCPU(cpus, allowed, tid)
+	if !ok {
+		return nil
+	}
+	if err := unix.SchedSetaffinity(0, &one); err != nil {
+		return fmt.Errorf("sched_setaffinity: %w", err)
+	}
+	return nil
+}
+
+// pickCPU returns the CPU set holding the (tid mod n)th of the n CPUs in
+// both want and allowed; false when they share none.
+func pickCPU(want, allowed unix.CPUSet, tid int) (unix.CPUSet, bool) {
+	var both []int
+	for cpu := 0; cpu < 8*cpuSetBytes; cpu++ {
+		if want.IsSet(cpu) && allowed.IsSet(cpu) {
+			both = append(both, cpu)
+		}
+	}
+	var one unix.CPUSet
+	if len(both) == 0 {
+		return one, false
+	}
+	one.Set(both[tid%len(both)])
+	return one, true
+}
+
 // queueStart is what a queue goroutine reports once its fetches are in.
 type queueStart struct {
 	q   *queue
@@ -310,8 +347,13 @@ func (d *Device) startQueues() error {
 	n := int(d.added.NrHWQueues)
 	ready := make(chan queueStart, n)
 	for qid := 0; qid < n; qid++ {
+		cpus, err := d.ctrl.GetQueueAffinity(d.ID(), uint16(qid))
+		if err != nil {
+			// Only a placement hint: the queue runs wherever the scheduler puts it.
+			d.log.Warnf("ublk: queue %d: %v", qid, err)
+		}
 		d.exited.Add(1)
-		go d.runQueue(uint16(qid), ready)
+		go d.runQueue(uint16(qid), cpus, ready)
 	}
 	d.queues = make([]*queue, n)
 	d.tids = make([]int, n)
@@ -334,9 +376,14 @@ func (d *Device) startQueues() error {
 // OS thread for good: the thread that fetched a queue's tags is the only one
 // allowed to commit them, and if the goroutine ends, the thread exits with it,
 // which makes the kernel cancel whatever that thread still had in flight.
-func (d *Device) runQueue(qid uint16, ready chan<- queueStart) {
+// The thread is pinned to one CPU of cpus, the queue's blk-mq affinity, as
+// ublksrv pins its queue threads.
+func (d *Device) runQueue(qid uint16, cpus unix.CPUSet, ready chan<- queueStart) {
 	runtime.LockOSThread()
 	defer d.exited.Done()
+	if err := pinThread(cpus, unix.Gettid()); err != nil {
+		d.log.Warnf("ublk: queue %d: %v", qid, err)
+	}
 	var q *queue
 	reported := false
 	defer func() {

@@ -202,3 +202,37 @@ func TestUserCopyDataOffsets(t *testing.T) {
 		t.Errorf("WriteAt across the end = %d, %v", n, err)
 	}
 }
+
+// A queue thread goes to one CPU that both its queue's affinity and the
+// thread's own allow, chosen by tid; none when they share no CPU.
+func TestPickCPU(t *testing.T) {
+	set := func(cpus ...int) unix.CPUSet {
+		var s unix.CPUSet
+		for _, c := range cpus {
+			s.Set(c)
+		}
+		return s
+	}
+	for _, tc := range []struct {
+		want, allowed unix.CPUSet
+		tid, cpu      int // cpu -1: no pin
+	}{
+		{set(0, 1, 2, 3), set(0, 1, 2, 3), 6, 2},
+		{set(0, 1, 2, 3), set(1, 3), 5, 3},
+		{set(2, 3), set(0, 1, 2, 3), 4, 2},
+		{set(700, 1023), set(1023), 9, 1023},
+		{set(0, 1), set(2, 3), 1, -1},
+		{set(), set(0), 1, -1},
+	} {
+		got, ok := pickCPU(tc.want, tc.allowed, tc.tid)
+		if tc.cpu < 0 {
+			if ok {
+				t.Errorf("pickCPU(tid %d) pinned to %v, want no pin", tc.tid, got)
+			}
+			continue
+		}
+		if !ok || got.Count() != 1 || !got.IsSet(tc.cpu) {
+			t.Errorf("pickCPU(tid %d) = %v %v, want CPU %d alone", tc.tid, got, ok, tc.cpu)
+		}
+	}
+}

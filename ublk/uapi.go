@@ -190,6 +190,11 @@ const (
 	descQueueStride = MaxQueueDepth * IODescSize // 0x18000
 )
 
+// cpuSetBytes is the buffer GET_QUEUE_AFFINITY fills: a cpu_set_t (1024
+// CPUs), as ublksrv passes; the kernel wants at least nr_cpu_ids bits, in
+// whole longs.
+const cpuSetBytes = 128
+
 // UserCopyOffset is the /dev/ublkcN file offset of byte 0 of request (q, tag)
 // for pread/pwrite under UBLK_F_USER_COPY (ublk_pos_to_hwq/tag in ublk_drv.c).
 func UserCopyOffset(q, tag uint16) int64 {

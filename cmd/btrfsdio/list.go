@@ -3,13 +3,14 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/btrfsdio/btrfsdio/tgt"
 	"io"
 	"os"
 	"strings"
 
+	"github.com/btrfsdio/btrfsdio/tgt"
 	"github.com/btrfsdio/btrfsdio/ublk"
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
 )
 
 func init() {
@@ -121,7 +122,7 @@ func printDevice(w io.Writer, st ublk.Status, run *runInfo) {
 		return
 	}
 	for q, tid := range run.QueueTIDs {
-		fmt.Fprintf(w, "\tqueue %d: tid %d\n", q, tid)
+		fmt.Fprintf(w, "\tqueue %d: tid %d%s\n", q, tid, threadAffinity(tid))
 	}
 	target, _ := json.Marshal(map[string]any{"type": run.Type, "info": run.Target, "user_copy": run.UserCopy})
 	fmt.Fprintf(w, "\ttarget %s\n", target)
@@ -130,6 +131,22 @@ func printDevice(w io.Writer, st ublk.Status, run *runInfo) {
 			fmt.Fprintf(w, "\t%s\n", l)
 		}
 	}
+}
+
+// threadAffinity is " affinity(0 1 )", the CPUs thread tid may run on, in
+// ublksrv's format; empty when they cannot be read (the thread is gone).
+func threadAffinity(tid int) string {
+	var set unix.CPUSet
+	if tid <= 0 || unix.SchedGetaffinity(tid, &set) != nil {
+		return ""
+	}
+	var b strings.Builder
+	for cpu := 0; cpu < 1024; cpu++ {
+		if set.IsSet(cpu) {
+			fmt.Fprintf(&b, "%d ", cpu)
+		}
+	}
+	return " affinity(" + b.String() + ")"
 }
 
 // status decodes the target's Status from the run file with its type's

@@ -4,17 +4,21 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"github.com/btrfsdio/btrfsdio/tgt"
-	"github.com/btrfsdio/btrfsdio/tgt/loop"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/btrfsdio/btrfsdio/raid"
+	"github.com/btrfsdio/btrfsdio/tgt"
+	"github.com/btrfsdio/btrfsdio/tgt/loop"
 	"github.com/btrfsdio/btrfsdio/ublk"
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
 )
 
 // TestMain lets the test binary stand in for btrfsdio when daemonize re-execs
@@ -295,12 +299,27 @@ func TestPrintDevice(t *testing.T) {
 		Params: ublk.Params{Basic: ublk.ParamBasic{LogicalBSShift: 9, DevSectors: 2048},
 			Devt: ublk.ParamDevt{CharMajor: 511, CharMinor: 3, DiskMajor: 259, DiskMinor: 7}},
 	}
+	// Queue 0 is this thread, whose affinity list prints; queue 1's thread
+	// is gone (a tid above any pid_max), so it has no affinity.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	tid := unix.Gettid()
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil {
+		t.Fatal(err)
+	}
+	cpus := ""
+	for cpu := 0; cpu < 1024; cpu++ {
+		if set.IsSet(cpu) {
+			cpus += strconv.Itoa(cpu) + " "
+		}
+	}
 	var b bytes.Buffer
-	printDevice(&b, st, &runInfo{DevID: 3, PID: 4242, Type: "loop", Target: map[string]any{"file": "/x"}, QueueTIDs: []int{10, 11}})
+	printDevice(&b, st, &runInfo{DevID: 3, PID: 4242, Type: "loop", Target: map[string]any{"file": "/x"}, QueueTIDs: []int{tid, 1 << 30}})
 	want := "dev id 3: nr_hw_queues 2 queue_depth 128 block size 512 dev_capacity 2048\n" +
 		"\tmax rq size 1048576 daemon pid 4242 flags 0xc2 state LIVE\n" +
 		"\tublkc: 511:3 ublkb: 259:7 owner: 0:0\n" +
-		"\tqueue 0: tid 10\n\tqueue 1: tid 11\n" +
+		fmt.Sprintf("\tqueue 0: tid %d affinity(%s)\n\tqueue 1: tid %d\n", tid, cpus, 1<<30) +
 		"\ttarget {\"info\":{\"file\":\"/x\"},\"type\":\"loop\",\"user_copy\":false}\n"
 	if b.String() != want {
 		t.Errorf("got\n%s\nwant\n%s", b.String(), want)
