@@ -297,41 +297,37 @@ func openCharDev(id uint32, patience time.Duration, unprivileged bool) (int, err
 	}
 }
 
-// pinThread binds the calling thread to one CPU of cpus that it may run on,
-// picked by tid so that the queues of several devices spread out
-// (ublksrv's ublk_set_queue_pthread_affinity picks at random). Nothing
-// happens when cpus is empty or has no CPU in common with the thread's
-// current affinity (a cpuset, taskset).
-func pinThread(cpus unix.CPUSet, tid int) error {
+// pinThread keeps the calling thread on the CPUs of cpus it may run on, so
+// a queue's requests are served near the CPUs that submit them
+// (ublksrv_set_sched_affinity). Nothing changes when cpus is empty, takes
+// in every CPU the thread may use (one queue), or has none in common with
+// them (a cpuset or taskset narrower than the queue's affinity).
+func pinThread(cpus unix.CPUSet) error {
 	var allowed unix.CPUSet
 	if err := unix.SchedGetaffinity(0, &allowed); err != nil {
 		return fmt.Errorf("sched_getaffinity: %w", err)
 	}
-	one, ok := pickCPU(cpus, allowed, tid)
+	set, ok := queueCPUs(cpus, allowed)
 	if !ok {
 		return nil
 	}
-	if err := unix.SchedSetaffinity(0, &one); err != nil {
+	if err := unix.SchedSetaffinity(0, &set); err != nil {
 		return fmt.Errorf("sched_setaffinity: %w", err)
 	}
 	return nil
 }
 
-// pickCPU returns the CPU set holding the (tid mod n)th of the n CPUs in
-// both want and allowed; false when they share none.
-func pickCPU(want, allowed unix.CPUSet, tid int) (unix.CPUSet, bool) {
-	var both []int
+// queueCPUs returns the CPUs in both want and allowed, and whether that
+// narrows allowed at all.
+func queueCPUs(want, allowed unix.CPUSet) (unix.CPUSet, bool) {
+	var both unix.CPUSet
 	for cpu := 0; cpu < 8*cpuSetBytes; cpu++ {
 		if want.IsSet(cpu) && allowed.IsSet(cpu) {
-			both = append(both, cpu)
+			both.Set(cpu)
 		}
 	}
-	var one unix.CPUSet
-	if len(both) == 0 {
-		return one, false
-	}
-	one.Set(both[tid%len(both)])
-	return one, true
+	n := both.Count()
+	return both, n > 0 && n < allowed.Count()
 }
 
 // queueStart is what a queue goroutine reports once its fetches are in.
@@ -376,12 +372,12 @@ func (d *Device) startQueues() error {
 // OS thread for good: the thread that fetched a queue's tags is the only one
 // allowed to commit them, and if the goroutine ends, the thread exits with it,
 // which makes the kernel cancel whatever that thread still had in flight.
-// The thread is pinned to one CPU of cpus, the queue's blk-mq affinity, as
-// ublksrv pins its queue threads.
+// The thread runs on cpus, the queue's blk-mq affinity, as ublksrv's queue
+// threads do.
 func (d *Device) runQueue(qid uint16, cpus unix.CPUSet, ready chan<- queueStart) {
 	runtime.LockOSThread()
 	defer d.exited.Done()
-	if err := pinThread(cpus, unix.Gettid()); err != nil {
+	if err := pinThread(cpus); err != nil {
 		d.log.Warnf("ublk: queue %d: %v", qid, err)
 	}
 	var q *queue

@@ -203,9 +203,10 @@ func TestUserCopyDataOffsets(t *testing.T) {
 	}
 }
 
-// A queue thread goes to one CPU that both its queue's affinity and the
-// thread's own allow, chosen by tid; none when they share no CPU.
-func TestPickCPU(t *testing.T) {
+// A queue thread runs on the CPUs that both its queue's affinity and the
+// thread's own allow, and is left alone when that changes nothing or
+// leaves nothing.
+func TestQueueCPUs(t *testing.T) {
 	set := func(cpus ...int) unix.CPUSet {
 		var s unix.CPUSet
 		for _, c := range cpus {
@@ -214,25 +215,19 @@ func TestPickCPU(t *testing.T) {
 		return s
 	}
 	for _, tc := range []struct {
-		want, allowed unix.CPUSet
-		tid, cpu      int // cpu -1: no pin
+		want, allowed, got unix.CPUSet
+		pin                bool
 	}{
-		{set(0, 1, 2, 3), set(0, 1, 2, 3), 6, 2},
-		{set(0, 1, 2, 3), set(1, 3), 5, 3},
-		{set(2, 3), set(0, 1, 2, 3), 4, 2},
-		{set(700, 1023), set(1023), 9, 1023},
-		{set(0, 1), set(2, 3), 1, -1},
-		{set(), set(0), 1, -1},
+		{set(2), set(0, 1, 2, 3), set(2), true},
+		{set(0, 1, 2, 3), set(1, 3), set(1, 3), false},
+		{set(2, 3), set(0, 1, 2, 3), set(2, 3), true},
+		{set(700, 1023), set(5, 1023), set(1023), true},
+		{set(0, 1), set(2, 3), set(), false},
+		{set(), set(0), set(), false},
 	} {
-		got, ok := pickCPU(tc.want, tc.allowed, tc.tid)
-		if tc.cpu < 0 {
-			if ok {
-				t.Errorf("pickCPU(tid %d) pinned to %v, want no pin", tc.tid, got)
-			}
-			continue
-		}
-		if !ok || got.Count() != 1 || !got.IsSet(tc.cpu) {
-			t.Errorf("pickCPU(tid %d) = %v %v, want CPU %d alone", tc.tid, got, ok, tc.cpu)
+		got, pin := queueCPUs(tc.want, tc.allowed)
+		if pin != tc.pin || (pin && got != tc.got) {
+			t.Errorf("queueCPUs(%v, %v) = %v %v, want %v %v", tc.want, tc.allowed, got, pin, tc.got, tc.pin)
 		}
 	}
 }
